@@ -1,0 +1,45 @@
+# sosbeacon — the two commands a newcomer needs are `make demo` and `make test`.
+# Every target bootstraps what it needs (system packages, venv, Python dependencies).
+
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+SOURCES := device hw sim
+export VENV
+
+.PHONY: help bootstrap test lint typecheck pytest bench soak demo clean
+
+help:
+	@echo "make test       lint, type-check and run all tests (bootstraps everything)"
+	@echo "make demo       run the whole system without hardware"
+	@echo "make bench      print performance figures"
+	@echo "make soak       long fault campaigns (not part of make test)"
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+lint: bootstrap
+	$(BIN)/ruff check $(SOURCES) tests bench
+	$(BIN)/ruff format --check $(SOURCES) tests bench
+
+typecheck: bootstrap
+	$(BIN)/mypy --strict $(SOURCES)
+
+pytest: bootstrap
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: bootstrap
+	$(BIN)/python -m bench
+
+soak: bootstrap
+	@echo "make soak: the long fault campaigns arrive with the outbox and uplink (issue 6)." >&2
+	@exit 1
+
+demo: bootstrap
+	@echo "make demo: the end-to-end demo arrives with the daemon (issue 5)." >&2
+	@echo "Today you can watch the GPS path: $(BIN)/sos-sim gps run --help" >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,130 @@
+"""GPS over a serial line: a UART (``/dev/serial0``), a USB receiver (``/dev/ttyACM0``)
+or a pseudo-terminal written by the simulator. All three go through this one reader.
+
+The reader never gives up on the device: if it cannot be opened, or disappears (USB
+unplugged, pty closed), it retries every :attr:`NmeaSerialSource.retry_interval` seconds
+and resumes within that interval (plus one open) of the device coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import date
+
+import serial
+import serial_asyncio_fast
+
+from device.clock import Clock, MonotonicClock
+from device.gps import Fix, GpsStats
+from hw.nmea import DEFAULT_DATE_FLOOR, NmeaDecoder
+
+log = logging.getLogger(__name__)
+
+
+class NmeaSerialSource:
+    """A :class:`device.gps.GpsSource` reading NMEA 0183 from a serial device.
+
+    Use as ``async for fix in source.fixes(): ...``; the iterator runs until cancelled.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: str,
+        baudrate: int = 9600,
+        date_floor: date = DEFAULT_DATE_FLOOR,
+        retry_interval: float = 0.5,
+        idle_flush: float = 1.5,
+        clock: Clock | None = None,
+    ) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self.retry_interval = retry_interval
+        #: an epoch whose end we did not recognise is closed after this much silence
+        self.idle_flush = idle_flush
+        self._clock = clock if clock is not None else MonotonicClock()
+        self._stats = GpsStats()
+        self._date_floor = date_floor
+        self._writer: asyncio.StreamWriter | None = None
+        #: set while the device is open; cleared (and :attr:`disconnected` set) when it
+        #: goes away and everything read from it has been decoded and yielded
+        self.connected = asyncio.Event()
+        self.disconnected = asyncio.Event()
+
+    @property
+    def stats(self) -> GpsStats:
+        return self._stats
+
+    async def fixes(self) -> AsyncIterator[Fix]:
+        failures = 0
+        while True:
+            try:
+                reader, writer = await serial_asyncio_fast.open_serial_connection(
+                    url=self.port, baudrate=self.baudrate
+                )
+            except (OSError, serial.SerialException) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "GPS device %s cannot be opened (%s); retrying every %.1fs. "
+                        "Check the path, the cable, and that this user is in the "
+                        "'dialout' group.",
+                        self.port, exc, self.retry_interval,
+                    )
+                await self._clock.sleep(self.retry_interval)
+                continue
+            if failures or self._stats.reconnects:
+                log.info("GPS device %s open again", self.port)
+            failures = 0
+            self._writer = writer
+            self.disconnected.clear()
+            self.connected.set()
+            # Each connection starts a fresh decoder: a half-sentence from before the
+            # unplug must not be glued to what the device sends after.
+            decoder = NmeaDecoder(date_floor=self._date_floor, stats=self._stats)
+            try:
+                async for fix in self._read(reader, decoder):
+                    yield fix
+            finally:
+                self.connected.clear()
+                self.disconnected.set()
+                self._writer = None
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            self._stats.reconnects += 1
+            log.warning("GPS device %s went away; waiting for it to come back", self.port)
+            await self._clock.sleep(self.retry_interval)
+
+    async def _read(
+        self, reader: asyncio.StreamReader, decoder: NmeaDecoder
+    ) -> AsyncIterator[Fix]:
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(4096), self.idle_flush)
+            except TimeoutError:
+                for fix in decoder.flush(self._clock.monotonic()):
+                    yield fix
+                continue
+            except (OSError, serial.SerialException) as exc:
+                log.debug("read from %s failed: %s", self.port, exc)
+                data = b""
+            if not data:
+                for fix in decoder.flush(self._clock.monotonic()):
+                    yield fix
+                return
+            for fix in decoder.feed(data, self._clock.monotonic()):
+                yield fix
+
+    async def send(self, sentence: bytes) -> None:
+        """Write raw bytes to the receiver (configuration and power commands).
+
+        Raises :class:`ConnectionError` when the device is not open.
+        """
+        if self._writer is None:
+            raise ConnectionError(f"GPS device {self.port} is not open")
+        self._writer.write(sentence)
+        await self._writer.drain()

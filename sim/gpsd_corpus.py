@@ -1,0 +1,116 @@
+"""Replay gpsd's regression captures through our decoder and compare with gpsd's output.
+
+Each capture ``NAME.log`` sits beside ``NAME.log.chk``, gpsd's own JSON reports for it.
+For every gpsd ``TPV`` with ``mode >= 2`` we look for a decoded fix at the same lat/lon
+(within :data:`TOLERANCE` degrees). Our positions that gpsd never reported are sorted
+into kinds, and only one kind is an error: a position at a time of day for which gpsd
+said "no fix".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device.gps import Fix
+from hw.nmea import NmeaDecoder
+
+TOLERANCE = 1e-6
+
+
+@dataclass
+class CaptureResult:
+    name: str
+    gpsd_fixes: int
+    matched: int
+    decoded: int
+    #: our positions at a time gpsd reported as no-fix: must stay empty
+    contradicted: list[Fix] = field(default_factory=list)
+    #: our positions for epochs gpsd never reported with a position (truncated or
+    #: spliced captures, the last epoch of a file, re-used timestamps, epochs for which
+    #: gpsd reported mode 0, "not decided")
+    unreported: list[Fix] = field(default_factory=list)
+
+    @property
+    def missed(self) -> int:
+        return self.gpsd_fixes - self.matched
+
+
+def decode_capture(path: Path, decoder: NmeaDecoder | None = None) -> list[Fix]:
+    """Decode a capture the way gpsfake feeds it: ``#`` comment lines are not sent."""
+    dec = decoder if decoder is not None else NmeaDecoder()
+    fixes: list[Fix] = []
+    for line in path.read_bytes().splitlines(keepends=True):
+        if not line.startswith(b"#"):
+            fixes.extend(dec.feed(line))
+    fixes.extend(dec.flush())
+    return fixes
+
+
+def _tod(iso: str) -> float:
+    hms = iso.split("T")[1].rstrip("Z")
+    h, m, s = hms.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+class _Grid:
+    """Positions bucketed by rounded lat/lon for fast tolerance look-ups."""
+
+    def __init__(self, points: list[tuple[float, float]]) -> None:
+        self._cells: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        for p in points:
+            self._cells.setdefault(self._key(p), []).append(p)
+
+    @staticmethod
+    def _key(p: tuple[float, float]) -> tuple[int, int]:
+        return round(p[0] * 1e4), round(p[1] * 1e4)
+
+    def has(self, p: tuple[float, float]) -> bool:
+        k0, k1 = self._key(p)
+        for i in (k0 - 1, k0, k0 + 1):
+            for j in (k1 - 1, k1, k1 + 1):
+                for q in self._cells.get((i, j), ()):
+                    if abs(q[0] - p[0]) <= TOLERANCE and abs(q[1] - p[1]) <= TOLERANCE:
+                        return True
+        return False
+
+
+def compare_capture(log: Path) -> CaptureResult:
+    fixes = decode_capture(log)
+    ours = [f for f in fixes if f.has_position]
+    gpsd_pos: list[tuple[float, float]] = []
+    nofix_tods: set[float] = set()
+    for line in log.with_name(log.name + ".chk").read_text(errors="replace").splitlines():
+        if not line.startswith('{"class":"TPV"'):
+            continue
+        tpv = json.loads(line)
+        if tpv.get("mode", 0) >= 2 and "lat" in tpv and "lon" in tpv:
+            gpsd_pos.append((tpv["lat"], tpv["lon"]))
+        elif tpv.get("mode", 0) == 1 and "time" in tpv:
+            # mode 0 means gpsd has not decided yet (it reports that for a bare GLL);
+            # only mode 1 is gpsd saying "no fix".
+            nofix_tods.add(round(_tod(tpv["time"]), 3))
+    ours_grid = _Grid([(f.lat, f.lon) for f in ours])  # type: ignore[misc]
+    gpsd_grid = _Grid(gpsd_pos)
+    result = CaptureResult(
+        name=log.name,
+        gpsd_fixes=len(gpsd_pos),
+        matched=sum(1 for p in gpsd_pos if ours_grid.has(p)),
+        decoded=len(ours),
+    )
+    for f in ours:
+        assert f.lat is not None and f.lon is not None
+        if gpsd_grid.has((f.lat, f.lon)):
+            continue
+        t = f.time
+        tod = round(t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6, 3) if t else None
+        if tod is not None and tod in nofix_tods:
+            result.contradicted.append(f)
+        else:
+            result.unreported.append(f)
+    return result
+
+
+def compare_corpus(directory: Path) -> list[CaptureResult]:
+    return [compare_capture(p) for p in sorted(directory.glob("*.log"))]
