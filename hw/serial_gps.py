@@ -72,7 +72,9 @@ class NmeaSerialSource:
                         "GPS device %s cannot be opened (%s); retrying every %.1fs. "
                         "Check the path, the cable, and that this user is in the "
                         "'dialout' group.",
-                        self.port, exc, self.retry_interval,
+                        self.port,
+                        exc,
+                        self.retry_interval,
                     )
                 await self._clock.sleep(self.retry_interval)
                 continue
@@ -99,9 +101,7 @@ class NmeaSerialSource:
             log.warning("GPS device %s went away; waiting for it to come back", self.port)
             await self._clock.sleep(self.retry_interval)
 
-    async def _read(
-        self, reader: asyncio.StreamReader, decoder: NmeaDecoder
-    ) -> AsyncIterator[Fix]:
+    async def _read(self, reader: asyncio.StreamReader, decoder: NmeaDecoder) -> AsyncIterator[Fix]:
         while True:
             try:
                 data = await asyncio.wait_for(reader.read(4096), self.idle_flush)

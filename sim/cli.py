@@ -1,9 +1,9 @@
 """``sos-sim``: the simulator's command line.
 
-    sos-sim nmea decode FILE...     decode captures through a pty and the real serial reader
-    sos-sim nmea corpus DIR         compare our decoding of gpsd's captures with gpsd's own
-    sos-sim gps run                 a simulated receiver on a pseudo-terminal
-    sos-sim gps generate -o FILE    write a simulated capture to a file
+sos-sim nmea decode FILE...     decode captures through a pty and the real serial reader
+sos-sim nmea corpus DIR         compare our decoding of gpsd's captures with gpsd's own
+sos-sim gps run                 a simulated receiver on a pseudo-terminal
+sos-sim gps generate -o FILE    write a simulated capture to a file
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ async def decode_via_pty(
     data = b"".join(capture_lines(path))
     with tempfile.TemporaryDirectory(prefix="sos-sim-") as tmp:
         port = PtyPort(Path(tmp) / "gps0", baudrate=baudrate)
-        source = NmeaSerialSource(port=str(port.path), date_floor=date_floor,
-                                  retry_interval=0.05)
+        source = NmeaSerialSource(port=str(port.path), date_floor=date_floor, retry_interval=0.05)
         fixes: list[Fix] = []
 
         async def consume() -> None:
@@ -60,7 +59,9 @@ async def decode_via_pty(
             await asyncio.wait_for(source.connected.wait(), 5.0)
             await port.write(data)
             # Everything written has been read by the source before the line goes away.
-            while source.stats.bytes < len(data):
+            # A pty cannot tell the writer what the reader has consumed, so watch the
+            # source's byte counter (a CLI-only wait; the daemon never does this).
+            while source.stats.bytes < len(data):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             port.unplug()
             await asyncio.wait_for(source.disconnected.wait(), 5.0)
@@ -116,11 +117,15 @@ def cmd_nmea_corpus(args: argparse.Namespace) -> int:
     _out(f"{'capture':38} {'gpsd':>6} {'matched':>8} {'ours':>6} {'unrep.':>6} {'contra':>6}")
     for r in results:
         flag = "" if r.missed == 0 and not r.contradicted else "  <-"
-        _out(f"{r.name:38} {r.gpsd_fixes:6} {r.matched:8} {r.decoded:6} "
-             f"{len(r.unreported):6} {len(r.contradicted):6}{flag}")
+        _out(
+            f"{r.name:38} {r.gpsd_fixes:6} {r.matched:8} {r.decoded:6} "
+            f"{len(r.unreported):6} {len(r.contradicted):6}{flag}"
+        )
     share = matched / total if total else 1.0
-    _out(f"{'TOTAL':38} {total:6} {matched:8}  {share:.2%} of gpsd's fixes matched; "
-         f"{contradicted} positions where gpsd said no fix")
+    _out(
+        f"{'TOTAL':38} {total:6} {matched:8}  {share:.2%} of gpsd's fixes matched; "
+        f"{contradicted} positions where gpsd said no fix"
+    )
     return 0 if share >= args.min_share and contradicted == 0 else 1
 
 
@@ -162,8 +167,10 @@ def cmd_gps_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         link = Path(args.link) if args.link else Path(tempfile.mkdtemp(prefix="sos-sim-")) / "gps0"
         port = PtyPort(link, baudrate=args.baud)
-        _err(f"simulated GPS on {port.path} ({args.rate:g} Hz, {args.baud} baud); "
-             "point the daemon's gps.device at it. Ctrl-C stops.")
+        _err(
+            f"simulated GPS on {port.path} ({args.rate:g} Hz, {args.baud} baud); "
+            "point the daemon's gps.device at it. Ctrl-C stops."
+        )
         try:
             if args.replay:
                 from sim.gps.runner import replay_capture
@@ -191,11 +198,20 @@ def cmd_gps_generate(args: argparse.Namespace) -> int:
             data, truth = rx.epoch(n)
             fh.write(data)
             if args.truth:
-                args.truth.write(json.dumps({
-                    "time": truth.time.isoformat().replace("+00:00", "Z"), "fix": truth.fix,
-                    "lat": truth.lat, "lon": truth.lon, "alt": truth.alt,
-                    "speed": truth.speed, "course": truth.course,
-                }) + "\n")
+                args.truth.write(
+                    json.dumps(
+                        {
+                            "time": truth.time.isoformat().replace("+00:00", "Z"),
+                            "fix": truth.fix,
+                            "lat": truth.lat,
+                            "lon": truth.lon,
+                            "alt": truth.alt,
+                            "speed": truth.speed,
+                            "course": truth.course,
+                        }
+                    )
+                    + "\n"
+                )
     _err(f"{args.output}: {n_epochs} epochs")
     return 0
 
@@ -211,13 +227,28 @@ def _receiver_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rate", type=float, default=1.0, help="update rate, 0.1-10 Hz (1)")
     g.add_argument("--talker", default="GN", help="talker id: GP, GN, GL, GA, GB, BD (GN)")
     g.add_argument("--start", help="UTC start time, ISO 8601 (default: now)")
-    g.add_argument("--cold-start", type=float, default=0.0, metavar="S",
-                   help="seconds without a fix after start")
-    g.add_argument("--outage", action="append", default=[], metavar="A:B",
-                   help="no fix from A to B seconds (a tunnel); repeatable")
-    g.add_argument("--fault", action="append", default=[], metavar="KIND@S",
-                   help="inject a fault: bad-checksum, truncated, glued, ubx, zeroed-void, "
-                        "rollover; repeatable")
+    g.add_argument(
+        "--cold-start",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="seconds without a fix after start",
+    )
+    g.add_argument(
+        "--outage",
+        action="append",
+        default=[],
+        metavar="A:B",
+        help="no fix from A to B seconds (a tunnel); repeatable",
+    )
+    g.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND@S",
+        help="inject a fault: bad-checksum, truncated, glued, ubx, zeroed-void, "
+        "rollover; repeatable",
+    )
     g.add_argument("--zda", action="store_true", help="also send ZDA")
     g.add_argument("--no-noise", action="store_true", help="exact route positions")
     g.add_argument("--seed", type=int, default=0)
@@ -233,18 +264,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="group", required=True)
 
     nmea = sub.add_parser("nmea", help="NMEA captures").add_subparsers(dest="cmd", required=True)
-    d = nmea.add_parser("decode", help="decode captures through a pty and the serial reader",
-                        description="Each FILE is sent through a pseudo-terminal into the "
-                        "daemon's serial GPS reader. One JSON object per fix on stdout; a "
-                        "summary line per file on stderr. '#' comment lines are skipped, "
-                        "as gpsfake does.")
+    d = nmea.add_parser(
+        "decode",
+        help="decode captures through a pty and the serial reader",
+        description="Each FILE is sent through a pseudo-terminal into the "
+        "daemon's serial GPS reader. One JSON object per fix on stdout; a "
+        "summary line per file on stderr. '#' comment lines are skipped, "
+        "as gpsfake does.",
+    )
     d.add_argument("files", nargs="+", metavar="FILE")
-    d.add_argument("--all-epochs", action="store_true",
-                   help="also print epochs without a position (mode none/unknown)")
-    d.add_argument("--baud", type=int, default=None,
-                   help="pace the pty like a UART at this rate (default: as fast as read)")
-    d.add_argument("--date-floor", type=_date, default=DEFAULT_DATE_FLOOR,
-                   help=f"dates before this are flagged (default {DEFAULT_DATE_FLOOR})")
+    d.add_argument(
+        "--all-epochs",
+        action="store_true",
+        help="also print epochs without a position (mode none/unknown)",
+    )
+    d.add_argument(
+        "--baud",
+        type=int,
+        default=None,
+        help="pace the pty like a UART at this rate (default: as fast as read)",
+    )
+    d.add_argument(
+        "--date-floor",
+        type=_date,
+        default=DEFAULT_DATE_FLOOR,
+        help=f"dates before this are flagged (default {DEFAULT_DATE_FLOOR})",
+    )
     d.set_defaults(func=cmd_nmea_decode)
     c = nmea.add_parser("corpus", help="compare with gpsd's decoding of its regression captures")
     c.add_argument("directory")
@@ -264,16 +309,22 @@ def build_parser() -> argparse.ArgumentParser:
     _receiver_options(g)
     g.add_argument("-o", "--output", required=True)
     g.add_argument("--duration", type=float, default=60.0, metavar="S")
-    g.add_argument("--truth", type=argparse.FileType("w"),
-                   help="also write what each epoch meant, as JSON lines")
+    g.add_argument(
+        "--truth",
+        type=argparse.FileType("w"),
+        help="also write what each epoch meant, as JSON lines",
+    )
     g.set_defaults(func=cmd_gps_generate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return int(args.func(args))
     except ValueError as exc:

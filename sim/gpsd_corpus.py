@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from device.gps import Fix
@@ -48,10 +49,8 @@ def decode_capture(path: Path, decoder: NmeaDecoder | None = None) -> list[Fix]:
     return fixes
 
 
-def _tod(iso: str) -> float:
-    hms = iso.split("T")[1].rstrip("Z")
-    h, m, s = hms.split(":")
-    return int(h) * 3600 + int(m) * 60 + float(s)
+def _seconds_of_day(t: datetime) -> float:
+    return round(t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6, 3)
 
 
 class _Grid:
@@ -90,8 +89,8 @@ def compare_capture(log: Path) -> CaptureResult:
         elif tpv.get("mode", 0) == 1 and "time" in tpv:
             # mode 0 means gpsd has not decided yet (it reports that for a bare GLL);
             # only mode 1 is gpsd saying "no fix".
-            nofix_tods.add(round(_tod(tpv["time"]), 3))
-    ours_grid = _Grid([(f.lat, f.lon) for f in ours])  # type: ignore[misc]
+            nofix_tods.add(_seconds_of_day(datetime.fromisoformat(tpv["time"])))
+    ours_grid = _Grid([(f.lat, f.lon) for f in ours if f.lat is not None and f.lon is not None])
     gpsd_grid = _Grid(gpsd_pos)
     result = CaptureResult(
         name=log.name,
@@ -100,12 +99,9 @@ def compare_capture(log: Path) -> CaptureResult:
         decoded=len(ours),
     )
     for f in ours:
-        assert f.lat is not None and f.lon is not None
-        if gpsd_grid.has((f.lat, f.lon)):
+        if f.lat is None or f.lon is None or gpsd_grid.has((f.lat, f.lon)):
             continue
-        t = f.time
-        tod = round(t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6, 3) if t else None
-        if tod is not None and tod in nofix_tods:
+        if f.time is not None and _seconds_of_day(f.time) in nofix_tods:
             result.contradicted.append(f)
         else:
             result.unreported.append(f)

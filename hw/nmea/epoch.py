@@ -155,8 +155,15 @@ class EpochMerger:
         sats = e.sats_gga if e.sats_gga is not None else (e.sats_gsa or None)
         hdop = e.hdop_gga if e.hdop_gga is not None else e.hdop_gsa
         if e.void or e.lat is None:
-            return Fix(time=time, mode=mode, quality=e.quality, sats=sats, hdop=hdop,
-                       time_issue=issue, received=received)
+            return Fix(
+                time=time,
+                mode=mode,
+                quality=e.quality,
+                sats=sats,
+                hdop=hdop,
+                time_issue=issue,
+                received=received,
+            )
         return Fix(
             time=time,
             lat=e.lat,
@@ -225,7 +232,8 @@ def _position(s: Sentence) -> tuple[float, float, float] | None:
 
 
 def _differs(e: _Epoch, pos: tuple[float, float, float]) -> bool:
-    assert e.lat is not None and e.lon is not None
+    if e.lat is None or e.lon is None:
+        return False
     tol = max(e.pos_res, pos[2]) / 2 + 1e-9
     return abs(e.lat - pos[0]) > tol or abs(e.lon - pos[1]) > tol
 
@@ -306,8 +314,12 @@ def _apply_vtg(e: _Epoch, s: Sentence) -> None:
         # NMEA 1.x layout without unit letters: course, mag course, knots, km/h.
         course, kn, kmh, posmode = f[0], f[2] if len(f) > 2 else "", "", ""
     else:
-        course, kn, kmh, posmode = (s.get("course"), s.get("speed_kn"),
-                                    s.get("speed_kmh"), s.get("posmode"))
+        course, kn, kmh, posmode = (
+            s.get("course"),
+            s.get("speed_kn"),
+            s.get("speed_kmh"),
+            s.get("posmode"),
+        )
     if posmode == "N":
         return
     c = parse_float(course)

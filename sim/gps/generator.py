@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sim.gps.route import EARTH_RADIUS, RouteWalker, Waypoint
+from sim.gps.route import EARTH_RADIUS, RouteWalker
 
 KNOT = 1852.0 / 3600.0
 #: GPS week-number rollover period
@@ -44,7 +44,9 @@ class Fault:
             return cls(FaultKind(kind), float(at or 0))
         except ValueError:
             kinds = ", ".join(k.value for k in FaultKind)
-            raise ValueError(f"fault {spec!r}: expected KIND@SECONDS, KIND one of {kinds}")
+            raise ValueError(
+                f"fault {spec!r}: expected KIND@SECONDS, KIND one of {kinds}"
+            ) from None
 
 
 @dataclass
@@ -158,8 +160,13 @@ class SimReceiver:
         return EpochTruth(
             time=self.start + timedelta(seconds=t),
             fix=self.script.has_fix(t),
-            lat=lat, lon=lon, alt=p.alt, speed=speed, course=course,
-            sats=self._sats, hdop=hdop,
+            lat=lat,
+            lon=lon,
+            alt=p.alt,
+            speed=speed,
+            course=course,
+            sats=self._sats,
+            hdop=hdop,
         )
 
     def epoch(self, n: int) -> tuple[bytes, EpochTruth]:
@@ -190,15 +197,16 @@ class SimReceiver:
         lat = f"{_ddmm(tr.lat, 2)},{'N' if tr.lat >= 0 else 'S'}"
         lon = f"{_ddmm(tr.lon, 3)},{'E' if tr.lon >= 0 else 'W'}"
         kn = tr.speed / KNOT
-        used = ",".join([f"{sv:02d}" for sv in range(1, tr.sats + 1)][:12] +
-                        [""] * max(0, 12 - tr.sats))
+        used = ",".join(
+            [f"{sv:02d}" for sv in range(1, tr.sats + 1)][:12] + [""] * max(0, 12 - tr.sats)
+        )
         pdop, vdop = round(tr.hdop * 1.6, 2), round(tr.hdop * 1.3, 2)
         out = [
-            sentence(f"{tk}RMC,{hms},A,{lat},{lon},{kn:.3f},{tr.course:.2f},"
-                     f"{day:%d%m%y},,,A"),
+            sentence(f"{tk}RMC,{hms},A,{lat},{lon},{kn:.3f},{tr.course:.2f},{day:%d%m%y},,,A"),
             sentence(f"{tk}VTG,{tr.course:.2f},T,,M,{kn:.3f},N,{tr.speed * 3.6:.3f},K,A"),
-            sentence(f"{tk}GGA,{hms},{lat},{lon},1,{tr.sats:02d},{tr.hdop:.2f},"
-                     f"{tr.alt:.1f},M,47.0,M,,"),
+            sentence(
+                f"{tk}GGA,{hms},{lat},{lon},1,{tr.sats:02d},{tr.hdop:.2f},{tr.alt:.1f},M,47.0,M,,"
+            ),
             sentence(f"{tk}GSA,A,3,{used},{pdop:.2f},{tr.hdop:.2f},{vdop:.2f}"),
             sentence(f"{tk}GLL,{lat},{lon},{hms},A,A"),
         ]

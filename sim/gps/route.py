@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -45,7 +46,7 @@ class Route:
             raise ValueError("a route needs at least one waypoint")
         self.points = points
         self.cumulative = [0.0]
-        for a, b in zip(points, points[1:], strict=False):
+        for a, b in itertools.pairwise(points):
             self.cumulative.append(self.cumulative[-1] + haversine(a.lat, a.lon, b.lat, b.lon))
 
     @property
@@ -59,14 +60,13 @@ class Route:
         pts: list[Waypoint] = []
         for track in gpx.tracks:
             for seg in track.segments:
-                pts.extend(Waypoint(p.latitude, p.longitude, p.elevation or 0.0)
-                           for p in seg.points)
+                pts.extend(
+                    Waypoint(p.latitude, p.longitude, p.elevation or 0.0) for p in seg.points
+                )
         for route in gpx.routes:
-            pts.extend(Waypoint(p.latitude, p.longitude, p.elevation or 0.0)
-                       for p in route.points)
+            pts.extend(Waypoint(p.latitude, p.longitude, p.elevation or 0.0) for p in route.points)
         if not pts:
-            pts = [Waypoint(p.latitude, p.longitude, p.elevation or 0.0)
-                   for p in gpx.waypoints]
+            pts = [Waypoint(p.latitude, p.longitude, p.elevation or 0.0) for p in gpx.waypoints]
         if not pts:
             raise ValueError(f"{path}: no track, route or waypoints in this GPX file")
         return cls(pts)
@@ -103,8 +103,9 @@ class Route:
         a, b = self.points[i - 1], self.points[i]
         seg = self.cumulative[i] - self.cumulative[i - 1]
         f = (d - self.cumulative[i - 1]) / seg if seg > 0 else 0.0
-        p = Waypoint(a.lat + (b.lat - a.lat) * f, a.lon + (b.lon - a.lon) * f,
-                     a.alt + (b.alt - a.alt) * f)
+        p = Waypoint(
+            a.lat + (b.lat - a.lat) * f, a.lon + (b.lon - a.lon) * f, a.alt + (b.alt - a.alt) * f
+        )
         return p, bearing(a.lat, a.lon, b.lat, b.lon)
 
 

@@ -40,9 +40,14 @@ async def run_receiver(
         if port.baudrate and not warned:
             need = len(data) * 10 * receiver.rate_hz
             if need > port.baudrate:
-                log.warning("%d bytes per epoch at %.0f Hz need about %d baud; the line "
-                            "runs at %d and will fall behind", len(data), receiver.rate_hz,
-                            need, port.baudrate)
+                log.warning(
+                    "%d bytes per epoch at %.0f Hz need about %d baud; the line "
+                    "runs at %d and will fall behind",
+                    len(data),
+                    receiver.rate_hz,
+                    need,
+                    port.baudrate,
+                )
                 warned = True
         await port.write(data)
         if on_epoch is not None:

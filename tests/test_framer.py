@@ -1,0 +1,65 @@
+"""Framing a hostile byte stream: garbage, binary frames, glued and partial lines."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hw.nmea import NmeaDecoder, NmeaFramer
+from sim.gps.generator import sentence, ubx_frame
+
+GOOD = [
+    sentence("GNRMC,101500.00,A,5557.14961,N,00310.34842,W,2.721,121.85,221126,,,A"),
+    sentence("GNGGA,101500.00,5557.14961,N,00310.34842,W,1,09,1.00,60.2,M,47.0,M,,"),
+    sentence("GNGSA,A,3,01,02,03,04,05,06,07,08,09,,,,1.60,1.00,1.30"),
+]
+STREAM = b"".join(GOOD)
+
+
+def frames(data: bytes) -> list[bytes]:
+    f = NmeaFramer()
+    return f.feed(data) + f.flush()
+
+
+def test_clean_stream() -> None:
+    assert frames(STREAM) == [g.rstrip() for g in GOOD]
+
+
+def test_partial_line_at_power_up_does_not_cost_the_next_sentence() -> None:
+    got = frames(b"57.14961,N,00310.34842,W,2.7*1A\r\n" + STREAM)
+    assert got == [g.rstrip() for g in GOOD]
+
+
+def test_glued_sentences_are_split() -> None:
+    got = frames(GOOD[0].rstrip() + GOOD[1])
+    assert got == [GOOD[0].rstrip(), GOOD[1].rstrip()]
+
+
+def test_binary_frame_with_dollar_inside_is_skipped() -> None:
+    ubx = ubx_frame(1, 7, b"\x00\x24\x10\r\n\xff" * 10)
+    dec = NmeaDecoder()
+    fixes = dec.feed(GOOD[0] + ubx + GOOD[1] + GOOD[2]) + dec.flush()
+    assert len(fixes) == 1 and fixes[0].has_position
+    assert dec.stats.sentences == 3
+    assert dec.stats.noise_bytes > 0
+
+
+def test_runaway_line_is_dropped_and_memory_stays_bounded() -> None:
+    f = NmeaFramer()
+    for _ in range(1000):
+        assert f.feed(b"$" + b"A" * 999) == []
+    assert len(f._buf) <= 200
+    assert f.feed(b"\r\n" + GOOD[0]) == [GOOD[0].rstrip()]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM)), max_size=20))
+def test_any_chunking_gives_the_same_frames(cuts: list[int]) -> None:
+    f = NmeaFramer()
+    points = sorted(set(cuts))
+    got: list[bytes] = []
+    prev = 0
+    for p in [*points, len(STREAM)]:
+        got.extend(f.feed(STREAM[prev:p]))
+        prev = p
+    got.extend(f.flush())
+    assert got == [g.rstrip() for g in GOOD]
