@@ -41,8 +41,11 @@ def find_tool(name: str) -> str | None:
 def shared_dir() -> Path:
     """``shared/`` beside the checkout (CI clones the repo with shared/ next to it)."""
     d = Path(os.environ.get("SOSBEACON_SHARED", REPO.parent / "shared"))
-    require(f"shared data directory {d}", (d / "gpsd-logs").is_dir(),
-            "set SOSBEACON_SHARED to the directory holding gpsd-logs/ and owntracks-schema/")
+    require(
+        f"shared data directory {d}",
+        (d / "gpsd-logs").is_dir(),
+        "set SOSBEACON_SHARED to the directory holding gpsd-logs/ and owntracks-schema/",
+    )
     return d
 
 

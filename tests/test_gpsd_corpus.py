@@ -58,7 +58,9 @@ def test_every_shortfall_is_known_and_explained(results) -> None:  # type: ignor
 
 
 def test_no_position_where_gpsd_said_no_fix(results) -> None:  # type: ignore[no-untyped-def]
-    contradicted = {r.name: [f.to_json() for f in r.contradicted] for r in results if r.contradicted}
+    contradicted = {
+        r.name: [f.to_json() for f in r.contradicted] for r in results if r.contradicted
+    }
     assert contradicted == {}
 
 

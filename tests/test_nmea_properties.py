@@ -53,7 +53,9 @@ def test_valid_sentences_in_noise_never_raise(lines: list[bytes], noise: bytes) 
         st.tuples(
             st.sampled_from(REAL),
             st.integers(min_value=1, max_value=60),  # where to mutate
-            st.integers(min_value=0x20, max_value=0x7E),  # printable replacement
+            # printable replacement; '$', '!' and '*' would cut the line into new
+            # candidates whose own 8-bit checksum may match by chance (1 in 256)
+            st.integers(min_value=0x20, max_value=0x7E).filter(lambda b: b not in b"$!*"),
         ),
         min_size=1,
         max_size=12,

@@ -92,7 +92,9 @@ def test_lowercase_checksum_is_accepted() -> None:
 
 @pytest.mark.parametrize("talker", ["GP", "GN", "GL", "GA", "GB", "BD", "GQ"])
 def test_any_talker(talker: str) -> None:
-    s = split_sentence(sentence(f"{talker}GGA,120000,4807.038,N,01131.000,E,1,08,0.9,545.4,M,,,,").rstrip())
+    s = split_sentence(
+        sentence(f"{talker}GGA,120000,4807.038,N,01131.000,E,1,08,0.9,545.4,M,,,,").rstrip()
+    )
     assert isinstance(s, Sentence)
     assert s.talker == talker
     assert s.kind == "GGA"

@@ -70,6 +70,7 @@ class _Epoch:
     void: bool = False
     gga_no_sats: bool = False
     keys: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
     emitted: Fix | None = None
 
     @property
@@ -104,17 +105,20 @@ class EpochMerger:
             cur = self._cur
         if tod is not None:
             cur.tod = tod
-        if s.kind in _POSITIONED and cur.lat is not None:
-            pos = _position(s)
-            if pos is not None and _differs(cur, pos):
-                # Same time of day, another position: the sender re-used a timestamp
-                # for a new sample (chart plotters do). Report both, as gpsd does.
-                out.extend(self._close(received, learn=False))
-                cur = self._cur
-                cur.tod = tod
+        pos = _position(s) if s.kind in _POSITIONED and _position_usable(s) else None
+        if pos is not None and _differs(cur, pos):
+            # Same time of day, another position: the sender re-used a timestamp for a
+            # new sample (chart plotters do). Report both, as gpsd does.
+            out.extend(self._close(received, learn=False))
+            cur = self._cur
+            cur.tod = tod
         _APPLY[s.kind](cur, s)
-        n = sum(1 for k in cur.keys if k.startswith(s.talker + s.kind))
-        key = f"{s.talker}{s.kind}#{n}"
+        if pos is not None:
+            _set_position(cur, pos)
+        name = s.talker + s.kind
+        n = cur.counts.get(name, 0)
+        cur.counts[name] = n + 1
+        key = f"{name}#{n}"
         cur.keys.append(key)
         if cur.emitted is None and key == self._ender and cur.tod is not None:
             cur.emitted = self._build(cur, received)
@@ -238,20 +242,24 @@ def _differs(e: _Epoch, pos: tuple[float, float, float]) -> bool:
     return abs(e.lat - pos[0]) > tol or abs(e.lon - pos[1]) > tol
 
 
-def _set_position(e: _Epoch, s: Sentence) -> None:
-    pos = _position(s)
-    if pos is None:
-        return
+def _position_usable(s: Sentence) -> bool:
+    """The sentence's own flags allow its position (the epoch may still be void)."""
+    if s.kind == "GGA":
+        q = parse_int(s.get("quality"))
+        return q is not None and q > 0
+    return s.get("status") == "A" and s.get("posmode") != "N"
+
+
+def _set_position(e: _Epoch, pos: tuple[float, float, float]) -> None:
     # Keep the finer of two roundings of the same position.
     if e.lat is None or pos[2] < e.pos_res:
         e.lat, e.lon, e.pos_res = pos
 
 
 def _apply_rmc(e: _Epoch, s: Sentence) -> None:
-    if s.get("status") != "A" or s.get("posmode") == "N":
+    if not _position_usable(s):
         e.void = True
         return
-    _set_position(e, s)
     raw = s.get("date")
     if raw:
         e.date = None
@@ -284,15 +292,12 @@ def _apply_gga(e: _Epoch, s: Sentence) -> None:
         e.void = True
         return
     e.quality = FixQuality(q) if q in FixQuality._value2member_map_ else e.quality
-    _set_position(e, s)
     e.alt = parse_float(s.get("alt"))
 
 
 def _apply_gll(e: _Epoch, s: Sentence) -> None:
-    if s.get("status") != "A" or s.get("posmode") == "N":
+    if not _position_usable(s):
         e.void = True
-        return
-    _set_position(e, s)
 
 
 def _apply_gsa(e: _Epoch, s: Sentence) -> None:

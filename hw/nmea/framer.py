@@ -37,7 +37,8 @@ class NmeaFramer:
         n = len(buf)
         for m in _CANDIDATE.finditer(buf):
             start, end = m.span()
-            self.garbage_bytes += _noise(buf, pos, start)
+            if start > pos:
+                self.garbage_bytes += _noise(buf, pos, start)
             if end == n:
                 # No terminator yet: keep it for the next chunk unless already too long.
                 if end - start > MAX_SENTENCE:

@@ -1,0 +1,47 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from device.gps import Fix, GpsSource
+
+
+@dataclass
+class Collector:
+    """Consumes a GPS source in the background; tests await conditions on what arrived."""
+
+    source: GpsSource
+    fixes: list[Fix] = field(default_factory=list)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def run(self) -> None:
+        async for fix in self.source.fixes():
+            async with self._changed:
+                self.fixes.append(fix)
+                self._changed.notify_all()
+
+    async def wait_for(self, count: int, *, positioned: bool = True, timeout: float = 10) -> None:
+        """Until ``count`` more (positioned) fixes than now have arrived."""
+
+        def n() -> int:
+            return sum(1 for f in self.fixes if f.has_position or not positioned)
+
+        target = n() + count
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: n() >= target)
+
+
+@contextlib.asynccontextmanager
+async def collecting(source: GpsSource) -> AsyncIterator[Collector]:
+    c = Collector(source)
+    task = asyncio.create_task(c.run())
+    try:
+        yield c
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,125 @@
+"""The serial reader, fed by the simulated receiver through a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from device.gps import TimeIssue
+from hw.serial_gps import NmeaSerialSource
+from sim.gps import Fault, FaultKind, PtyPort, ReceiverScript, Route, RouteWalker, SimReceiver
+from sim.gps.generator import EpochTruth
+from sim.gps.runner import run_receiver
+from tests.helpers import collecting
+
+START = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
+
+
+def receiver(**script: object) -> SimReceiver:
+    return SimReceiver(
+        RouteWalker(Route.sample(), 1.4),
+        start=START,
+        rate_hz=10,
+        script=ReceiverScript(**script),  # type: ignore[arg-type]
+        seed=7,
+    )
+
+
+@contextlib.asynccontextmanager
+async def background(coro):  # type: ignore[no-untyped-def]
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_simulated_route_with_every_fault_decodes_to_what_the_simulator_meant(
+    tmp_path: Path,
+) -> None:
+    faults = [Fault(kind, 0.55 + 0.1 * i) for i, kind in enumerate(FaultKind)]
+    rx = receiver(cold_start=0.3, outages=[(1.5, 1.8)], faults=faults)
+    port = PtyPort(tmp_path / "gps0", baudrate=115200)
+    source = NmeaSerialSource(port=str(port.path), baudrate=115200)
+    truths: list[EpochTruth] = []
+    async with collecting(source) as got:
+        await asyncio.wait_for(source.connected.wait(), 5)
+        await run_receiver(rx, port, duration=2.5, on_epoch=truths.append)
+        port.unplug()  # end of input: the last epoch is flushed
+        await asyncio.wait_for(source.disconnected.wait(), 5)
+    by_time = {t.time: t for t in truths}
+    positioned = [f for f in got.fixes if f.has_position]
+    rollover = [f for f in positioned if f.time_issue is TimeIssue.BEFORE_FLOOR]
+    assert len(rollover) == 1
+    for fix in positioned:
+        if fix.time_issue is TimeIssue.BEFORE_FLOOR:
+            continue
+        assert fix.time in by_time, fix
+        truth = by_time[fix.time]
+        assert truth.fix, f"position reported for a no-fix epoch: {fix}"
+        assert fix.lat == pytest.approx(truth.lat, abs=2e-7)
+        assert fix.lon == pytest.approx(truth.lon, abs=2e-7)
+    # Every epoch with a fix got through except the ones a fault damaged.
+    with_fix = sum(1 for t in truths if t.fix)
+    assert len(positioned) >= with_fix - 4
+    # The cold start, the tunnel and the zeroed void epoch really happened, and the
+    # loop above showed none of them produced a position.
+    assert sum(1 for t in truths if not t.fix) >= 3 + 3 + 1
+    assert len(positioned) <= with_fix
+    st = source.stats
+    assert st.bad_checksum >= 1
+    assert st.noise_bytes > 0
+    assert st.garbage + st.bad_checksum >= 2  # the truncated/glued line is rejected too
+
+
+async def test_resumes_within_two_seconds_after_unplug(tmp_path: Path) -> None:
+    port = PtyPort(tmp_path / "gps0", baudrate=115200)
+    source = NmeaSerialSource(port=str(port.path), retry_interval=0.5)
+    async with collecting(source) as got, background(run_receiver(receiver(), port, duration=60)):
+        await got.wait_for(3)
+        port.unplug()
+        await asyncio.wait_for(source.disconnected.wait(), 5)
+        await asyncio.sleep(1.0)  # the receiver stays unplugged for a second
+        t0 = time.monotonic()
+        port.plug()
+        await got.wait_for(1, timeout=5)
+        elapsed = time.monotonic() - t0
+    assert source.stats.reconnects == 1
+    assert elapsed < 2.0
+
+
+async def test_device_missing_at_start_is_waited_for(tmp_path: Path) -> None:
+    link = tmp_path / "gps0"
+    source = NmeaSerialSource(port=str(link), retry_interval=0.2)
+    async with collecting(source) as got:
+        await asyncio.sleep(0.5)  # nothing there yet: the source keeps retrying
+        assert got.fixes == []
+        port = PtyPort(link, baudrate=115200)
+        async with background(run_receiver(receiver(), port, duration=60)):
+            await got.wait_for(2, timeout=5)
+        port.close()
+
+
+async def test_send_reaches_the_receiver(tmp_path: Path) -> None:
+    port = PtyPort(tmp_path / "gps0", baudrate=None)
+    source = NmeaSerialSource(port=str(port.path))
+    with pytest.raises(ConnectionError):
+        await source.send(b"$PMTK161,0*28\r\n")
+    async with collecting(source):
+        await asyncio.wait_for(source.connected.wait(), 5)
+        await source.send(b"$PMTK161,0*28\r\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        got = b""
+        while b"\n" not in got and loop.time() < deadline:
+            got += port.read_nowait()
+            await asyncio.sleep(0.01)
+    port.close()
+    assert got == b"$PMTK161,0*28\r\n"
