@@ -9,7 +9,6 @@ and resumes within that interval (plus one open) of the device coming back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import date
@@ -94,9 +93,11 @@ class NmeaSerialSource:
                 self.connected.clear()
                 self.disconnected.set()
                 self._writer = None
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                # abort(), not close(): close() drains the output with tcdrain() in a
+                # worker thread, which never returns on a line whose other end is gone
+                # (a pty whose master closed) and would hang shutdown.
+                if not writer.transport.is_closing():
+                    writer.transport.abort()
             self._stats.reconnects += 1
             log.warning("GPS device %s went away; waiting for it to come back", self.port)
             await self._clock.sleep(self.retry_interval)

@@ -123,3 +123,49 @@ async def test_send_reaches_the_receiver(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
     port.close()
     assert got == b"$PMTK161,0*28\r\n"
+
+
+SHUTDOWN_SCRIPT = """
+import asyncio, sys, tempfile
+from pathlib import Path
+from hw.serial_gps import NmeaSerialSource
+from sim.gps import PtyPort, Route, RouteWalker, SimReceiver
+from sim.gps.runner import run_receiver
+
+async def main(close_first):
+    port = PtyPort(Path(tempfile.mkdtemp()) / "gps0", baudrate=115200)
+    src = NmeaSerialSource(port=str(port.path))
+    async def consume():
+        async for _ in src.fixes():
+            pass
+    task = asyncio.create_task(consume())
+    await src.connected.wait()
+    await run_receiver(SimReceiver(RouteWalker(Route.sample(), 1.4), rate_hz=10), port,
+                       duration=0.5)
+    if close_first:
+        port.close(); task.cancel()
+    else:
+        task.cancel(); port.close()
+
+asyncio.run(main(False))
+asyncio.run(main(True))
+print("clean exit")
+"""
+
+
+def test_cancelling_a_connected_source_never_hangs_shutdown() -> None:
+    """Regression: closing the serial transport used to drain it with tcdrain() in a
+    worker thread, which never returned once the pty's other end was gone, so the
+    process hung at exit."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "clean exit" in res.stdout
