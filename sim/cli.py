@@ -216,6 +216,37 @@ def cmd_gps_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gps_watch(args: argparse.Namespace) -> int:
+    """Print fixes from a real device or gpsd: the first check after wiring a receiver."""
+    from device.gps import GpsSource
+    from hw.gpsd_client import GpsdSource
+
+    source: GpsSource
+    if args.gpsd:
+        host, _, port = args.gpsd.rpartition(":")
+        source = GpsdSource(host=host or "127.0.0.1", port=int(port or 2947))
+    else:
+        source = NmeaSerialSource(port=args.device, baudrate=args.baud)
+
+    async def main() -> None:
+        n = 0
+        async for fix in source.fixes():
+            if fix.has_position or args.all_epochs:
+                _out(json.dumps(fix.to_json()))
+                n += 1
+            if args.count and n >= args.count:
+                break
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    st = source.stats
+    _err(
+        f"{st.sentences} sentences, {st.bad_checksum} bad checksums, {st.garbage} malformed, "
+        f"{st.epochs} epochs, {st.fixes} fixes, {st.reconnects} reconnects"
+    )
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------
 
 
@@ -305,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--replay", help="send this capture instead of a simulated route")
     r.add_argument("--loop", action="store_true", help="with --replay: start over at the end")
     r.set_defaults(func=cmd_gps_run)
+    w = gps.add_parser("watch", help="print fixes from a real receiver or from gpsd")
+    src = w.add_mutually_exclusive_group(required=True)
+    src.add_argument("--device", help="serial device, e.g. /dev/serial0 or /dev/ttyACM0")
+    src.add_argument("--gpsd", metavar="HOST:PORT", help="read from gpsd, e.g. 127.0.0.1:2947")
+    w.add_argument("--baud", type=int, default=9600)
+    w.add_argument("--count", type=int, default=0, help="stop after this many fixes")
+    w.add_argument("--all-epochs", action="store_true", help="also print epochs without a fix")
+    w.set_defaults(func=cmd_gps_watch)
     g = gps.add_parser("generate", help="write a simulated capture to a file")
     _receiver_options(g)
     g.add_argument("-o", "--output", required=True)

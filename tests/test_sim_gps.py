@@ -195,3 +195,43 @@ def test_generate_then_decode(tmp_path: Path) -> None:
     assert len(dec.stdout.splitlines()) == 10
     bad = run_cli("gps", "generate", "-o", str(out), "--fault", "lightning@1")
     assert bad.returncode == 2 and "KIND@SECONDS" in bad.stderr
+
+
+def test_watch_reads_a_simulated_receiver_on_a_pty(tmp_path: Path) -> None:
+    """`sos-sim gps run` on one side, `sos-sim gps watch` on the other: the commands a
+    developer uses on a board, with the pty standing in for the UART."""
+    import json
+    import time
+
+    link = tmp_path / "gps0"
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sim.cli",
+            "gps",
+            "run",
+            "--link",
+            str(link),
+            "--rate",
+            "5",
+            "--baud",
+            "115200",
+            "--duration",
+            "30",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not link.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        res = run_cli("gps", "watch", "--device", str(link), "--baud", "115200", "--count", "3")
+    finally:
+        sim.terminate()
+        sim.wait(5)
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 3
+    assert all(r["mode"] == "3d" and abs(r["lat"] - 55.95) < 0.02 for r in rows)
+    assert "fixes" in res.stderr
