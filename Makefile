@@ -10,7 +10,7 @@ export VENV
 
 help:
 	@echo "make test       lint, type-check and run all tests (bootstraps everything)"
-	@echo "make demo       run the whole system without hardware"
+	@echo "make demo       run the system without hardware (today: the GPS path)"
 	@echo "make bench      print performance figures"
 	@echo "make soak       long fault campaigns (not part of make test)"
 
@@ -37,9 +37,7 @@ soak: bootstrap
 	@exit 1
 
 demo: bootstrap
-	@echo "make demo: the end-to-end demo arrives with the daemon (issue 5)." >&2
-	@echo "Today you can watch the GPS path: $(BIN)/sos-sim gps run --help" >&2
-	@exit 1
+	$(BIN)/python -m sim.demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
