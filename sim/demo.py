@@ -8,6 +8,7 @@ MQTT and emergency-contact parts of the demo arrive with issues 3-5.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import tempfile
 import time
@@ -66,6 +67,8 @@ async def main() -> int:
         reader = asyncio.create_task(show())
         await asyncio.wait_for(source.connected.wait(), 5)
         await run_receiver(rx, port, duration=DURATION)
+        # End of the demo, not a fault: keep the reader's "device went away" warning quiet.
+        logging.getLogger("hw.serial_gps").setLevel(logging.ERROR)
         port.unplug()  # the reader decodes what is left, then sees the line go
         await asyncio.wait_for(source.disconnected.wait(), 5)
         reader.cancel()
