@@ -74,8 +74,8 @@ async def main() -> int:
         reader.cancel()
     st = source.stats
     w(
-        f"\n{st.sentences} sentences decoded, {st.bad_checksum} bad checksums and "
-        f"{st.garbage} malformed lines rejected, {st.noise_bytes} bytes of binary noise skipped; "
+        f"\n{st.sentences} sentences decoded; rejected: {st.bad_checksum} with a bad "
+        f"checksum, {st.garbage} malformed; skipped: {st.noise_bytes} bytes of binary noise.\n"
         f"{st.epochs} epochs, {st.fixes} with a position.\n"
     )
     return 0
