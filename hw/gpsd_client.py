@@ -21,6 +21,7 @@ from typing import Any
 
 from device.clock import Clock, MonotonicClock
 from device.gps import Fix, FixMode, FixQuality, GpsStats
+from hw.link import Link
 
 log = logging.getLogger(__name__)
 
@@ -108,35 +109,32 @@ class GpsdSource:
         self.port = port
         #: only follow this device path (gpsd may serve several receivers)
         self.device = device
-        self.retry_interval = retry_interval
         self._clock = clock if clock is not None else MonotonicClock()
         self._stats = GpsStats()
-        self.connected = asyncio.Event()
+        self._link = Link(
+            what=f"gpsd at {host}:{port}",
+            hint="Is gpsd running (systemctl status gpsd)?",
+            retry_interval=retry_interval,
+            clock=self._clock,
+            stats=self._stats,
+            log=log,
+        )
+        #: set while connected to gpsd
+        self.connected = self._link.connected
 
     @property
     def stats(self) -> GpsStats:
         return self._stats
 
     async def fixes(self) -> AsyncIterator[Fix]:
-        failures = 0
+        link = self._link
         while True:
             try:
                 reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_LINE)
             except OSError as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "gpsd at %s:%d not reachable (%s); retrying every %.1fs. "
-                        "Is gpsd running (systemctl status gpsd)?",
-                        self.host,
-                        self.port,
-                        exc,
-                        self.retry_interval,
-                    )
-                await self._clock.sleep(self.retry_interval)
+                await link.open_failed(exc)
                 continue
-            failures = 0
-            self.connected.set()
+            link.opened()
             try:
                 writer.write(WATCH)
                 await writer.drain()
@@ -145,13 +143,11 @@ class GpsdSource:
             except (OSError, asyncio.IncompleteReadError) as exc:
                 log.debug("gpsd connection lost: %s", exc)
             finally:
-                self.connected.clear()
+                link.closed()
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-            self._stats.reconnects += 1
-            log.warning("gpsd connection lost; reconnecting")
-            await self._clock.sleep(self.retry_interval)
+            await link.lost()
 
     async def _read(self, reader: asyncio.StreamReader) -> AsyncIterator[Fix]:
         sky: dict[str, Any] | None = None

@@ -18,6 +18,7 @@ import serial_asyncio_fast
 
 from device.clock import Clock, MonotonicClock
 from device.gps import Fix, GpsStats
+from hw.link import Link
 from hw.nmea import DEFAULT_DATE_FLOOR, NmeaDecoder
 
 log = logging.getLogger(__name__)
@@ -41,48 +42,41 @@ class NmeaSerialSource:
     ) -> None:
         self.port = port
         self.baudrate = baudrate
-        self.retry_interval = retry_interval
         #: an epoch whose end we did not recognise is closed after this much silence
         self.idle_flush = idle_flush
         self._clock = clock if clock is not None else MonotonicClock()
         self._stats = GpsStats()
         self._date_floor = date_floor
         self._writer: asyncio.StreamWriter | None = None
-        #: set while the device is open; cleared (and :attr:`disconnected` set) when it
-        #: goes away and everything read from it has been decoded and yielded
-        self.connected = asyncio.Event()
-        self.disconnected = asyncio.Event()
+        self._link = Link(
+            what=f"GPS device {port}",
+            hint="Check the path, the cable, and that this user is in the 'dialout' group.",
+            retry_interval=retry_interval,
+            clock=self._clock,
+            stats=self._stats,
+            log=log,
+        )
+        #: set while the device is open
+        self.connected = self._link.connected
+        #: set when the device went away and everything read from it was yielded
+        self.disconnected = self._link.disconnected
 
     @property
     def stats(self) -> GpsStats:
         return self._stats
 
     async def fixes(self) -> AsyncIterator[Fix]:
-        failures = 0
+        link = self._link
         while True:
             try:
                 reader, writer = await serial_asyncio_fast.open_serial_connection(
                     url=self.port, baudrate=self.baudrate
                 )
             except (OSError, serial.SerialException) as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "GPS device %s cannot be opened (%s); retrying every %.1fs. "
-                        "Check the path, the cable, and that this user is in the "
-                        "'dialout' group.",
-                        self.port,
-                        exc,
-                        self.retry_interval,
-                    )
-                await self._clock.sleep(self.retry_interval)
+                await link.open_failed(exc)
                 continue
-            if failures or self._stats.reconnects:
-                log.info("GPS device %s open again", self.port)
-            failures = 0
+            link.opened()
             self._writer = writer
-            self.disconnected.clear()
-            self.connected.set()
             # Each connection starts a fresh decoder: a half-sentence from before the
             # unplug must not be glued to what the device sends after.
             decoder = NmeaDecoder(date_floor=self._date_floor, stats=self._stats)
@@ -90,17 +84,14 @@ class NmeaSerialSource:
                 async for fix in self._read(reader, decoder):
                     yield fix
             finally:
-                self.connected.clear()
-                self.disconnected.set()
+                link.closed()
                 self._writer = None
                 # abort(), not close(): close() drains the output with tcdrain() in a
                 # worker thread, which never returns on a line whose other end is gone
                 # (a pty whose master closed) and would hang shutdown.
                 if not writer.transport.is_closing():
                     writer.transport.abort()
-            self._stats.reconnects += 1
-            log.warning("GPS device %s went away; waiting for it to come back", self.port)
-            await self._clock.sleep(self.retry_interval)
+            await link.lost()
 
     async def _read(self, reader: asyncio.StreamReader, decoder: NmeaDecoder) -> AsyncIterator[Fix]:
         while True:

@@ -169,3 +169,22 @@ def test_cancelling_a_connected_source_never_hangs_shutdown() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "clean exit" in res.stdout
+
+
+async def test_replayed_capture_decodes_like_the_file(tmp_path: Path, gpsd_logs: Path) -> None:
+    """`sos-sim gps run --replay`: a real capture paced through the pty at a UART's rate
+    gives the same positions as decoding the file directly."""
+    from sim.gps.runner import replay_capture
+    from sim.gpsd_corpus import decode_capture
+
+    log = gpsd_logs / "mt3339.log"
+    port = PtyPort(tmp_path / "gps0", baudrate=115200)
+    source = NmeaSerialSource(port=str(port.path), baudrate=115200)
+    async with collecting(source) as got:
+        await asyncio.wait_for(source.connected.wait(), 5)
+        await replay_capture(log, port)
+        port.unplug()
+        await asyncio.wait_for(source.disconnected.wait(), 10)
+    want = [(f.lat, f.lon) for f in decode_capture(log) if f.has_position]
+    assert [(f.lat, f.lon) for f in got.fixes if f.has_position] == want
+    assert len(want) == 30
