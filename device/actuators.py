@@ -1,0 +1,42 @@
+"""What the SOS state machine asks of the rest of the device, as small Protocols.
+
+Each has a real implementation in ``hw/`` (GPIO LED and buzzer, receiver power commands,
+NetworkManager) and a simulated one in ``sim/``; all are optional in the controller.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+
+class Cue(enum.StrEnum):
+    """Patterns the LED and buzzer show; the hardware decides what each looks like."""
+
+    COUNTDOWN = "countdown"  # once per countdown second
+    SOS_ACTIVE = "sos-active"
+    CANCELLED = "cancelled"
+    ENDED = "ended"
+    REFUSED = "refused"  # e.g. no emergency contact configured
+    ACKNOWLEDGED = "acknowledged"
+    LOW_BATTERY = "low-battery"
+
+
+class Indicator(Protocol):
+    async def cue(self, cue: Cue) -> None: ...
+
+
+class GpsPowerMode(enum.StrEnum):
+    FULL = "full"  # continuous, full update rate
+    PERIODIC = "periodic"  # receiver's own duty cycle
+    OFF = "off"  # backup / standby
+
+
+class GpsPower(Protocol):
+    async def set_mode(self, mode: GpsPowerMode) -> None: ...
+
+
+class NetworkLink(Protocol):
+    async def up(self) -> None:
+        """Bring the uplink up (e.g. a cellular connection) if it is down."""
+        ...

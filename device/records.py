@@ -1,0 +1,95 @@
+"""What the device stores for upload, and the Protocol of the store.
+
+The durable SQLite outbox (issue 4) implements :class:`Recorder`; :class:`MemoryRecorder`
+is the in-memory implementation the core's tests and the simulator use until then. Both
+honour the same expiry rule: every record of an SOS session expires ``retention`` after
+the session ends (72 h by default), and the store deletes it then.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from device.clock import Clock
+
+
+class RecordKind(enum.StrEnum):
+    SOS_START = "sos-start"
+    SOS_END = "sos-end"
+    FIX = "fix"
+    BATTERY = "battery"
+    LAST_GASP = "last-gasp"
+
+
+class Priority(enum.IntEnum):
+    """Upload order: SOS events and last gasp first, then live positions, then backlog."""
+
+    SOS = 0
+    LIVE = 1
+    ROUTINE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: RecordKind
+    time: datetime
+    data: dict[str, Any]
+    priority: Priority = Priority.ROUTINE
+    session: str | None = None
+    drill: bool = False
+    #: when the store must delete it; ``None``: no expiry yet (e.g. the SOS still runs)
+    expires: datetime | None = None
+
+
+class Recorder(Protocol):
+    async def add(self, record: Record) -> None:
+        """Store durably; returns once the record is committed."""
+        ...
+
+    async def expire_session(self, session: str, at: datetime) -> None:
+        """Give every record of ``session`` (and any added later) the expiry ``at``."""
+        ...
+
+
+@dataclass
+class MemoryRecorder:
+    """Keeps records in a list. Not durable: the simulator's and tests' stand-in."""
+
+    records: list[Record] = field(default_factory=list)
+    _session_expiry: dict[str, datetime] = field(default_factory=dict)
+
+    async def add(self, record: Record) -> None:
+        if record.session in self._session_expiry and record.expires is None:
+            record = replace(record, expires=self._session_expiry[record.session])
+        self.records.append(record)
+
+    async def expire_session(self, session: str, at: datetime) -> None:
+        self._session_expiry[session] = at
+        self.records = [replace(r, expires=at) if r.session == session else r for r in self.records]
+
+    def purge(self, now: datetime) -> int:
+        """Delete what has expired; returns how many records went."""
+        keep = [r for r in self.records if r.expires is None or r.expires > now]
+        gone = len(self.records) - len(keep)
+        self.records = keep
+        return gone
+
+    def next_expiry(self) -> datetime | None:
+        return min((r.expires for r in self.records if r.expires is not None), default=None)
+
+    def of(self, kind: RecordKind) -> list[Record]:
+        return [r for r in self.records if r.kind is kind]
+
+
+async def run_retention(store: MemoryRecorder, clock: Clock, *, check_every: float = 3600) -> None:
+    """Delete expired records at their expiry (or at least every ``check_every`` s)."""
+    while True:
+        store.purge(clock.now())
+        nxt = store.next_expiry()
+        wait = check_every
+        if nxt is not None:
+            wait = min(wait, max(0.0, (nxt - clock.now()).total_seconds()) + 0.001)
+        await clock.sleep(wait)

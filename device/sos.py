@@ -1,0 +1,394 @@
+"""The SOS lifecycle: idle → countdown → active → ended.
+
+The controller turns gestures, commands and fixes into records. Its promises:
+
+* without an emergency contact it refuses to arm, says so at start-up, and refuses every
+  start with a clear message and a "refused" cue;
+* a gesture starts a countdown (default 5 s, one cue per second); any press during the
+  countdown cancels it. ``start(now=True)`` skips the countdown (command line, MQTT);
+* on activation the SOS-start record is written *first*, with the freshest fix and its
+  age (or ``null`` and "no fix yet"), the contacts, what is shared and the drill flag;
+  then the GPS is woken to full rate and the network brought up;
+* while active, route points are recorded when the position moved at least
+  ``min_distance`` (and ``min_interval`` passed), or every ``heartbeat`` even if not;
+  the battery policy stretches both when the battery is low;
+* on end, the SOS-end record is written and from that instant no fix is recorded for the
+  session; every record of the session expires ``retention`` (72 h) after the end;
+* a drill is flagged in every record; a real SOS activated during a drill ends the drill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from device.actuators import Cue, GpsPower, GpsPowerMode, Indicator, NetworkLink
+from device.battery import BatteryLevel, BatteryPolicy, BatterySample
+from device.clock import Clock
+from device.gesture import Detected, Press
+from device.gps import Fix
+from device.privacy import PrivacyConfig, fix_payload
+from device.records import Priority, Record, Recorder, RecordKind
+
+log = logging.getLogger(__name__)
+
+EARTH_RADIUS = 6_371_008.8
+
+
+class SosState(enum.StrEnum):
+    IDLE = "idle"
+    COUNTDOWN = "countdown"
+    ACTIVE = "active"
+
+
+class SosRefused(Exception):
+    """A start that cannot be honoured; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    name: str
+    #: how the contact is reached (phone, e-mail, an MQTT subscriber id): shown to them
+    reach: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SosConfig:
+    contacts: tuple[Contact, ...] = ()
+    countdown: float = 5.0
+    min_distance: float = 10.0
+    retention: float = 72 * 3600.0
+
+
+@dataclass
+class Session:
+    id: str
+    drill: bool
+    started: datetime
+    trigger: str
+    ended: datetime | None = None
+    points: int = 0
+    last_point_at: float | None = None
+    last_point: tuple[float, float] | None = None
+
+
+def distance(a: tuple[float, float], b: tuple[float, float]) -> float:
+    p1, p2 = math.radians(a[0]), math.radians(b[0])
+    dp, dl = p2 - p1, math.radians(b[1] - a[1])
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS * math.asin(min(1.0, math.sqrt(h)))
+
+
+class SosController:
+    def __init__(
+        self,
+        *,
+        config: SosConfig,
+        recorder: Recorder,
+        clock: Clock,
+        privacy: PrivacyConfig | None = None,
+        battery_policy: BatteryPolicy | None = None,
+        indicator: Indicator | None = None,
+        gps_power: GpsPower | None = None,
+        network: NetworkLink | None = None,
+    ) -> None:
+        self.config = config
+        self.privacy = privacy or PrivacyConfig()
+        self.battery = battery_policy or BatteryPolicy()
+        self._recorder = recorder
+        self._clock = clock
+        self._indicator = indicator
+        self._gps_power = gps_power
+        self._network = network
+        self.session: Session | None = None
+        self._countdown: asyncio.Task[None] | None = None
+        self._countdown_drill = False
+        self._activation: asyncio.Task[None] | None = None
+        self._last_fix: Fix | None = None
+        self._last_battery: BatterySample | None = None
+        self._last_gasp_sent = False
+        self._idle_last_point: float | None = None
+        self._events: deque[dict[str, Any]] = deque(maxlen=20)
+        self._background: set[asyncio.Task[None]] = set()
+        if not config.contacts:
+            log.error(
+                "No emergency contact is configured, so SOS is NOT armed: a gesture or "
+                "command cannot send an alert to anyone. Add at least one [[sos.contacts]] "
+                "entry to the configuration and restart."
+            )
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def armed(self) -> bool:
+        return bool(self.config.contacts)
+
+    @property
+    def state(self) -> SosState:
+        if self._countdown is not None and not self._countdown.done():
+            return SosState.COUNTDOWN
+        return SosState.ACTIVE if self.session is not None else SosState.IDLE
+
+    # -- inputs ------------------------------------------------------------------------
+
+    async def on_button(self, event: Detected | Press) -> None:
+        """Events from the gesture detector."""
+        if isinstance(event, Press):
+            if self.state is SosState.COUNTDOWN:
+                await self.cancel_countdown("button")
+            return
+        if self.session is not None and not self.session.drill:
+            log.info("SOS gesture while an SOS is already active: nothing to do")
+            return
+        try:
+            await self.start(trigger=f"button:{event.gesture.value}")
+        except SosRefused as exc:
+            log.error("%s", exc)
+
+    async def start(self, *, trigger: str, drill: bool = False, now: bool = False) -> None:
+        """Start an SOS (after the countdown unless ``now``). Raises :class:`SosRefused`."""
+        if not self.armed:
+            await self._cue(Cue.REFUSED)
+            raise SosRefused(
+                "SOS refused: no emergency contact is configured. Add one under "
+                "[[sos.contacts]] in the configuration and restart the daemon."
+            )
+        if self.session is not None and not self.session.drill:
+            raise SosRefused("an SOS is already active")
+        if self.session is not None and drill:
+            raise SosRefused("a drill is already running")
+        if self.state is SosState.COUNTDOWN:
+            if drill or not self._countdown_drill:
+                return  # a countdown of the same or stronger kind is already running
+            await self.cancel_countdown("upgraded to a real SOS", quiet=True)
+        self._event("countdown" if not now else "start-requested", trigger=trigger, drill=drill)
+        if now or self.config.countdown <= 0:
+            await self._activate_once(trigger=trigger, drill=drill)
+            return
+        self._countdown_drill = drill
+        self._countdown = asyncio.create_task(self._run_countdown(trigger, drill))
+
+    async def cancel_countdown(self, why: str, *, quiet: bool = False) -> None:
+        task, self._countdown = self._countdown, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not quiet:
+            log.info("SOS countdown cancelled (%s)", why)
+            self._event("cancelled", trigger=why)
+            await self._cue(Cue.CANCELLED)
+
+    async def stop(self, *, trigger: str) -> bool:
+        """End the active SOS (or drill) at once; returns whether anything was running."""
+        had_countdown = self.state is SosState.COUNTDOWN
+        await self.cancel_countdown(trigger)
+        # An activation already writing its start record completes first, so a stop
+        # can never slip in before the session exists and leave it running.
+        act = self._activation
+        if act is not None and not act.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(act)
+        session, self.session = self.session, None  # no fix is recorded from here on
+        if session is None:
+            return had_countdown
+        await self._end(session, reason=trigger)
+        return True
+
+    async def on_fix(self, fix: Fix) -> None:
+        if fix.has_position:
+            self._last_fix = fix
+        else:
+            return
+        s = self.session
+        now = self._clock.monotonic()
+        cadence = self.battery.cadence
+        if s is not None:
+            assert fix.lat is not None and fix.lon is not None
+            here = (fix.lat, fix.lon)
+            due = s.last_point_at is None or now - s.last_point_at >= cadence.sos_heartbeat
+            moved = (
+                s.last_point is not None
+                and s.last_point_at is not None
+                and now - s.last_point_at >= cadence.sos_min_interval
+                and distance(s.last_point, here) >= self.config.min_distance
+            )
+            if due or moved:
+                s.last_point, s.last_point_at = here, now
+                s.points += 1
+                await self._record(
+                    RecordKind.FIX, {"fix": fix_payload(fix, self.privacy)}, Priority.LIVE, s
+                )
+        elif self.privacy.track_outside_sos and (
+            self._idle_last_point is None or now - self._idle_last_point >= cadence.idle_report
+        ):
+            self._idle_last_point = now
+            await self._record(
+                RecordKind.FIX, {"fix": fix_payload(fix, self.privacy)}, Priority.ROUTINE, None
+            )
+
+    async def on_battery(self, sample: BatterySample) -> None:
+        before = self.battery.level
+        level = self.battery.update(sample)
+        self._last_battery = sample
+        if level is not before:
+            log.warning("battery level %s -> %s (%s%%)", before.name, level.name, sample.capacity)
+            if level is not BatteryLevel.OK:
+                await self._cue(Cue.LOW_BATTERY)
+        if level is BatteryLevel.CRITICAL and not self._last_gasp_sent:
+            self._last_gasp_sent = True
+            await self._record(
+                RecordKind.LAST_GASP,
+                {
+                    "reason": "battery critical",
+                    "battery": sample.to_json(),
+                    **self._fix_and_age(),
+                },
+                Priority.SOS,
+                self.session,
+            )
+        elif level is not BatteryLevel.CRITICAL:
+            self._last_gasp_sent = False
+        if self.privacy.share_battery and (self.session is not None or level is not before):
+            await self._record(
+                RecordKind.BATTERY,
+                {"battery": sample.to_json()},
+                Priority.LIVE if self.session else Priority.ROUTINE,
+                self.session,
+            )
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _run_countdown(self, trigger: str, drill: bool) -> None:
+        remaining = self.config.countdown
+        while remaining > 0:
+            await self._cue(Cue.COUNTDOWN)
+            step = min(1.0, remaining)
+            await self._clock.sleep(step)
+            remaining -= step
+        self._countdown = None
+        await self._activate_once(trigger=trigger, drill=drill)
+
+    async def _activate_once(self, *, trigger: str, drill: bool) -> None:
+        """Run the activation as its own task: cancelling whoever asked for it (a
+        countdown being cancelled a moment too late) cannot cut a record in half."""
+        self._activation = asyncio.create_task(self._activate(trigger=trigger, drill=drill))
+        await asyncio.shield(self._activation)
+
+    async def _activate(self, *, trigger: str, drill: bool) -> None:
+        if self.session is not None and self.session.drill and not drill:
+            await self._end(self.session, reason="overridden by a real SOS")
+            self.session = None
+        s = Session(
+            id=uuid.uuid4().hex[:16], drill=drill, started=self._clock.now(), trigger=trigger
+        )
+        self.session = s
+        data: dict[str, Any] = {
+            "trigger": trigger,
+            "contacts": [{"name": c.name, "reach": c.reach} for c in self.config.contacts],
+            "shared": {
+                "precision": self.privacy.precision.value,
+                "battery": self.privacy.share_battery,
+                "events": self.privacy.share_events,
+            },
+            **self._fix_and_age(),
+        }
+        if self.privacy.share_battery and self._last_battery is not None:
+            data["battery"] = self._last_battery.to_json()
+        if self.privacy.share_events:
+            data["events"] = list(self._events)
+        await self._record(RecordKind.SOS_START, data, Priority.SOS, s)
+        if self._last_fix is not None and self._last_fix.lat is not None:
+            s.last_point = (self._last_fix.lat, self._last_fix.lon or 0.0)
+            s.last_point_at = self._clock.monotonic()
+        log.warning(
+            "%s started (session %s, trigger %s)", "DRILL" if drill else "SOS", s.id, trigger
+        )
+        self._event("started", trigger=trigger, drill=drill)
+        await self._cue(Cue.SOS_ACTIVE)
+        # Wake what may be saving power; the record above did not wait for it.
+        if self._gps_power is not None:
+            self._spawn(self._gps_power.set_mode(GpsPowerMode.FULL))
+        if self._network is not None:
+            self._spawn(self._network.up())
+
+    async def _end(self, s: Session, *, reason: str) -> None:
+        s.ended = self._clock.now()
+        await self._record(
+            RecordKind.SOS_END, {"reason": reason, "points": s.points}, Priority.SOS, s
+        )
+        expires = s.ended + timedelta(seconds=self.config.retention)
+        await self._recorder.expire_session(s.id, expires)
+        log.warning(
+            "%s ended (session %s: %s); its route expires at %s",
+            "DRILL" if s.drill else "SOS",
+            s.id,
+            reason,
+            expires.isoformat(),
+        )
+        self._event("ended", trigger=reason, drill=s.drill)
+        await self._cue(Cue.ENDED)
+
+    def _fix_and_age(self) -> dict[str, Any]:
+        fix = self._last_fix
+        if fix is None:
+            return {"fix": None, "fix_age": None, "fix_note": "no fix yet"}
+        age = None
+        if fix.received is not None:
+            age = round(max(0.0, self._clock.monotonic() - fix.received), 1)
+        return {"fix": fix_payload(fix, self.privacy), "fix_age": age}
+
+    async def _record(
+        self, kind: RecordKind, data: dict[str, Any], priority: Priority, s: Session | None
+    ) -> None:
+        await self._recorder.add(
+            Record(
+                kind=kind,
+                time=self._clock.now(),
+                data=data,
+                priority=priority,
+                session=s.id if s else None,
+                drill=s.drill if s else False,
+            )
+        )
+
+    def _event(self, what: str, **info: Any) -> None:
+        self._events.append({"t": self._clock.now().isoformat(), "event": what, **info})
+
+    async def _cue(self, cue: Cue) -> None:
+        if self._indicator is None:
+            return
+        try:
+            await self._indicator.cue(cue)
+        except Exception:  # an LED must never stop an SOS
+            log.exception("indicator failed to show %s", cue)
+
+    def _spawn(self, coro: Any) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("waking a subsystem for the SOS failed")
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+__all__ = [
+    "Contact",
+    "Session",
+    "SosConfig",
+    "SosController",
+    "SosRefused",
+    "SosState",
+]
