@@ -95,8 +95,10 @@ class GestureDetector:
         return min(times) if times else None
 
     def on_edge(self, edge: Edge) -> list[Event]:
-        self._raw = edge.pressed
+        # Settle the window that ended before this edge with the level the line had
+        # then, and only then take the new level.
         out = self._expire(edge.t)
+        self._raw = edge.pressed
         if self._lockout_until is not None and edge.t < self._lockout_until:
             return out  # a bounce: settled when the window ends
         if edge.pressed != self._level:

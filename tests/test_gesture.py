@@ -26,8 +26,11 @@ from device.gesture import (
 C = GestureConfig()  # 3 s long press; 5 presses, gaps < 0.6 s; debounce 30 ms
 
 
-def run(edges: list[Edge], config: GestureConfig = C) -> tuple[list[Detected], int]:
-    """Feed edges in order, firing the detector's timers when they fall due."""
+def run(
+    edges: list[Edge], config: GestureConfig = C, *, timers: bool = True
+) -> tuple[list[Detected], int]:
+    """Feed edges in order, firing the detector's timers when they fall due (or, with
+    ``timers=False``, only at the very end, as a loop that woke late would)."""
     d = GestureDetector(config)
     fired: list[Detected] = []
     presses = 0
@@ -41,7 +44,7 @@ def run(edges: list[Edge], config: GestureConfig = C) -> tuple[list[Detected], i
                 presses += 1
 
     for edge in edges:
-        while (dl := d.deadline()) is not None and dl <= edge.t:
+        while timers and (dl := d.deadline()) is not None and dl <= edge.t:
             take(d.on_timer(dl))
         take(d.on_edge(edge))
     while (dl := d.deadline()) is not None:
@@ -77,6 +80,15 @@ def test_every_valid_multi_press_fires_once_on_the_last_release(
     presses = presses_from(10.0, spans)
     fired, _ = run(edges_of(presses))
     assert fired == [Detected(Gesture.MULTI_PRESS, presses[-1][1])]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(human_press, human_gap), min_size=C.presses, max_size=C.presses))
+def test_multi_press_does_not_depend_on_timers_firing_between_edges(
+    spans: list[tuple[float, float]],
+) -> None:
+    presses = presses_from(10.0, spans)
+    assert run(edges_of(presses), timers=False) == run(edges_of(presses))
 
 
 @settings(max_examples=200)
