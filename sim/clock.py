@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class SimClock:
@@ -44,8 +48,43 @@ class SimClock:
         self._t = end
         await _settle()
 
+    async def run_until(self, aw: Awaitable[T], *, limit: float = 7 * 86400.0) -> T:
+        """Advance from deadline to deadline until ``aw`` completes; returns its result.
+
+        Raises ``RuntimeError`` if nothing is left to wake and ``aw`` is still waiting (a
+        deadlock in simulated time), or if it needs more than ``limit`` seconds.
+        """
+        task = asyncio.ensure_future(aw)
+        start = self._t
+        await _settle()
+        while not task.done():
+            if not self._sleepers:
+                task.cancel()
+                raise RuntimeError("simulated time: nothing left to wake, still waiting")
+            nxt = self._sleepers[0][0]
+            if nxt - start > limit:
+                task.cancel()
+                raise RuntimeError(f"simulated time: not done after {limit} s")
+            await self.advance(max(0.0, nxt - self._t))
+        return task.result()
+
 
 async def _settle() -> None:
-    """Let every task that can run, run (a few loop turns)."""
-    for _ in range(5):
+    """Let every task that can run, run, before time moves on.
+
+    A fixed number of loop turns is not enough: a woken task may need many turns before
+    it sleeps again, and if time moved on meanwhile its next deadline would be computed
+    from the wrong "now". So turn the loop until nothing is ready to run (CPython's
+    ``_ready`` queue; a bounded number of turns elsewhere).
+    """
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)
+    for _ in range(10_000):
         await asyncio.sleep(0)
+        if ready is not None and not ready:
+            # Once more: a callback scheduled by the last turn may wake a task.
+            await asyncio.sleep(0)
+            if not ready:
+                return
+        elif ready is None and _ > 50:
+            return
