@@ -107,8 +107,20 @@ class EpochTruth:
     hdop: float
 
 
+class PowerState(enum.StrEnum):
+    ON = "on"
+    PERIODIC = "periodic"
+    OFF = "off"
+
+
 class SimReceiver:
-    """Generates the bytes of each epoch. Deterministic for a given ``seed``."""
+    """Generates the bytes of each epoch. Deterministic for a given ``seed``.
+
+    It also listens like a receiver: :meth:`hear` takes the bytes the host wrote to it and
+    honours the MediaTek and u-blox power commands (standby/backup, wake on any byte,
+    continuous or periodic mode, update rate). While off it sends nothing; in periodic
+    mode it reports one epoch in ``periodic_every``.
+    """
 
     def __init__(
         self,
@@ -136,6 +148,29 @@ class SimReceiver:
         self._noise_e = 0.0
         self._sats = 9
         self._pending = sorted(self.script.faults, key=lambda f: f.at)
+        self.power = PowerState.ON
+        self.periodic_every = 10
+        self.heard: list[bytes] = []
+
+    def hear(self, data: bytes) -> None:
+        """Bytes from the host. Any byte wakes a sleeping receiver (both families)."""
+        if not data:
+            return
+        self.heard.append(data)
+        if self.power is PowerState.OFF:
+            self.power = PowerState.ON
+        if b"$PMTK161," in data or b"\xb5\x62\x02\x41" in data:
+            self.power = PowerState.OFF
+        elif b"$PMTK225,2" in data or b"\xb5\x62\x06\x11\x02\x00\x08\x01" in data:
+            self.power = PowerState.PERIODIC
+        elif b"$PMTK225,0" in data or b"\xb5\x62\x06\x11\x02\x00\x08\x00" in data:
+            self.power = PowerState.ON
+
+    def silent(self, n: int) -> bool:
+        """Whether epoch ``n`` is not transmitted because of the power state."""
+        if self.power is PowerState.OFF:
+            return True
+        return self.power is PowerState.PERIODIC and n % self.periodic_every != 0
 
     @property
     def period(self) -> float:

@@ -36,7 +36,10 @@ async def run_receiver(
     n = 0
     warned = False
     while duration is None or n * receiver.period < duration:
+        receiver.hear(port.read_nowait())
         data, truth = receiver.epoch(n)
+        if receiver.silent(n):
+            data = b""
         if port.baudrate and not warned:
             need = len(data) * 10 * receiver.rate_hz
             if need > port.baudrate:
@@ -49,7 +52,8 @@ async def run_receiver(
                     port.baudrate,
                 )
                 warned = True
-        await port.write(data)
+        if data:
+            await port.write(data)
         if on_epoch is not None:
             on_epoch(truth)
         n += 1

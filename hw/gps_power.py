@@ -1,0 +1,102 @@
+"""Put the receiver to sleep and wake it, over the same serial line it reports on.
+
+Two command families cover most modules on a Pi:
+
+* **MediaTek** (MT3339 "Ultimate GPS", Quectel L80/L86, GlobalTop): ``$PMTK161,0`` is
+  standby, any byte wakes it, ``$PMTK225,0`` is normal (continuous) mode,
+  ``$PMTK225,2,...`` its periodic mode, ``$PMTK220,<ms>`` the update interval.
+* **u-blox** (NEO-6/7/8/M9): UBX-RXM-PMREQ puts it into backup until woken by activity
+  on its UART RX (a few 0xFF bytes), UBX-CFG-RXM selects continuous or power-save mode,
+  UBX-CFG-RATE the measurement interval.
+
+The simulator (``sim/gps``) parses the same bytes, so the SOS wake path is tested end to
+end through the pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import Protocol
+
+from device.actuators import GpsPowerMode
+
+log = logging.getLogger(__name__)
+
+
+def nmea(body: str) -> bytes:
+    cs = 0
+    for b in body.encode("ascii"):
+        cs ^= b
+    return f"${body}*{cs:02X}\r\n".encode("ascii")
+
+
+def ubx(cls: int, msg_id: int, payload: bytes) -> bytes:
+    body = bytes([cls, msg_id]) + struct.pack("<H", len(payload)) + payload
+    a = b = 0
+    for x in body:
+        a = (a + x) & 0xFF
+        b = (b + a) & 0xFF
+    return b"\xb5\x62" + body + bytes([a, b])
+
+
+#: bytes that wake a sleeping receiver through its UART RX line
+WAKE = b"\xff" * 8
+
+
+def mtk_commands(mode: GpsPowerMode, rate_hz: float) -> list[bytes]:
+    if mode is GpsPowerMode.OFF:
+        return [nmea("PMTK161,0")]
+    if mode is GpsPowerMode.PERIODIC:
+        # run 60 s, sleep 540 s (the low-battery duty cycle), twice that when no fix
+        return [nmea("PMTK225,2,60000,540000,120000,1080000")]
+    return [WAKE, nmea("PMTK225,0"), nmea(f"PMTK220,{round(1000 / rate_hz)}")]
+
+
+def ublox_commands(mode: GpsPowerMode, rate_hz: float) -> list[bytes]:
+    if mode is GpsPowerMode.OFF:
+        # RXM-PMREQ v1: duration 0 (until woken), flags backup, wake on UART RX
+        return [ubx(0x02, 0x41, struct.pack("<B3xII I", 0, 0, 0x02, 0x08))]
+    if mode is GpsPowerMode.PERIODIC:
+        return [ubx(0x06, 0x11, bytes([0x08, 0x01]))]  # CFG-RXM: power save mode
+    meas_ms = round(1000 / rate_hz)
+    return [
+        WAKE,
+        ubx(0x06, 0x11, bytes([0x08, 0x00])),  # CFG-RXM: continuous
+        ubx(0x06, 0x08, struct.pack("<HHH", meas_ms, 1, 1)),  # CFG-RATE, UTC aligned
+    ]
+
+
+FAMILIES = {"mtk": mtk_commands, "ublox": ublox_commands}
+
+
+class Sender(Protocol):
+    async def send(self, data: bytes) -> None: ...
+
+
+class ReceiverPower:
+    """A :class:`device.actuators.GpsPower` that writes commands to the serial source."""
+
+    def __init__(self, sender: Sender, *, family: str = "ublox", rate_hz: float = 1.0) -> None:
+        if family not in FAMILIES:
+            raise ValueError(
+                f"gps.power_commands must be one of {', '.join(FAMILIES)}, not {family!r}"
+            )
+        self._sender = sender
+        self._commands = FAMILIES[family]
+        self.family = family
+        self.rate_hz = rate_hz
+        self.mode: GpsPowerMode | None = None
+
+    async def set_mode(self, mode: GpsPowerMode) -> None:
+        for i, cmd in enumerate(self._commands(mode, self.rate_hz)):
+            try:
+                await self._sender.send(cmd)
+            except ConnectionError as exc:
+                log.warning("cannot set GPS power mode %s: %s", mode.value, exc)
+                return
+            if cmd is WAKE and i == 0:
+                await asyncio.sleep(0.1)  # let the receiver come out of backup
+        self.mode = mode
+        log.info("GPS power mode: %s", mode.value)
