@@ -146,7 +146,9 @@ class SosController:
                 await self.cancel_countdown("button")
             return
         if self.session is not None and not self.session.drill:
-            log.info("SOS gesture while an SOS is already active: nothing to do")
+            # The gesture that starts an SOS also ends it (a drill is instead overridden
+            # by the real SOS the gesture asks for).
+            await self.stop(trigger=f"button:{event.gesture.value}")
             return
         try:
             await self.start(trigger=f"button:{event.gesture.value}")
@@ -244,6 +246,8 @@ class SosController:
             log.warning("battery level %s -> %s (%s%%)", before.name, level.name, sample.capacity)
             if level is not BatteryLevel.OK:
                 await self._cue(Cue.LOW_BATTERY)
+            if self.session is None:
+                self._spawn(self._gps_idle_mode())
         if level is BatteryLevel.CRITICAL and not self._last_gasp_sent:
             self._last_gasp_sent = True
             await self._record(
@@ -337,6 +341,19 @@ class SosController:
         )
         self._event("ended", trigger=reason, drill=s.drill)
         await self._cue(Cue.ENDED)
+        self._spawn(self._gps_idle_mode())
+
+    async def _gps_idle_mode(self) -> None:
+        """Outside an SOS the receiver runs as the battery allows: continuous when the
+        battery is fine, on the receiver's duty cycle when low, off when critical."""
+        if self._gps_power is None or self.session is not None:
+            return
+        on = self.battery.cadence.gps_on
+        if on is None:
+            mode = GpsPowerMode.FULL
+        else:
+            mode = GpsPowerMode.OFF if on == 0 else GpsPowerMode.PERIODIC
+        await self._gps_power.set_mode(mode)
 
     def _fix_and_age(self) -> dict[str, Any]:
         fix = self._last_fix

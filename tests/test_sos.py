@@ -302,3 +302,34 @@ async def test_low_battery_slows_the_route_and_critical_sends_a_last_gasp() -> N
         await ctl.on_fix(fix_at(clock, lat))
     assert 3 <= len(store.of(RecordKind.FIX)) - n1 <= 5  # every 15 s at CRITICAL
     assert ctl.state is SosState.ACTIVE  # still reporting while there is power
+
+
+async def test_the_gesture_also_ends_an_active_sos() -> None:
+    ctl, store, _, _ = make()
+    await ctl.start(trigger="cli", now=True)
+    await ctl.on_button(GESTURE)
+    assert ctl.state is SosState.IDLE
+    (end,) = store.of(RecordKind.SOS_END)
+    assert end.data["reason"] == "button:long-press"
+
+
+async def test_battery_level_sets_the_gps_duty_cycle_outside_sos() -> None:
+    ctl, _, clock, hw = make()
+    await ctl.on_battery(BatterySample(capacity=15.0, status="Discharging"))
+    await clock.advance(0)
+    assert hw.gps[-1] is GpsPowerMode.PERIODIC
+    await ctl.on_battery(BatterySample(capacity=4.0, status="Discharging"))
+    await clock.advance(0)
+    assert hw.gps[-1] is GpsPowerMode.OFF
+    await ctl.start(trigger="cli", now=True)  # an SOS wakes it whatever the battery
+    await clock.advance(0)
+    assert hw.gps[-1] is GpsPowerMode.FULL
+    await ctl.on_battery(BatterySample(capacity=3.0, status="Discharging"))
+    await clock.advance(0)
+    assert hw.gps[-1] is GpsPowerMode.FULL  # no duty cycling during an SOS
+    await ctl.stop(trigger="cli")
+    await clock.advance(0)
+    assert hw.gps[-1] is GpsPowerMode.OFF  # back to what the battery allows
+    await ctl.on_battery(BatterySample(capacity=30.0, status="Charging"))
+    await clock.advance(0)
+    assert hw.gps[-1] is GpsPowerMode.FULL
