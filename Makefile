@@ -10,7 +10,7 @@ export VENV
 
 help:
 	@echo "make test       lint, type-check and run all tests (bootstraps everything)"
-	@echo "make demo       run the system without hardware (today: the GPS path)"
+	@echo "make demo       run the system without hardware"
 	@echo "make bench      print performance figures"
 	@echo "make soak       long fault campaigns (not part of make test)"
 
