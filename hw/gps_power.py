@@ -21,24 +21,10 @@ import struct
 from typing import Protocol
 
 from device.actuators import GpsPowerMode
+from hw.nmea.sentences import build_sentence
+from hw.ubx import ubx_frame
 
 log = logging.getLogger(__name__)
-
-
-def nmea(body: str) -> bytes:
-    cs = 0
-    for b in body.encode("ascii"):
-        cs ^= b
-    return f"${body}*{cs:02X}\r\n".encode("ascii")
-
-
-def ubx(cls: int, msg_id: int, payload: bytes) -> bytes:
-    body = bytes([cls, msg_id]) + struct.pack("<H", len(payload)) + payload
-    a = b = 0
-    for x in body:
-        a = (a + x) & 0xFF
-        b = (b + a) & 0xFF
-    return b"\xb5\x62" + body + bytes([a, b])
 
 
 #: bytes that wake a sleeping receiver through its UART RX line
@@ -47,24 +33,24 @@ WAKE = b"\xff" * 8
 
 def mtk_commands(mode: GpsPowerMode, rate_hz: float) -> list[bytes]:
     if mode is GpsPowerMode.OFF:
-        return [nmea("PMTK161,0")]
+        return [build_sentence("PMTK161,0")]
     if mode is GpsPowerMode.PERIODIC:
         # run 60 s, sleep 540 s (the low-battery duty cycle), twice that when no fix
-        return [nmea("PMTK225,2,60000,540000,120000,1080000")]
-    return [WAKE, nmea("PMTK225,0"), nmea(f"PMTK220,{round(1000 / rate_hz)}")]
+        return [build_sentence("PMTK225,2,60000,540000,120000,1080000")]
+    return [WAKE, build_sentence("PMTK225,0"), build_sentence(f"PMTK220,{round(1000 / rate_hz)}")]
 
 
 def ublox_commands(mode: GpsPowerMode, rate_hz: float) -> list[bytes]:
     if mode is GpsPowerMode.OFF:
         # RXM-PMREQ v1: duration 0 (until woken), flags backup, wake on UART RX
-        return [ubx(0x02, 0x41, struct.pack("<B3xII I", 0, 0, 0x02, 0x08))]
+        return [ubx_frame(0x02, 0x41, struct.pack("<B3xII I", 0, 0, 0x02, 0x08))]
     if mode is GpsPowerMode.PERIODIC:
-        return [ubx(0x06, 0x11, bytes([0x08, 0x01]))]  # CFG-RXM: power save mode
+        return [ubx_frame(0x06, 0x11, bytes([0x08, 0x01]))]  # CFG-RXM: power save mode
     meas_ms = round(1000 / rate_hz)
     return [
         WAKE,
-        ubx(0x06, 0x11, bytes([0x08, 0x00])),  # CFG-RXM: continuous
-        ubx(0x06, 0x08, struct.pack("<HHH", meas_ms, 1, 1)),  # CFG-RATE, UTC aligned
+        ubx_frame(0x06, 0x11, bytes([0x08, 0x00])),  # CFG-RXM: continuous
+        ubx_frame(0x06, 0x08, struct.pack("<HHH", meas_ms, 1, 1)),  # CFG-RATE, UTC aligned
     ]
 
 

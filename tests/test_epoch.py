@@ -8,7 +8,7 @@ import pytest
 
 from device.gps import Fix, FixMode, FixQuality, TimeIssue
 from hw.nmea import NmeaDecoder
-from sim.gps.generator import sentence
+from hw.nmea.sentences import build_sentence as sentence
 
 FLOOR = date(2025, 1, 1)
 

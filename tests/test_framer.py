@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hw.nmea import NmeaDecoder, NmeaFramer
-from sim.gps.generator import sentence, ubx_frame
+from hw.nmea.sentences import build_sentence as sentence
+from hw.ubx import ubx_frame
 
 GOOD = [
     sentence("GNRMC,101500.00,A,5557.14961,N,00310.34842,W,2.721,121.85,221126,,,A"),

@@ -15,7 +15,7 @@ from hw.nmea.sentences import (
     parse_tod,
     split_sentence,
 )
-from sim.gps.generator import sentence
+from hw.nmea.sentences import build_sentence as sentence
 
 
 def corpus_lines(gpsd_logs: Path) -> list[bytes]:

@@ -227,11 +227,14 @@ def test_watch_reads_a_simulated_receiver_on_a_pty(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while not link.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        res = run_cli("gps", "watch", "--device", str(link), "--baud", "115200", "--count", "3")
+        res = run_cli("gps", "watch", "--device", str(link), "--baud", "115200", "--count", "4")
     finally:
         sim.terminate()
         sim.wait(5)
     rows = [json.loads(line) for line in res.stdout.splitlines()]
-    assert len(rows) == 3
-    assert all(r["mode"] == "3d" and abs(r["lat"] - 55.95) < 0.02 for r in rows)
+    assert len(rows) == 4
+    assert all(abs(r["lat"] - 55.95) < 0.02 for r in rows), rows
+    # pyserial flushes the input when it opens the port, so the reader joins the stream
+    # mid-epoch: the first epoch may hold only its last sentences (a GLL: a 2D fix).
+    assert all(r["mode"] == "3d" for r in rows[1:]), rows
     assert "fixes" in res.stderr

@@ -86,6 +86,11 @@ def checksum(body: bytes) -> int:
     return reduce(xor, body, 0)
 
 
+def build_sentence(body: str) -> bytes:
+    """``$body*hh\\r\\n``: a sentence with its checksum, as a receiver or host sends it."""
+    return b"$" + body.encode("ascii") + b"*%02X\r\n" % checksum(body.encode("ascii"))
+
+
 def split_sentence(raw: bytes) -> Sentence | Reject:
     """Validate one framed candidate (``$...*hh``) and split it into fields.
 

@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from hw.nmea.sentences import build_sentence as sentence
+from hw.ubx import ubx_frame
 from sim.gps.route import EARTH_RADIUS, RouteWalker
 
 KNOT = 1852.0 / 3600.0
@@ -72,24 +74,6 @@ def _ddmm(value: float, deg_digits: int, decimals: int = 5) -> str:
     if minutes >= 60.0:
         deg, minutes = deg + 1, 0.0
     return f"{deg:0{deg_digits}d}{minutes:0{decimals + 3}.{decimals}f}"
-
-
-def sentence(body: str) -> bytes:
-    """``$body*hh\\r\\n`` with the checksum of ``body``."""
-    cs = 0
-    for b in body.encode("ascii"):
-        cs ^= b
-    return f"${body}*{cs:02X}\r\n".encode("ascii")
-
-
-def ubx_frame(cls: int, msg_id: int, payload: bytes) -> bytes:
-    """A u-blox UBX binary frame (sync, class, id, length, payload, Fletcher checksum)."""
-    body = bytes([cls, msg_id]) + len(payload).to_bytes(2, "little") + payload
-    a = b = 0
-    for x in body:
-        a = (a + x) & 0xFF
-        b = (b + a) & 0xFF
-    return b"\xb5\x62" + body + bytes([a, b])
 
 
 @dataclass
