@@ -1,0 +1,226 @@
+"""The durable outbox: gap-free seq, durability across reopen, priority order,
+ack-then-delete, eviction of routine records only, full disk, corrupt file, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from device.outbox import Limits, Outbox, OutboxFull
+from device.records import Priority, Record, RecordKind
+
+T0 = datetime(2026, 11, 22, 10, tzinfo=UTC)
+
+
+def rec(
+    i: int = 0,
+    *,
+    priority: Priority = Priority.ROUTINE,
+    session: str | None = None,
+    kind: RecordKind = RecordKind.FIX,
+    size: int = 0,
+) -> Record:
+    return Record(
+        kind=kind,
+        time=T0 + timedelta(seconds=i),
+        priority=priority,
+        session=session,
+        data={"i": i, "pad": "x" * size},
+    )
+
+
+async def test_seq_is_gap_free_and_commits_are_grouped(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        stored = await asyncio.gather(*(box.store(rec(i)) for i in range(300)))
+        seqs = sorted(s.seq for s in stored)
+        assert seqs == list(range(1, 301))
+        assert len({s.msg_id for s in stored}) == 300
+        assert box.commits < 300  # group commit: far fewer fsyncs than records
+
+
+async def test_survives_reopen_and_never_reuses_a_seq(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as box:
+        for i in range(5):
+            await box.store(rec(i))
+        taken = await box.take(3)
+        await box.ack([s.seq for s in taken])
+        ident = box.outbox_id
+    async with await Outbox.open(path) as box:
+        assert box.outbox_id == ident
+        assert [s.seq for s in await box.take()] == [4, 5]
+        await box.ack([4, 5])
+        assert (await box.store(rec(9))).seq == 6  # not 1: numbers are never reused
+
+
+async def test_priority_order_inflight_and_requeue(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        await box.store(rec(1))
+        await box.store(rec(2, priority=Priority.LIVE))
+        await box.store(rec(3, priority=Priority.SOS, kind=RecordKind.SOS_START))
+        await box.store(rec(4))
+        first = await box.take(2)
+        assert [s.seq for s in first] == [3, 2]
+        assert [s.seq for s in await box.take()] == [1, 4]  # in-flight ones are not re-taken
+        assert await box.take() == []
+        await box.requeue([3])  # e.g. PUBACK with a failure reason code
+        again = await box.take()
+        assert [s.seq for s in again] == [3]
+        assert again[0].msg_id == first[0].msg_id  # resent with the same message id
+        await box.requeue()  # reconnect: everything in flight goes back
+        assert (await box.stats()).inflight == 0
+        assert [s.seq for s in await box.take()] == [3, 2, 1, 4]
+
+
+async def test_in_flight_records_return_to_pending_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as box:
+        await box.store(rec(1))
+        assert len(await box.take()) == 1
+    async with await Outbox.open(path) as box:
+        assert [s.seq for s in await box.take()] == [1]
+
+
+async def test_eviction_takes_routine_records_only_and_records_the_ranges(
+    tmp_path: Path,
+) -> None:
+    async with await Outbox.open(tmp_path / "o.db", Limits(max_rows=10, min_free_bytes=0)) as box:
+        await box.store(rec(0, priority=Priority.SOS, kind=RecordKind.SOS_START, session="s1"))
+        for i in range(1, 4):
+            await box.store(rec(i, priority=Priority.LIVE, session="s1"))
+        for i in range(4, 25):
+            await box.store(rec(i))
+        st = await box.stats()
+        assert st.depth == 10
+        kept = await box.take(100)
+        assert [s.seq for s in kept if s.record.session] == [1, 2, 3, 4]  # SOS route kept
+        ranges = await box.evictions()
+        evicted = [s for a, b in ranges for s in range(a, b + 1)]
+        assert evicted == list(range(5, 20))  # the oldest routine ones, in ranges
+        assert sorted(evicted + [s.seq for s in kept]) == list(range(1, 26))
+
+
+async def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db", Limits(min_free_bytes=0)) as box:
+        for i in range(5):
+            await box.store(rec(i, priority=Priority.SOS, session="s"))
+        # Cap the database file: what a full file system looks like to SQLite.
+        await box._run(lambda: box.db.execute("PRAGMA max_page_count=20"))
+
+        async def fill() -> None:
+            for i in range(5, 500):
+                await box.store(rec(i, priority=Priority.SOS, session="s", size=2000))
+
+        with pytest.raises(OutboxFull, match="Free space"):
+            await fill()
+        await box._run(lambda: box.db.execute("PRAGMA max_page_count=1000000"))
+        nxt = await box.store(rec(999))  # the daemon carries on once there is room
+        seqs = [s.seq for s in await box.take(1000)]
+        assert len(seqs) > 5
+        assert seqs == list(range(1, len(seqs) + 1))  # nothing lost; the failure used no seq
+        assert nxt.seq == seqs[-1]
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(b"this is not a database" * 100)
+
+
+def kept_aside(directory: Path) -> bytes:
+    aside = sorted(p for p in directory.iterdir() if ".corrupt-" in p.name)
+    assert aside, "the corrupt file must be kept"
+    return aside[0].read_bytes()
+
+
+async def test_corrupt_file_is_moved_aside_and_a_fresh_outbox_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as box:
+        await box.store(rec(1))
+        old_id = box.outbox_id
+    corrupt(path)
+    async with await Outbox.open(path) as box:
+        assert box.outbox_id != old_id
+        assert (await box.store(rec(2))).seq == 1
+    assert kept_aside(tmp_path).startswith(b"this is not a database")
+    assert "ALARM" in caplog.text
+
+
+async def test_session_expiry_applies_to_later_records_and_purge_deletes(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        await box.store(rec(1, session="s1", priority=Priority.LIVE))
+        await box.store(rec(2))
+        end = T0 + timedelta(hours=1)
+        await box.expire_session("s1", end + timedelta(hours=72))
+        late = await box.store(rec(3, session="s1", kind=RecordKind.SOS_END))
+        taken = {s.seq: s.record.expires for s in await box.take()}
+        assert taken[1] == taken[late.seq] == end + timedelta(hours=72)
+        assert taken[2] is None
+        assert await box.purge(end + timedelta(hours=71)) == 0
+        assert await box.purge(end + timedelta(hours=72)) == 2
+        assert (await box.stats()).depth == 1
+
+
+async def test_a_slow_commit_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        real = box._insert_sync
+
+        def slow(records):  # type: ignore[no-untyped-def]
+            time.sleep(0.5)  # an fsync on a tired SD card
+            return real(records)
+
+        box._insert_sync = slow  # type: ignore[method-assignment]
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        await box.store(rec(1))
+        t.cancel()
+        assert ticks >= 20  # the loop kept running during the half-second commit
+
+
+async def test_sos_controller_on_the_durable_outbox(tmp_path: Path) -> None:
+    """The outbox is a Recorder: an SOS stored through it, its expiry, its deletion."""
+    from device.gps import Fix, FixMode
+    from device.sos import Contact, SosConfig, SosController
+    from sim.clock import SimClock
+
+    clock = SimClock(T0)
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        ctl = SosController(
+            config=SosConfig(contacts=(Contact("Alice"),)), recorder=box, clock=clock
+        )
+        await ctl.start(trigger="cli", now=True)
+        for i in range(3):
+            await clock.advance(31)
+            await ctl.on_fix(
+                Fix(
+                    time=clock.now(),
+                    lat=55.95 + i * 0.001,
+                    lon=-3.17,
+                    mode=FixMode.THREE_D,
+                    received=clock.monotonic(),
+                )
+            )
+        await ctl.stop(trigger="cli")
+        stored = await box.take()
+        # SOS events go first (priority), then the route; seq is the order of storing.
+        assert [(s.seq, s.record.kind) for s in stored] == [
+            (1, RecordKind.SOS_START),
+            (5, RecordKind.SOS_END),
+            (2, RecordKind.FIX),
+            (3, RecordKind.FIX),
+            (4, RecordKind.FIX),
+        ]
+        expiry = clock.now() + timedelta(hours=72)
+        assert {s.record.expires for s in stored} == {expiry}
+        assert await box.purge(expiry) == 5
