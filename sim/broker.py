@@ -1,0 +1,131 @@
+"""A throwaway Mosquitto for tests and drills: a free loopback port, a config of the
+caller's choosing, and the ability to kill -9 and restart it on the same port.
+
+Never the system's service: each instance has its own directory, config, persistence
+file and log, and is stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+def find_mosquitto() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin"):
+        p = Path(d) / "mosquitto"
+        if p.exists():
+            return str(p)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    def __init__(
+        self,
+        workdir: Path | str,
+        *,
+        port: int | None = None,
+        config: str = "",
+        binary: str | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.extra_config = config
+        self.binary = binary or find_mosquitto()
+        if self.binary is None:
+            raise FileNotFoundError("mosquitto is not installed: sudo apt-get install mosquitto")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.workdir / "mosquitto.log"
+
+    def _write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        extra = self.extra_config
+        listener = "" if "listener " in extra else f"listener {self.port} 127.0.0.1\n"
+        anon = "" if "allow_anonymous" in extra else "allow_anonymous true\n"
+        conf.write_text(
+            listener
+            + anon
+            + f"persistence true\npersistence_location {self.workdir}/\n"
+            + f"log_dest file {self.log}\nlog_type all\n"
+            + extra
+            + "\n"
+        )
+        return conf
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.binary is not None
+        conf = self._write_config()
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(
+                    f"mosquitto exited at start ({self.proc.returncode}): "
+                    f"{err.strip()} — see {self.log}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise TimeoutError(f"mosquitto did not listen on {self.port} within {timeout}s")
+
+    def kill(self) -> None:
+        """kill -9: no goodbye, no final persistence save."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
