@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import math
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -33,14 +32,13 @@ from typing import Any
 from device.actuators import Cue, GpsPower, GpsPowerMode, Indicator, NetworkLink
 from device.battery import BatteryLevel, BatteryPolicy, BatterySample
 from device.clock import Clock
+from device.geo import haversine
 from device.gesture import Detected, Press
 from device.gps import Fix
 from device.privacy import PrivacyConfig, fix_payload
 from device.records import Priority, Record, Recorder, RecordKind
 
 log = logging.getLogger(__name__)
-
-EARTH_RADIUS = 6_371_008.8
 
 
 class SosState(enum.StrEnum):
@@ -78,13 +76,6 @@ class Session:
     points: int = 0
     last_point_at: float | None = None
     last_point: tuple[float, float] | None = None
-
-
-def distance(a: tuple[float, float], b: tuple[float, float]) -> float:
-    p1, p2 = math.radians(a[0]), math.radians(b[0])
-    dp, dl = p2 - p1, math.radians(b[1] - a[1])
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS * math.asin(min(1.0, math.sqrt(h)))
 
 
 class SosController:
@@ -222,7 +213,7 @@ class SosController:
                 s.last_point is not None
                 and s.last_point_at is not None
                 and now - s.last_point_at >= cadence.sos_min_interval
-                and distance(s.last_point, here) >= self.config.min_distance
+                and haversine(*s.last_point, *here) >= self.config.min_distance
             )
             if due or moved:
                 s.last_point, s.last_point_at = here, now
