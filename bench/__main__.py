@@ -8,7 +8,7 @@ import platform
 import sys
 from datetime import UTC, datetime
 
-from bench import nmea
+from bench import nmea, outbox
 
 
 def main() -> int:
@@ -18,11 +18,15 @@ def main() -> int:
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         ),
         "nmea_decode": nmea.run(),
+        "outbox_intake": outbox.run(),
     }
     w = sys.stdout.write
     w(f"sosbeacon bench — {results['machine']} — {results['when']}\n\n")
     w("NMEA decode (median of 7 rounds, same run)\n")
     for key, value in results["nmea_decode"].items():
+        w(f"  {key:45} {value}\n")
+    w("\nDurable intake: outbox, WAL + synchronous=FULL (median of 5 rounds of 20,000)\n")
+    for key, value in results["outbox_intake"].items():
         w(f"  {key:45} {value}\n")
     with open("bench-results.json", "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
