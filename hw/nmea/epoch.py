@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from device.gps import Fix, FixMode, FixQuality, TimeIssue
-from hw.nmea.sentences import Sentence, parse_float, parse_int, parse_latlon, parse_tod
+from hw.nmea.sentences import LAYOUTS, Sentence, parse_float, parse_int, parse_latlon, parse_tod
 
 #: Dates before this are not trusted (GPS week rollover sends receivers 1024 weeks back).
 DEFAULT_DATE_FLOOR = date(2025, 1, 1)
@@ -98,7 +98,7 @@ class EpochMerger:
 
     def feed(self, s: Sentence, received: float | None = None) -> list[Fix]:
         out: list[Fix] = []
-        tod = parse_tod(s.get("time")) if "time" in _TIMED.get(s.kind, ()) else None
+        tod = parse_tod(s.get("time")) if "time" in LAYOUTS[s.kind] else None
         cur = self._cur
         if tod is not None and tod != cur.tod and (cur.tod is not None or cur.positional):
             out.extend(self._close(received))
@@ -145,9 +145,8 @@ class EpochMerger:
 
     def _build(self, e: _Epoch, received: float | None) -> Fix:
         time, issue = self._epoch_time(e)
-        if e.gga_no_sats and e.navmode not in (2, 3):
-            e.void = True
-        if e.void:
+        void = e.void or (e.gga_no_sats and e.navmode not in (2, 3))
+        if void:
             mode = FixMode.NONE
         elif e.navmode in (2, 3) and e.lat is not None:
             mode = FixMode(e.navmode)
@@ -158,7 +157,7 @@ class EpochMerger:
             mode = FixMode.UNKNOWN
         sats = e.sats_gga if e.sats_gga is not None else (e.sats_gsa or None)
         hdop = e.hdop_gga if e.hdop_gga is not None else e.hdop_gsa
-        if e.void or e.lat is None:
+        if void or e.lat is None:
             return Fix(
                 time=time,
                 mode=mode,
@@ -364,5 +363,3 @@ _APPLY: dict[str, Callable[[_Epoch, Sentence], None]] = {
     "ZDA": _apply_zda,
     "GST": _apply_gst,
 }
-
-_TIMED: dict[str, tuple[str, ...]] = {k: ("time",) for k in ("RMC", "GGA", "GLL", "ZDA", "GST")}

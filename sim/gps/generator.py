@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from device.geo import EARTH_RADIUS
+from hw.nmea.epoch import KNOT
 from hw.nmea.sentences import build_sentence as sentence
 from hw.ubx import ubx_frame
 from sim.gps.route import RouteWalker
 
-KNOT = 1852.0 / 3600.0
 #: GPS week-number rollover period
 ROLLOVER = timedelta(weeks=1024)
 
