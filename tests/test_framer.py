@@ -64,3 +64,16 @@ def test_any_chunking_gives_the_same_frames(cuts: list[int]) -> None:
         prev = p
     got.extend(f.flush())
     assert got == [g.rstrip() for g in GOOD]
+
+
+def test_counters_accumulate_across_decoders_sharing_stats() -> None:
+    """The serial source starts a fresh decoder on every reconnect but keeps one set of
+    counters: noise seen before a reconnect must still be counted after it."""
+    from device.gps import GpsStats
+
+    stats = GpsStats()
+    for _ in range(2):
+        d = NmeaDecoder(stats=stats)
+        d.feed(b"\xb5\x62\x01\x02\x03" + GOOD[0])
+    assert stats.noise_bytes == 10
+    assert stats.sentences == 2

@@ -32,10 +32,12 @@ class NmeaDecoder:
     def feed(self, data: bytes, received: float | None = None) -> list[Fix]:
         st = self.stats
         st.bytes += len(data)
+        noise_before = self._framer.garbage_bytes
         fixes: list[Fix] = []
         for raw in self._framer.feed(data):
             fixes.extend(self._sentence(raw, received))
-        st.noise_bytes = self._framer.garbage_bytes
+        # Add, never assign: the stats may outlive this decoder (one per reconnect).
+        st.noise_bytes += self._framer.garbage_bytes - noise_before
         return self._count(fixes)
 
     def flush(self, received: float | None = None) -> list[Fix]:
