@@ -108,6 +108,9 @@ class Outbox:
         self._flushing: asyncio.Task[None] | None = None
         self.outbox_id = ""
         self.commits = 0
+        #: rows in the table, counted once at open and kept up to date by every write
+        #: (``count(*)`` scans the whole table, too slow for every commit)
+        self._rows = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -154,6 +157,7 @@ class Outbox:
                 self.outbox_id = row[0]
             # Whatever was handed to the uplink before a restart was not acknowledged.
             db.execute("UPDATE records SET inflight=0 WHERE inflight=1")
+            self._rows = db.execute("SELECT count(*) FROM records").fetchone()[0]
         except sqlite3.DatabaseError:
             db.close()
             raise
@@ -271,13 +275,14 @@ class Outbox:
                 ) from exc
             raise
         self.commits += 1
+        self._rows += len(out)
         return out
 
     def _make_room_sync(self, incoming: int) -> None:
         """Evict routine records (never SOS) to stay within rows, bytes and free disk."""
         db = self.db
         lim = self.limits
-        rows = db.execute("SELECT count(*) FROM records").fetchone()[0]
+        rows = self._rows
         excess_rows = rows + incoming - lim.max_rows
         size = self._size_sync()
         free = shutil.disk_usage(self.path.parent).free
@@ -303,10 +308,11 @@ class Outbox:
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         for first, last in _ranges(victims):
-            db.execute(
+            cur = db.execute(
                 "DELETE FROM records WHERE seq BETWEEN ? AND ? AND session IS NULL AND priority=?",
                 (first, last, int(Priority.ROUTINE)),
             )
+            self._rows -= cur.rowcount
             db.execute("INSERT INTO evictions (first, last, at) VALUES (?,?,?)", (first, last, now))
         db.execute("COMMIT")
         log.warning(
@@ -343,8 +349,9 @@ class Outbox:
         def run() -> None:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("DELETE FROM records WHERE seq=?", [(s,) for s in seqs])
+            cur = db.executemany("DELETE FROM records WHERE seq=?", [(s,) for s in seqs])
             db.execute("COMMIT")
+            self._rows -= cur.rowcount
 
         await self._run(run)
 
@@ -396,6 +403,7 @@ class Outbox:
             cur = self.db.execute(
                 "DELETE FROM records WHERE expires IS NOT NULL AND expires<=?", (now.timestamp(),)
             )
+            self._rows -= cur.rowcount
             return cur.rowcount
 
         return await self._run(run)

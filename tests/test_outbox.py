@@ -224,3 +224,18 @@ async def test_sos_controller_on_the_durable_outbox(tmp_path: Path) -> None:
         expiry = clock.now() + timedelta(hours=72)
         assert {s.record.expires for s in stored} == {expiry}
         assert await box.purge(expiry) == 5
+
+
+async def test_the_kept_row_count_matches_the_table(tmp_path: Path) -> None:
+    """Eviction decisions use a row count kept in memory; it must never drift."""
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path, Limits(max_rows=50, min_free_bytes=0)) as box:
+        for i in range(80):
+            await box.store(rec(i, session="s" if i % 10 == 0 else None))
+        taken = await box.take(7)
+        await box.ack([s.seq for s in taken] + [10_000])  # an unknown seq deletes nothing
+        await box.expire_session("s", T0)
+        await box.purge(T0)
+        assert box._rows == (await box.stats()).depth
+    async with await Outbox.open(path) as box:
+        assert box._rows == (await box.stats()).depth
