@@ -51,10 +51,10 @@ class GpioButton:
         self.bias = bias
         self.active_low = active_low
         self.kernel_debounce = kernel_debounce
-        self._gpiod = gpiod_module
+        self._gpiod = gpiod_module if gpiod_module is not None else _gpiod()
 
     def _request(self) -> Any:
-        gpiod = self._gpiod or _gpiod()
+        gpiod = self._gpiod
         line_mod = gpiod.line
         settings = gpiod.LineSettings(
             direction=line_mod.Direction.INPUT,
@@ -81,7 +81,7 @@ class GpioButton:
             ) from exc
 
     async def edges(self) -> AsyncIterator[Edge]:
-        gpiod = self._gpiod or _gpiod()
+        gpiod = self._gpiod
         request = self._request()
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
@@ -133,7 +133,7 @@ class GpioIndicator:
         self.chip = chip
         self.led = led
         self.buzzer = buzzer
-        self._gpiod = gpiod_module
+        self._gpiod = gpiod_module if gpiod_module is not None else _gpiod()
         self._request: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -142,7 +142,7 @@ class GpioIndicator:
 
     def _open(self) -> Any:
         if self._request is None:
-            gpiod = self._gpiod or _gpiod()
+            gpiod = self._gpiod
             out = gpiod.LineSettings(
                 direction=gpiod.line.Direction.OUTPUT, output_value=gpiod.line.Value.INACTIVE
             )
@@ -152,7 +152,7 @@ class GpioIndicator:
         return self._request
 
     def _set(self, led: bool, buzzer: bool) -> None:
-        gpiod = self._gpiod or _gpiod()
+        gpiod = self._gpiod
         on, off = gpiod.line.Value.ACTIVE, gpiod.line.Value.INACTIVE
         values = {}
         if self.led is not None:
