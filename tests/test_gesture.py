@@ -70,10 +70,12 @@ def presses_from(start: float, spans: list[tuple[float, float]]) -> list[tuple[f
 
 human_press = st.floats(min_value=C.min_press + 0.01, max_value=C.long_press - 0.1)
 human_gap = st.floats(min_value=C.min_gap + 0.01, max_value=C.max_gap - 0.01)
+#: exactly one valid rapid multi-press, as (hold, gap-after) pairs
+valid_gesture = st.lists(st.tuples(human_press, human_gap), min_size=C.presses, max_size=C.presses)
 
 
 @settings(max_examples=300)
-@given(st.lists(st.tuples(human_press, human_gap), min_size=C.presses, max_size=C.presses))
+@given(valid_gesture)
 def test_every_valid_multi_press_fires_once_on_the_last_release(
     spans: list[tuple[float, float]],
 ) -> None:
@@ -83,7 +85,7 @@ def test_every_valid_multi_press_fires_once_on_the_last_release(
 
 
 @settings(max_examples=300)
-@given(st.lists(st.tuples(human_press, human_gap), min_size=C.presses, max_size=C.presses))
+@given(valid_gesture)
 def test_multi_press_does_not_depend_on_timers_firing_between_edges(
     spans: list[tuple[float, float]],
 ) -> None:
@@ -101,7 +103,7 @@ def test_every_long_press_fires_once_while_held(held: float, start: float) -> No
 @settings(max_examples=300)
 @given(
     st.integers(min_value=1, max_value=C.presses - 1),
-    st.lists(st.tuples(human_press, human_gap), min_size=C.presses, max_size=C.presses),
+    valid_gesture,
 )
 def test_too_few_presses_never_fire(n: int, spans: list[tuple[float, float]]) -> None:
     fired, _ = run(edges_of(presses_from(0.0, spans[:n])))
@@ -110,7 +112,7 @@ def test_too_few_presses_never_fire(n: int, spans: list[tuple[float, float]]) ->
 
 @settings(max_examples=300)
 @given(
-    st.lists(st.tuples(human_press, human_gap), min_size=C.presses, max_size=C.presses),
+    valid_gesture,
     st.integers(min_value=1, max_value=C.presses - 1),
     st.floats(min_value=C.max_gap + 1e-6, max_value=5.0),  # clear of float rounding
 )
@@ -126,7 +128,7 @@ def test_a_long_pause_in_the_middle_splits_the_gesture(
 
 @settings(max_examples=300)
 @given(
-    st.lists(st.tuples(human_press, human_gap), min_size=C.presses, max_size=C.presses),
+    valid_gesture,
     st.integers(min_value=0, max_value=C.presses - 1),
     st.floats(min_value=C.debounce + 0.001, max_value=C.min_press - 0.001),
 )
@@ -183,9 +185,7 @@ def bouncy(draw: st.DrawFn, presses: list[tuple[float, float]]) -> list[Edge]:
 
 
 @settings(max_examples=300)
-@given(
-    st.data(), st.lists(st.tuples(human_press, human_gap), min_size=C.presses, max_size=C.presses)
-)
+@given(st.data(), valid_gesture)
 def test_bounces_within_the_debounce_time_change_nothing(
     data: st.DataObject, spans: list[tuple[float, float]]
 ) -> None:
