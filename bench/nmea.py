@@ -20,6 +20,7 @@ import pynmeagps
 
 from hw.nmea import NmeaDecoder
 from hw.nmea.sentences import split_sentence
+from sim.gps.runner import capture_lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,12 +29,7 @@ def corpus() -> tuple[bytes, str]:
     d = Path(os.environ.get("SOSBEACON_SHARED", REPO.parent / "shared")) / "gpsd-logs"
     logs = sorted(d.glob("*.log"))
     if logs:
-        data = b"".join(
-            b"".join(
-                ln for ln in p.read_bytes().splitlines(keepends=True) if not ln.startswith(b"#")
-            )
-            for p in logs
-        )
+        data = b"".join(line for p in logs for line in capture_lines(p))
         return data, f"{len(logs)} real captures"
     from datetime import UTC, datetime
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from device.gps import Fix
 from hw.nmea import NmeaDecoder
+from sim.gps.runner import capture_lines
 
 TOLERANCE = 1e-6
 
@@ -42,9 +43,8 @@ def decode_capture(path: Path, decoder: NmeaDecoder | None = None) -> list[Fix]:
     """Decode a capture the way gpsfake feeds it: ``#`` comment lines are not sent."""
     dec = decoder if decoder is not None else NmeaDecoder()
     fixes: list[Fix] = []
-    for line in path.read_bytes().splitlines(keepends=True):
-        if not line.startswith(b"#"):
-            fixes.extend(dec.feed(line))
+    for line in capture_lines(path):
+        fixes.extend(dec.feed(line))
     fixes.extend(dec.flush())
     return fixes
 
