@@ -11,9 +11,14 @@ broker acknowledged it.
 * Upload order: priority (SOS and last gasp, then live positions, then routine), then
   ``seq``. A record leaves only through :meth:`Outbox.ack`; whatever was handed out and
   not acknowledged returns to pending on :meth:`Outbox.requeue` (reconnect) and on open.
+* Message ids: the uplink packs records into messages and :meth:`Outbox.bind` stores
+  each message's id with its records *before* the message is sent, so a resend after a
+  reconnect or a restart carries the same id.
 * Capacity: bounded by rows, bytes and free disk. Only routine records (no SOS session)
-  are ever evicted, oldest first; the evicted ``seq`` ranges are kept so the uplink can
-  publish them and receivers can tell thinning from loss.
+  are ever evicted, oldest first. Whatever leaves undelivered (evicted, or expired by the
+  72-hour rule) is replaced, in the same transaction, by a ``gap`` record naming the
+  ``seq`` ranges and why: it is delivered like any other record, so receivers can tell
+  deliberate removal from loss.
 * A full disk raises :class:`OutboxFull` with what to do; nothing already stored is lost.
   A corrupt database is moved aside (never deleted) with an error in the log, and a fresh
   one started under a new ``outbox_id`` so receivers see the ``seq`` numbering restart.
@@ -37,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from device.clock import Clock, MonotonicClock
 from device.records import Priority, Record, RecordKind
 
 log = logging.getLogger(__name__)
@@ -47,7 +53,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     seq      INTEGER PRIMARY KEY,
-    msg_id   TEXT NOT NULL,
+    msg_id   TEXT,
     kind     TEXT NOT NULL,
     priority INTEGER NOT NULL,
     time     TEXT NOT NULL,
@@ -60,10 +66,6 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_order ON records (inflight, priority, seq);
 CREATE INDEX IF NOT EXISTS records_session ON records (session);
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS evictions (
-    first INTEGER NOT NULL, last INTEGER NOT NULL, at REAL NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0
-);
 """
 
 
@@ -73,10 +75,11 @@ class OutboxFull(OSError):
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """A record as committed: its ``seq`` and message id are kept for life."""
+    """A record as committed: its ``seq`` is kept for life; ``msg_id`` is the id of the
+    message that carries it, set by :meth:`Outbox.bind` before its first sending."""
 
     seq: int
-    msg_id: str
+    msg_id: str | None
     record: Record
 
 
@@ -96,12 +99,24 @@ class OutboxStats:
     bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What waits to be sent (not in flight): the uplink's batching decides on this."""
+
+    #: SOS events, last gasp and live positions: sent at once
+    urgent: int
+    routine: int
+    #: the time of the oldest routine record waiting, if any
+    oldest_routine: datetime | None
+
+
 class Outbox:
     """Use :meth:`open` (an async context manager) rather than the constructor."""
 
-    def __init__(self, path: Path, limits: Limits) -> None:
+    def __init__(self, path: Path, limits: Limits, clock: Clock) -> None:
         self.path = path
         self.limits = limits
+        self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[Record, asyncio.Future[Stored]]] = []
@@ -111,12 +126,15 @@ class Outbox:
         #: rows in the table, counted once at open and kept up to date by every write
         #: (``count(*)`` scans the whole table, too slow for every commit)
         self._rows = 0
+        self._watchers: list[asyncio.Event] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path | str, limits: Limits | None = None) -> Outbox:
-        box = cls(Path(path), limits or Limits())
+    async def open(
+        cls, path: Path | str, limits: Limits | None = None, *, clock: Clock | None = None
+    ) -> Outbox:
+        box = cls(Path(path), limits or Limits(), clock or MonotonicClock())
         await box._run(box._open_sync)
         return box
 
@@ -222,6 +240,18 @@ class Outbox:
             for (_, fut), s in zip(batch, stored, strict=True):
                 if not fut.done():
                     fut.set_result(s)
+            self._notify()
+
+    def watch(self) -> asyncio.Event:
+        """An event of one's own, set whenever records were added or became pending
+        again (clear it, look, then wait on it: no change is ever missed)."""
+        ev = asyncio.Event()
+        self._watchers.append(ev)
+        return ev
+
+    def _notify(self) -> None:
+        for ev in self._watchers:
+            ev.set()
 
     def _insert_sync(self, records: list[Record]) -> list[Stored]:
         db = self.db
@@ -229,8 +259,7 @@ class Outbox:
         out: list[Stored] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT value FROM counters WHERE name='seq'").fetchone()
-            seq = row[0] if row else 0
+            seq = self._get_seq()
             for r in records:
                 seq += 1
                 expires = r.expires
@@ -241,13 +270,11 @@ class Outbox:
                     exp_ts = hit[0] if hit else None
                 else:
                     exp_ts = expires.timestamp() if expires else None
-                msg_id = uuid.uuid4().hex
                 db.execute(
-                    "INSERT INTO records (seq, msg_id, kind, priority, time, session, drill,"
-                    " data, expires) VALUES (?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO records (seq, kind, priority, time, session, drill,"
+                    " data, expires) VALUES (?,?,?,?,?,?,?,?)",
                     (
                         seq,
-                        msg_id,
                         r.kind.value,
                         int(r.priority),
                         r.time.isoformat(),
@@ -257,12 +284,8 @@ class Outbox:
                         exp_ts,
                     ),
                 )
-                out.append(Stored(seq, msg_id, r))
-            db.execute(
-                "INSERT INTO counters VALUES ('seq', ?) ON CONFLICT(name) DO UPDATE "
-                "SET value=excluded.value",
-                (seq,),
-            )
+                out.append(Stored(seq, None, r))
+            self._set_seq(seq)
             db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             if db.in_transaction:
@@ -290,7 +313,11 @@ class Outbox:
         if excess_rows <= 0 and excess_bytes <= 0:
             return
         avg = max(1, size // max(1, rows))
-        n = max(excess_rows, -(-excess_bytes // avg) if excess_bytes > 0 else 0)
+        # One more than the excess (the gap record written in their place may take a row),
+        # and at least 1% of the row cap: evicting in chunks keeps evictions, and gap
+        # records, rare.
+        n = max(excess_rows, -(-excess_bytes // avg) if excess_bytes > 0 else 0) + 1
+        n = max(n, lim.max_rows // 100)
         victims = [
             r[0]
             for r in db.execute(
@@ -305,20 +332,65 @@ class Outbox:
                 "SOS records are never evicted"
             )
             return
-        now = time.time()
         db.execute("BEGIN IMMEDIATE")
-        for first, last in _ranges(victims):
-            cur = db.execute(
-                "DELETE FROM records WHERE seq BETWEEN ? AND ? AND session IS NULL AND priority=?",
-                (first, last, int(Priority.ROUTINE)),
-            )
+        try:
+            cur = db.executemany("DELETE FROM records WHERE seq=?", [(v,) for v in victims])
             self._rows -= cur.rowcount
-            db.execute("INSERT INTO evictions (first, last, at) VALUES (?,?,?)", (first, last, now))
-        db.execute("COMMIT")
+            self._insert_gap_sync(victims, "evicted", self._clock.now())
+            db.execute("COMMIT")
+        except sqlite3.OperationalError:
+            db.execute("ROLLBACK")
+            raise
         log.warning(
             "outbox full: evicted %d routine records (oldest first); the evicted "
             "seq ranges will be published",
             len(victims),
+        )
+
+    def _insert_gap_sync(self, seqs: list[int], reason: str, at: datetime) -> None:
+        """Inside the caller's transaction: a ``gap`` record naming ``seqs``. A gap record
+        of the same reason that waits unsent (no message formed yet) is extended instead,
+        so a long offline spell leaves one gap record, not one per eviction."""
+        db = self.db
+        old = db.execute(
+            "SELECT seq, data FROM records WHERE kind=? AND inflight=0 AND msg_id IS NULL "
+            "AND json_extract(data, '$.reason')=? ORDER BY seq DESC LIMIT 1",
+            (RecordKind.GAP.value, reason),
+        ).fetchone()
+        if old is not None:
+            named = [(a, b) for a, b in json.loads(old[1])["ranges"]]
+            ranges = _merge(named + _ranges(sorted(seqs)))
+            data = {"ranges": [list(r) for r in ranges], "reason": reason}
+            db.execute(
+                "UPDATE records SET data=?, time=? WHERE seq=?",
+                (json.dumps(data, separators=(",", ":")), at.isoformat(), old[0]),
+            )
+            return
+        seq = self._get_seq() + 1
+        data = {"ranges": [list(r) for r in _ranges(sorted(seqs))], "reason": reason}
+        db.execute(
+            "INSERT INTO records (seq, kind, priority, time, session, drill, data) "
+            "VALUES (?,?,?,?,NULL,0,?)",
+            (
+                seq,
+                RecordKind.GAP.value,
+                int(Priority.LIVE),
+                at.isoformat(),
+                json.dumps(data, separators=(",", ":")),
+            ),
+        )
+        self._set_seq(seq)
+        self._rows += 1
+
+    def _get_seq(self) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name='seq'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_seq(self, seq: int) -> None:
+        self.db.execute(
+            "INSERT INTO counters VALUES ('seq', ?) ON CONFLICT(name) DO UPDATE "
+            "SET value=excluded.value",
+            (seq,),
         )
 
     def _size_sync(self) -> int:
@@ -326,22 +398,66 @@ class Outbox:
 
     # -- handing out and acknowledging -------------------------------------------------
 
-    async def take(self, limit: int = 1000) -> list[Stored]:
-        """The next records to upload, by priority then seq; they become in flight."""
-        return await self._run(lambda: self._take_sync(limit))
+    async def take(
+        self,
+        limit: int = 1000,
+        *,
+        first: Priority = Priority.SOS,
+        last: Priority = Priority.ROUTINE,
+    ) -> list[Stored]:
+        """The next records to upload with a priority from ``first`` to ``last``, by
+        priority then seq; they become in flight."""
+        return await self._run(lambda: self._take_sync(limit, first, last))
 
-    def _take_sync(self, limit: int) -> list[Stored]:
+    def _take_sync(self, limit: int, first: Priority, last: Priority) -> list[Stored]:
         db = self.db
         rows = db.execute(
             "SELECT seq, msg_id, kind, priority, time, session, drill, data, expires "
-            "FROM records WHERE inflight=0 ORDER BY priority, seq LIMIT ?",
-            (limit,),
+            "FROM records WHERE inflight=0 AND priority BETWEEN ? AND ? "
+            "ORDER BY priority, seq LIMIT ?",
+            (int(first), int(last), limit),
         ).fetchall()
         if rows:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("UPDATE records SET inflight=1 WHERE seq=?", [(r[0],) for r in rows])
             db.execute("COMMIT")
         return [_row(r) for r in rows]
+
+    async def bind(self, messages: dict[str, list[int]]) -> None:
+        """Store the message id of each group of records, before the message is sent."""
+
+        def run() -> None:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE records SET msg_id=? WHERE seq=?",
+                [(mid, s) for mid, seqs in messages.items() for s in seqs],
+            )
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    async def unbind(self, seqs: list[int]) -> None:
+        """Forget the message of these records (a message the broker found too large
+        is split into new ones)."""
+
+        def run() -> None:
+            self.db.executemany("UPDATE records SET msg_id=NULL WHERE seq=?", [(s,) for s in seqs])
+
+        await self._run(run)
+
+    async def pending(self) -> Pending:
+        def run() -> Pending:
+            urgent, routine, oldest = self.db.execute(
+                "SELECT coalesce(sum(priority<?),0), coalesce(sum(priority>=?),0), "
+                "min(CASE WHEN priority>=? THEN time END) FROM records WHERE inflight=0",
+                (int(Priority.ROUTINE),) * 3,
+            ).fetchone()
+            return Pending(
+                int(urgent), int(routine), datetime.fromisoformat(oldest) if oldest else None
+            )
+
+        return await self._run(run)
 
     async def ack(self, seqs: list[int]) -> None:
         """The broker acknowledged these: now, and only now, they leave the outbox."""
@@ -368,16 +484,22 @@ class Outbox:
                 db.execute("COMMIT")
 
         await self._run(run)
+        self._notify()
 
-    async def evictions(self) -> list[tuple[int, int]]:
-        """Evicted seq ranges not yet published."""
-        return await self._run(
-            lambda: [
-                (a, b)
-                for a, b in self.db.execute(
-                    "SELECT first, last FROM evictions WHERE published=0 ORDER BY first"
-                )
-            ]
+    async def get_meta(self, key: str) -> str | None:
+        def run() -> str | None:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(run)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(
+            lambda: self.db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                "SET value=excluded.value",
+                (key, value),
+            )
         )
 
     # -- expiry and stats --------------------------------------------------------------
@@ -397,14 +519,35 @@ class Outbox:
         await self._run(run)
 
     async def purge(self, now: datetime) -> int:
-        """Delete expired records (delivered or not: past expiry nobody may see them)."""
+        """Delete expired records: past expiry nobody may see them. Delivered records
+        have already left; these never reached the broker, so a ``gap`` record says so."""
 
         def run() -> int:
-            cur = self.db.execute(
-                "DELETE FROM records WHERE expires IS NOT NULL AND expires<=?", (now.timestamp(),)
-            )
-            self._rows -= cur.rowcount
-            return cur.rowcount
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            seqs = [
+                r[0]
+                for r in db.execute(
+                    "SELECT seq FROM records WHERE expires IS NOT NULL AND expires<=?",
+                    (now.timestamp(),),
+                )
+            ]
+            if seqs:
+                cur = db.executemany("DELETE FROM records WHERE seq=?", [(s,) for s in seqs])
+                self._rows -= cur.rowcount
+                self._insert_gap_sync(seqs, "expired", now)
+            db.execute("COMMIT")
+            return len(seqs)
+
+        n = await self._run(run)
+        if n:
+            self._notify()
+        return n
+
+    async def next_expiry(self) -> datetime | None:
+        def run() -> datetime | None:
+            row = self.db.execute("SELECT min(expires) FROM records").fetchone()
+            return datetime.fromtimestamp(row[0], UTC) if row and row[0] else None
 
         return await self._run(run)
 
@@ -436,6 +579,17 @@ def _row(r: tuple[Any, ...]) -> Stored:
         expires=datetime.fromtimestamp(expires, UTC) if expires else None,
     )
     return Stored(seq, msg_id, rec)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of inclusive ranges, sorted, touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
+    return out
 
 
 def _ranges(seqs: list[int]) -> list[tuple[int, int]]:

@@ -22,6 +22,11 @@ class RecordKind(enum.StrEnum):
     FIX = "fix"
     BATTERY = "battery"
     LAST_GASP = "last-gasp"
+    #: a contact acknowledged the SOS (command ``ack``)
+    SOS_ACK = "sos-ack"
+    #: records the store deleted undelivered (evicted to make room, or expired), so a
+    #: receiver can tell deliberate removal from loss
+    GAP = "gap"
 
 
 class Priority(enum.IntEnum):

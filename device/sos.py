@@ -197,6 +197,45 @@ class SosController:
         await self._end(session, reason=trigger)
         return True
 
+    async def acknowledge(self, *, by: str | None, session: str | None = None) -> str:
+        """A contact saw the SOS: record it, show it on the LED/buzzer. Returns the
+        session acknowledged; raises :class:`SosRefused` when there is nothing to
+        acknowledge."""
+        s = self._current(session)
+        await self._record(RecordKind.SOS_ACK, {"by": by}, Priority.SOS, s)
+        log.warning("%s acknowledged by %s", "DRILL" if s.drill else "SOS", by or "a contact")
+        self._event("acknowledged", by=by)
+        await self._cue(Cue.ACKNOWLEDGED)
+        return s.id
+
+    async def locate_now(self) -> float | None:
+        """Record the freshest fix at once, as a live position, and wake the GPS.
+        Returns the fix's age in seconds (``None`` if unknown). Outside an SOS this
+        shares a location, so it is refused unless routine tracking is opted in."""
+        s = self.session
+        if s is None and not self.privacy.track_outside_sos:
+            raise SosRefused(
+                "locate-now refused: no SOS is active and location sharing outside an SOS "
+                "is off (privacy.track_outside_sos)"
+            )
+        if self._gps_power is not None:
+            self._spawn(self._gps_power.set_mode(GpsPowerMode.FULL))
+        fix = self._last_fix
+        if fix is None:
+            raise SosRefused("locate-now: no fix yet; the GPS was woken, try again shortly")
+        shared = self._fix_and_age()
+        await self._record(RecordKind.FIX, {"fix": shared["fix"]}, Priority.LIVE, s)
+        age: float | None = shared["fix_age"]
+        return age
+
+    def _current(self, session: str | None) -> Session:
+        s = self.session
+        if s is None:
+            raise SosRefused("no SOS is active")
+        if session is not None and session != s.id:
+            raise SosRefused(f"session {session} is not the active SOS ({s.id}); not applied")
+        return s
+
     async def on_fix(self, fix: Fix) -> None:
         if fix.has_position:
             self._last_fix = fix

@@ -1,0 +1,595 @@
+"""From the outbox to the broker, losing nothing: the MQTT v5 uplink.
+
+* Records leave the outbox only when the broker's PUBACK carries a success reason code.
+  A failure code (not authorised 0x87, quota 0x97, ...) keeps them, logs the reason and
+  backs off; a connection lost with messages in flight puts them back to pending, and
+  they are resent with the same message ids.
+* Two senders: SOS events, last gasp and live positions go at once (or every
+  ``sos_interval``); routine records wait until ``batch_count`` of them or the oldest is
+  ``batch_interval`` old, then the backlog drains in large ``track`` messages. Routine
+  messages in flight are capped in bytes, so an SOS never queues behind a backlog on a
+  slow link.
+* Retained ``status`` (online; the will says offline) and retained ``sos`` (the latest
+  lifecycle record); the latest position also goes, retained, to an OwnTracks topic.
+* Reconnects back off exponentially with jitter, capped at ``backoff_max_sos`` while an
+  SOS is active; paho's keepalive notices a black-holed link.
+* Commands on ``cmd`` are validated, applied, answered on the MQTT v5 response topic,
+  and acknowledged to the broker only once handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from device.backoff import Backoff
+from device.clock import Clock
+from device.commands import CommandHandler
+from device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, Inbound, MqttError, Will
+from device.outbox import Outbox, Pending, Stored
+from device.records import Priority, RecordKind
+from device.wire import (
+    RETAINED_KINDS,
+    SOS_KINDS,
+    CommandError,
+    Topics,
+    dumps,
+    encode_sos,
+    encode_track,
+    fix_time,
+    owntracks_location,
+    parse_command,
+    seq_ranges_text,
+    status_payload,
+)
+
+log = logging.getLogger(__name__)
+
+#: PUBACK reason code: the packet was larger than the broker accepts
+PACKET_TOO_LARGE = 0x95
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    device_id: str
+    prefix: str = "sosbeacon"
+    #: where the OwnTracks-compatible latest position goes (retained); "" turns it off;
+    #: ``None``: ``owntracks/sosbeacon/<device_id>``
+    owntracks_topic: str | None = None
+    #: OwnTracks tracker id (two characters shown on the map); default: from device id
+    owntracks_tid: str = ""
+    #: MQTT message expiry for routine telemetry (outside an SOS), seconds
+    routine_expiry: int = 7 * 24 * 3600
+    #: idle: routine records go when this many wait ...
+    batch_count: int = 100
+    #: ... or when the oldest has waited this long (seconds)
+    batch_interval: float = 300.0
+    #: during an SOS: live records go at once (0) or at most this often (seconds)
+    sos_interval: float = 0.0
+    #: records per ``track`` message, and its size cap in bytes
+    max_batch: int = 500
+    max_message_bytes: int = 16 * 1024
+    #: routine messages in flight: at most this many, and this many bytes
+    window: int = 16
+    inflight_bytes: int = 32 * 1024
+    backoff_min: float = 1.0
+    backoff_max: float = 300.0
+    backoff_max_sos: float = 10.0
+
+
+@dataclass
+class UplinkStats:
+    connects: int = 0
+    published: int = 0
+    records_acked: int = 0
+    #: failure reason codes from the broker, by name
+    failures: dict[str, int] = field(default_factory=dict)
+    commands: int = 0
+    commands_rejected: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message formed from stored records; ``msg_id`` is stored with them."""
+
+    msg_id: str
+    topic: str
+    payload: bytes
+    records: tuple[Stored, ...]
+    retain: bool
+    expiry: int | None
+
+    @property
+    def seqs(self) -> list[int]:
+        return [s.seq for s in self.records]
+
+
+def routine_due(p: Pending, now: datetime, cfg: UplinkConfig) -> float | None:
+    """Seconds until the routine backlog should go (0: now), or ``None`` if empty."""
+    if p.routine == 0:
+        return None
+    if p.routine >= cfg.batch_count or p.oldest_routine is None:
+        return 0.0
+    age = (now - p.oldest_routine).total_seconds()
+    return max(0.0, cfg.batch_interval - age)
+
+
+class Uplink:
+    def __init__(
+        self,
+        *,
+        config: UplinkConfig,
+        broker: BrokerConfig,
+        outbox: Outbox,
+        clock: Clock,
+        commands: CommandHandler | None = None,
+        sos_active: Callable[[], bool] = lambda: False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = Topics.for_device(config.device_id, config.prefix)
+        self.broker = broker if broker.client_id else _with_client_id(broker, config.device_id)
+        self.owntracks_topic = (
+            f"owntracks/sosbeacon/{config.device_id}"
+            if config.owntracks_topic is None
+            else config.owntracks_topic
+        )
+        self.tid = (config.owntracks_tid or config.device_id)[:2]
+        self._outbox = outbox
+        self._clock = clock
+        self._commands = commands
+        self._sos_active = sos_active
+        rng = rng or random.Random()
+        self._reconnect = Backoff(base=config.backoff_min, cap=config.backoff_max, rng=rng)
+        self._refused = Backoff(base=config.backoff_min, cap=config.backoff_max, rng=rng)
+        self._pause_until = 0.0
+        self._max_bytes = config.max_message_bytes
+        self._retained_seq = 0
+        self._battery: dict[str, Any] | None = None
+        self._done_commands: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.stats = UplinkStats()
+        #: set while connected and serving
+        self.connected = asyncio.Event()
+        self._acked = asyncio.Event()
+
+    # -- the connection's life ---------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect: forever (cancel to stop, with a clean goodbye)."""
+        self._retained_seq = int(await self._outbox.get_meta("sos_retained_seq") or 0)
+        outage = False
+        while True:
+            conn = Connection(self.broker, will=self._will())
+            try:
+                connack = await conn.connect()
+            except ConnectRefused as exc:
+                self._note_error(str(exc), log.error)
+            except MqttError as exc:
+                if not outage:
+                    self._note_error(f"{exc}; buffering in the outbox and retrying", log.warning)
+                outage = True
+            else:
+                outage = False
+                self._reconnect.reset()
+                try:
+                    await self._serve(conn, connack)
+                except MqttError as exc:
+                    self._note_error(f"broker connection lost: {exc}", log.warning)
+                except asyncio.CancelledError:
+                    await self._goodbye(conn)
+                    raise
+                finally:
+                    self.connected.clear()
+                    conn.close()
+                    await self._outbox.requeue()
+            await self._wait_reconnect()
+
+    async def drained(self) -> None:
+        """Wait until the outbox is empty: everything stored was acknowledged."""
+        while True:
+            self._acked.clear()
+            if (await self._outbox.stats()).depth == 0:
+                return
+            await self._acked.wait()
+
+    def _will(self) -> Will:
+        return Will(
+            self.topics.status,
+            status_payload(
+                "offline", box=self._outbox.outbox_id, at=self._clock.now(), why="connection lost"
+            ),
+        )
+
+    async def _goodbye(self, conn: Connection) -> None:
+        with contextlib.suppress(MqttError, TimeoutError):
+            async with asyncio.timeout(2):
+                await conn.publish(
+                    self.topics.status,
+                    status_payload(
+                        "offline", box=self._outbox.outbox_id, at=self._clock.now(), why="shutdown"
+                    ),
+                    retain=True,
+                )
+        await conn.disconnect()
+
+    async def _wait_reconnect(self) -> None:
+        """Back off; an SOS arriving meanwhile shortens the wait to the SOS cap."""
+        sos_cap = self.config.backoff_max_sos
+        delay = self._reconnect.next(sos_cap if self._sos_active() else None)
+        start = self._clock.monotonic()
+        deadline = start + delay
+        watch = self._outbox.watch()
+        while (left := deadline - self._clock.monotonic()) > 0:
+            watch.clear()
+            if self._sos_active() and deadline - start > sos_cap:
+                deadline = start + min(delay, sos_cap)
+                continue
+            await self._wait(watch, left)
+
+    async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
+        """Until ``event`` is set or ``seconds`` pass on the injected clock."""
+        if seconds is None:
+            await event.wait()
+            return
+        waiter = asyncio.ensure_future(event.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            sleeper.cancel()
+
+    async def _serve(self, conn: Connection, connack: Connack) -> None:
+        self.stats.connects += 1
+        if connack.maximum_packet:
+            self._max_bytes = min(self._max_bytes, connack.maximum_packet - 1024)
+        online = status_payload("online", box=self._outbox.outbox_id, at=self._clock.now())
+        rc = await conn.publish(self.topics.status, online, retain=True)
+        if rc.is_failure:
+            log.error(
+                "the broker refused the status message on %s (%s): check its ACL for this device",
+                self.topics.status,
+                rc,
+            )
+        if self._commands is not None:
+            rc = await conn.subscribe(self.topics.cmd)
+            if rc.is_failure:
+                log.error(
+                    "subscribing to %s was refused (%s): commands will not arrive; check the "
+                    "broker's ACL",
+                    self.topics.cmd,
+                    rc,
+                )
+        log.info("connected to the broker %s:%d", self.broker.host, self.broker.port)
+        self.connected.set()
+        settling: set[asyncio.Task[None]] = set()
+        window = max(1, min(self.config.window, connack.receive_maximum - 2))
+        budget = _Budget(self.config.inflight_bytes, window)
+        tasks = [
+            self._send_loop(conn, urgent=True, settling=settling, budget=None),
+            self._send_loop(conn, urgent=False, settling=settling, budget=budget),
+            self._command_loop(conn),
+            _raise_when_closed(conn),
+        ]
+        try:
+            await _first_failure(tasks)
+        finally:
+            for t in settling:
+                t.cancel()
+            await asyncio.gather(*settling, return_exceptions=True)
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _send_loop(
+        self,
+        conn: Connection,
+        *,
+        urgent: bool,
+        settling: set[asyncio.Task[None]],
+        budget: _Budget | None,
+    ) -> None:
+        cfg = self.config
+        watch = self._outbox.watch()
+        last_sent = -math.inf
+        while True:
+            watch.clear()
+            pause = self._pause_until - self._clock.monotonic()
+            if pause > 0:
+                await self._clock.sleep(pause)
+                continue
+            p = await self._outbox.pending()
+            if urgent:
+                wait: float | None = None
+                if p.urgent:
+                    wait = max(0.0, last_sent + cfg.sos_interval - self._clock.monotonic())
+            else:
+                wait = routine_due(p, self._clock.now(), cfg)
+            if wait is None or wait > 0:
+                await self._wait(watch, wait)
+                continue
+            first, last = (
+                (Priority.SOS, Priority.LIVE) if urgent else (Priority.ROUTINE, Priority.ROUTINE)
+            )
+            stored = await self._outbox.take(cfg.max_batch * 4, first=first, last=last)
+            if not stored:
+                continue
+            last_sent = self._clock.monotonic()
+            for msg in await self._pack(stored):
+                if budget is not None:
+                    await budget.acquire(len(msg.payload))
+                fut = conn.publish(
+                    msg.topic,
+                    msg.payload,
+                    retain=msg.retain,
+                    expiry=msg.expiry,
+                    user=[("msg_id", msg.msg_id), ("seq", seq_ranges_text(msg.seqs))],
+                )
+                self.stats.published += 1
+                task = asyncio.create_task(self._settle(conn, msg, fut, budget))
+                settling.add(task)
+                task.add_done_callback(settling.discard)
+
+    async def _settle(
+        self, conn: Connection, msg: Message, fut: asyncio.Future[Any], budget: _Budget | None
+    ) -> None:
+        try:
+            rc = await fut
+        except MqttError:
+            return  # the connection is gone; everything in flight goes back to pending
+        finally:
+            if budget is not None:
+                budget.release(len(msg.payload))
+        if not rc.is_failure:
+            await self._outbox.ack(msg.seqs)
+            self.stats.records_acked += len(msg.records)
+            self._acked.set()
+            self._refused.reset()
+            await self._after_delivery(conn, msg)
+            return
+        name = str(rc)
+        self.stats.failures[name] = self.stats.failures.get(name, 0) + 1
+        if rc.value == PACKET_TOO_LARGE and len(msg.records) > 1:
+            self._max_bytes = max(512, self._max_bytes // 2)
+            await self._outbox.unbind(msg.seqs)
+            log.warning(
+                "the broker found a %d-byte message too large; splitting (now at most %d)",
+                len(msg.payload),
+                self._max_bytes,
+            )
+        else:
+            delay = self._refused.next(self.config.backoff_max_sos if self._sos_active() else None)
+            self._pause_until = max(self._pause_until, self._clock.monotonic() + delay)
+            self._note_error(
+                f"the broker refused message {msg.msg_id} (seq {seq_ranges_text(msg.seqs)}) on "
+                f"{msg.topic}: {rc}. The records stay in the outbox; retrying in {delay:.1f}s"
+                + (" (check the broker's ACL for this device)" if rc.value == 0x87 else ""),
+                log.error,
+            )
+        await self._outbox.requeue(msg.seqs)
+
+    async def _pack(self, stored: list[Stored]) -> list[Message]:
+        """Group records into messages: those already bound keep their message; new ones
+        form ``sos`` messages (one each) and ``track`` batches (one session, one expiry)."""
+        now = self._clock.now()
+        expired = {s.seq for s in stored if s.record.expires and s.record.expires <= now}
+        if expired:
+            await self._outbox.purge(now)  # replaced by a gap record; never sent
+            stored = [s for s in stored if s.seq not in expired]
+        bound: OrderedDict[str, list[Stored]] = OrderedDict()
+        fresh: list[list[Stored]] = []
+        for s in stored:
+            r = s.record
+            if s.msg_id is not None:
+                bound.setdefault(s.msg_id, []).append(s)
+            elif r.kind in SOS_KINDS:
+                fresh.append([s])
+            else:
+                cur = fresh[-1] if fresh else None
+                if (
+                    cur is not None
+                    and cur[0].record.kind not in SOS_KINDS
+                    and (cur[0].record.session, cur[0].record.drill, cur[0].record.expires)
+                    == (r.session, r.drill, r.expires)
+                    and len(cur) < self.config.max_batch
+                ):
+                    cur.append(s)
+                else:
+                    fresh.append([s])
+        messages = [self._message(mid, group) for mid, group in bound.items()]
+        new: list[Message] = []
+        for group in fresh:
+            new.extend(self._split(group))
+        if new:
+            await self._outbox.bind({m.msg_id: m.seqs for m in new})
+        return sorted(messages + new, key=lambda m: (m.records[0].record.priority, m.seqs[0]))
+
+    def _split(self, group: list[Stored]) -> list[Message]:
+        msg = self._message(uuid.uuid4().hex[:20], group)
+        if len(msg.payload) <= self._max_bytes or len(group) == 1:
+            return [msg]
+        half = len(group) // 2
+        return self._split(group[:half]) + self._split(group[half:])
+
+    def _message(self, msg_id: str, group: list[Stored]) -> Message:
+        first = group[0]
+        r = first.record
+        box = self._outbox.outbox_id
+        if r.kind in SOS_KINDS:
+            topic, payload = self.topics.sos, encode_sos(box, first.seq, r)
+            retain = r.kind in RETAINED_KINDS and first.seq > self._retained_seq
+        else:
+            topic, payload = (
+                self.topics.track,
+                encode_track(box, [(s.seq, s.record) for s in group]),
+            )
+            retain = False
+        return Message(msg_id, topic, payload, tuple(group), retain, self._expiry(first))
+
+    def _expiry(self, s: Stored) -> int | None:
+        """MQTT message expiry: a session's records until 72 h after it ended; during an
+        active SOS none (the end is not known yet); routine telemetry as configured."""
+        r = s.record
+        if r.expires is not None:
+            return max(1, math.ceil((r.expires - self._clock.now()).total_seconds()))
+        if r.session is not None:
+            return None
+        return self.config.routine_expiry
+
+    async def _after_delivery(self, conn: Connection, msg: Message) -> None:
+        """Keep the retained views up to date: ``sos`` order, OwnTracks position."""
+        for s in msg.records:
+            b = s.record.data.get("battery")
+            if isinstance(b, dict):
+                self._battery = b
+        first = msg.records[0]
+        if msg.retain:
+            self._retained_seq = max(self._retained_seq, first.seq)
+            await self._outbox.set_meta("sos_retained_seq", str(self._retained_seq))
+        if not self.owntracks_topic:
+            return
+        if first.record.kind is RecordKind.SOS_END and msg.expiry is not None:
+            await self._owntracks_expire(conn, first.record.session, msg.expiry)
+        fixes = [
+            s for s in msg.records if s.record.kind is RecordKind.FIX and s.record.data.get("fix")
+        ]
+        if fixes:
+            await self._owntracks(conn, fixes[-1], msg.expiry)
+
+    async def _owntracks(self, conn: Connection, s: Stored, expiry: int | None) -> None:
+        last = json.loads(await self._outbox.get_meta("owntracks") or "{}")
+        if s.seq <= last.get("seq", 0):
+            return  # an older point from a backlog: the latest position stays
+        r = s.record
+        tag = ("DRILL" if r.drill else "SOS") if r.session else None
+        loc = owntracks_location(
+            r.data["fix"], at=fix_time(r), tid=self.tid, battery=self._battery, tag=tag
+        )
+        await self._outbox.set_meta(
+            "owntracks", json.dumps({"seq": s.seq, "session": r.session, "loc": loc})
+        )
+        await self._publish_view(conn, self.owntracks_topic, dumps(loc), expiry)
+
+    async def _owntracks_expire(self, conn: Connection, session: str | None, expiry: int) -> None:
+        """The retained position of an SOS that just ended expires with its route."""
+        last = json.loads(await self._outbox.get_meta("owntracks") or "{}")
+        if session is not None and last.get("session") == session:
+            await self._publish_view(conn, self.owntracks_topic, dumps(last["loc"]), expiry)
+
+    async def _publish_view(
+        self, conn: Connection, topic: str, payload: bytes, expiry: int | None
+    ) -> None:
+        """A retained derived view (not a record): best effort, failures logged."""
+        try:
+            rc = await conn.publish(topic, payload, retain=True, expiry=expiry)
+        except MqttError:
+            return
+        if rc.is_failure:
+            log.warning("the broker refused the retained view on %s: %s", topic, rc)
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def _command_loop(self, conn: Connection) -> None:
+        while True:
+            m = await conn.messages.get()
+            reply = await self._command(m)
+            if m.response_topic:
+                with contextlib.suppress(MqttError):
+                    conn.publish(m.response_topic, dumps(reply), correlation=m.correlation)
+            conn.ack(m)
+
+    async def _command(self, m: Inbound) -> dict[str, Any]:
+        self.stats.commands += 1
+        cmd_id: str | None = None
+        try:
+            if m.retain:
+                raise CommandError(
+                    "retained commands are ignored (they would run again at every "
+                    "reconnect): publish commands without the retain flag"
+                )
+            cmd = parse_command(m.payload)
+            cmd_id = cmd.id
+            if cmd.id is not None and cmd.id in self._done_commands:
+                return self._done_commands[cmd.id]  # a redelivery: answered, not re-run
+            if self._commands is None:
+                raise CommandError("this device does not take commands")
+            result = await self._commands(cmd)
+            reply: dict[str, Any] = {"id": cmd.id, "cmd": cmd.name.value, "ok": True, **result}
+            log.info("command %s%s done", cmd.name.value, f" ({cmd.by})" if cmd.by else "")
+        except CommandError as exc:
+            self.stats.commands_rejected += 1
+            log.warning("command on %s rejected: %s", m.topic, exc)
+            reply = {"id": cmd_id, "ok": False, "error": str(exc)}
+        except Exception as exc:  # a command must never take the daemon down
+            self.stats.commands_rejected += 1
+            log.exception("command on %s failed", m.topic)
+            reply = {"id": cmd_id, "ok": False, "error": f"internal error: {exc}"}
+        if cmd_id is not None:
+            self._done_commands[cmd_id] = reply
+            while len(self._done_commands) > 256:
+                self._done_commands.popitem(last=False)
+        return reply
+
+    def _note_error(self, text: str, level: Callable[..., None]) -> None:
+        self.stats.last_error = text
+        level("%s", text)
+
+
+class _Budget:
+    """Routine messages in flight: at most ``count`` of them and ``size`` bytes (one
+    message larger than ``size`` may go alone)."""
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size = size
+        self.count = count
+        self._bytes = 0
+        self._n = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, nbytes: int) -> None:
+        while not (self._n == 0 or (self._n < self.count and self._bytes + nbytes <= self.size)):
+            self._freed.clear()
+            await self._freed.wait()
+        self._n += 1
+        self._bytes += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self._n -= 1
+        self._bytes -= nbytes
+        self._freed.set()
+
+
+def _with_client_id(broker: BrokerConfig, client_id: str) -> BrokerConfig:
+    return replace(broker, client_id=client_id)
+
+
+async def _raise_when_closed(conn: Connection) -> None:
+    why = await asyncio.shield(conn.closed)
+    raise MqttError(why)
+
+
+async def _first_failure(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run together; when one fails, cancel the others and raise its exception."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["Message", "Uplink", "UplinkConfig", "UplinkStats", "routine_due"]

@@ -1,0 +1,406 @@
+"""What goes on the wire: topics, payloads, commands, and the receiver's proof of no loss.
+
+``docs/wire-format.md`` is the reference for every field; this module is the one place
+that writes (and, for receivers and tests, reads) them. Pure functions, no I/O.
+
+The ``track`` payload is compact on purpose (a fix costs about 25 bytes instead of the
+~110 of an OwnTracks location): fixes are rows of numbers, and within a message each row
+after the first carries ``seq``, time, latitude and longitude as differences from the row
+before, with positions in integer micro-degrees (0.11 m).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from device.records import Record, RecordKind
+
+WIRE_VERSION = 1
+#: kinds published one per message on the ``sos`` topic; every other kind goes in ``track``
+SOS_KINDS = frozenset(
+    {RecordKind.SOS_START, RecordKind.SOS_END, RecordKind.LAST_GASP, RecordKind.SOS_ACK}
+)
+#: of those, the lifecycle records kept retained on ``sos`` (the topic's latest state)
+RETAINED_KINDS = frozenset({RecordKind.SOS_START, RecordKind.SOS_END})
+MICRO = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """``<prefix>/<device_id>/{track,sos,status,cmd}``."""
+
+    base: str
+
+    @classmethod
+    def for_device(cls, device_id: str, prefix: str = "sosbeacon") -> Topics:
+        for part, what in ((device_id, "device id"), (prefix, "topic prefix")):
+            if not part or any(c in part for c in "+#\0") or part.startswith("/"):
+                raise ValueError(
+                    f"invalid {what} {part!r}: it must be non-empty, must not start with "
+                    "'/' and must not contain '+', '#' or NUL"
+                )
+        if "/" in device_id:
+            raise ValueError(f"invalid device id {device_id!r}: it must not contain '/'")
+        return cls(f"{prefix.rstrip('/')}/{device_id}")
+
+    @property
+    def track(self) -> str:
+        return f"{self.base}/track"
+
+    @property
+    def sos(self) -> str:
+        return f"{self.base}/sos"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def cmd(self) -> str:
+        return f"{self.base}/cmd"
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def epoch(t: datetime) -> float:
+    """Seconds since the epoch, to the millisecond."""
+    return round(t.timestamp(), 3)
+
+
+def _num(x: float) -> float | int:
+    """A number as short as JSON allows: ``1`` rather than ``1.0``."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _micro(deg: float) -> int:
+    return round(deg * MICRO)
+
+
+# -- encoding ----------------------------------------------------------------------------
+
+
+def fix_time(record: Record) -> datetime:
+    """The fix's own time (from the receiver) when it has one, else when it was recorded."""
+    fix = record.data.get("fix") or {}
+    t = fix.get("t")
+    if isinstance(t, str):
+        try:
+            return datetime.fromisoformat(t.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return record.time
+
+
+def _fix_row(fix: dict[str, Any]) -> list[Any]:
+    """alt (m), spd (m/s, 0.1), crs (degrees), acc (m); trailing unknowns left off."""
+    tail: list[Any] = [
+        None if fix.get("alt") is None else round(fix["alt"]),
+        None if fix.get("spd") is None else _num(round(fix["spd"], 1)),
+        None if fix.get("crs") is None else round(fix["crs"]) % 360,
+        None if fix.get("acc") is None else max(0, math.ceil(fix["acc"])),
+    ]
+    while tail and tail[-1] is None:
+        tail.pop()
+    return tail
+
+
+_BATTERY_KEYS = ("pct", "status", "v", "a", "temp")
+
+
+def encode_track(box: str, records: Sequence[tuple[int, Record]]) -> bytes:
+    """One ``track`` message: records of one session (or none), in seq order.
+
+    Fix rows: ``[seq, t, lat, lon, alt, spd, crs, acc]``; in every row after the first,
+    ``seq``, ``t`` (s), ``lat`` and ``lon`` (micro-degrees) are differences from the row
+    before. Battery rows: ``[seq, t, pct, status, v, a, temp]``, ``seq`` and ``t`` as
+    differences likewise. Gap records and anything else are listed as objects.
+    """
+    if not records:
+        raise ValueError("a track message needs at least one record")
+    first = records[0][1]
+    msg: dict[str, Any] = {"v": WIRE_VERSION, "box": box}
+    if first.session:
+        msg["sess"] = first.session
+    if first.drill:
+        msg["drill"] = True
+    if first.expires is not None:
+        msg["exp"] = int(first.expires.timestamp())
+    fixes: list[list[Any]] = []
+    batts: list[list[Any]] = []
+    gaps: list[dict[str, Any]] = []
+    other: list[dict[str, Any]] = []
+    prev_fix: tuple[int, int, int, int] | None = None  # seq, t ms, lat µ°, lon µ°
+    prev_bat: tuple[int, int] | None = None
+    for seq, r in records:
+        if r.session != first.session or r.drill != first.drill:
+            raise ValueError("records of one track message must share session and drill")
+        if r.kind is RecordKind.FIX and r.data.get("fix"):
+            fix = r.data["fix"]
+            cur = (seq, round(epoch(fix_time(r)) * 1000), _micro(fix["lat"]), _micro(fix["lon"]))
+            if prev_fix is None:
+                head: list[Any] = [seq, _num(cur[1] / 1000)]
+                head += [_num(cur[2] / MICRO), _num(cur[3] / MICRO)]
+            else:
+                head = [cur[0] - prev_fix[0], _num((cur[1] - prev_fix[1]) / 1000)]
+                head += [cur[2] - prev_fix[2], cur[3] - prev_fix[3]]
+            prev_fix = cur
+            fixes.append(head + _fix_row(fix))
+        elif r.kind is RecordKind.BATTERY and r.data.get("battery") is not None:
+            b = r.data["battery"]
+            tms = round(epoch(r.time) * 1000)
+            if prev_bat is None:
+                row: list[Any] = [seq, _num(tms / 1000)]
+            else:
+                row = [seq - prev_bat[0], _num((tms - prev_bat[1]) / 1000)]
+            prev_bat = (seq, tms)
+            row += [b.get(k) for k in _BATTERY_KEYS]
+            while len(row) > 2 and row[-1] is None:
+                row.pop()
+            batts.append(row)
+        elif r.kind is RecordKind.GAP:
+            gaps.append({"seq": seq, "t": _num(epoch(r.time)), **r.data})
+        else:
+            other.append({"seq": seq, "t": _num(epoch(r.time)), "kind": r.kind.value, **r.data})
+    for key, rows in (("fix", fixes), ("bat", batts), ("gap", gaps), ("ev", other)):
+        if rows:
+            msg[key] = rows
+    return dumps(msg)
+
+
+def encode_sos(box: str, seq: int, r: Record) -> bytes:
+    """One SOS lifecycle record (``sos-start``, ``sos-end``, ``last-gasp``, ``sos-ack``)."""
+    msg: dict[str, Any] = {
+        "v": WIRE_VERSION,
+        "box": box,
+        "seq": seq,
+        "kind": r.kind.value,
+        "t": _num(epoch(r.time)),
+        "sess": r.session,
+        "drill": r.drill,
+        "exp": None if r.expires is None else int(r.expires.timestamp()),
+        "data": r.data,
+    }
+    return dumps(msg)
+
+
+def status_payload(state: str, *, box: str, at: datetime, why: str | None = None) -> bytes:
+    msg: dict[str, Any] = {"v": WIRE_VERSION, "state": state, "t": int(at.timestamp())}
+    if box:
+        msg["box"] = box
+    if why:
+        msg["why"] = why
+    return dumps(msg)
+
+
+def owntracks_location(
+    fix: dict[str, Any],
+    *,
+    at: datetime,
+    tid: str,
+    battery: dict[str, Any] | None = None,
+    trigger: str | None = None,
+    tag: str | None = None,
+) -> dict[str, Any]:
+    """An OwnTracks ``location`` message for a shared fix (schema in
+    ``../shared/owntracks-schema``): integers where the schema wants integers, speed in
+    km/h. ``tag`` carries "SOS" or "DRILL"; never ``t: s`` or ``t: !`` (speed and tow
+    alarms to other consumers)."""
+    msg: dict[str, Any] = {
+        "_type": "location",
+        "tid": tid[:2],
+        "tst": int(at.timestamp()),
+        "lat": fix["lat"],
+        "lon": fix["lon"],
+    }
+    if fix.get("acc") is not None:
+        msg["acc"] = max(0, math.ceil(fix["acc"]))
+    if fix.get("alt") is not None:
+        msg["alt"] = round(fix["alt"])
+    if fix.get("spd") is not None:
+        msg["vel"] = round(fix["spd"] * 3.6)
+    if fix.get("crs") is not None:
+        msg["cog"] = round(fix["crs"]) % 360
+    if battery and battery.get("pct") is not None:
+        msg["batt"] = round(battery["pct"])
+        msg["bs"] = {"discharging": 1, "not charging": 1, "charging": 2, "full": 3}.get(
+            str(battery.get("status", "")).lower(), 0
+        )
+    if trigger:
+        msg["t"] = trigger
+    if tag:
+        msg["tag"] = tag
+    return msg
+
+
+# -- decoding (receivers, tests, drills) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A record as a receiver reads it back."""
+
+    box: str
+    seq: int
+    kind: str
+    t: float
+    data: dict[str, Any]
+    session: str | None = None
+    drill: bool = False
+
+
+def decode_track(payload: bytes) -> list[Received]:
+    msg = json.loads(payload)
+    if msg.get("v") != WIRE_VERSION:
+        raise ValueError(f"unknown track version {msg.get('v')!r}")
+    box, sess, drill = msg["box"], msg.get("sess"), bool(msg.get("drill", False))
+    out: list[Received] = []
+    seq = t_ms = lat = lon = 0
+    for i, row in enumerate(msg.get("fix", [])):
+        if i == 0:
+            seq, t_ms, lat, lon = row[0], round(row[1] * 1000), _micro(row[2]), _micro(row[3])
+        else:
+            seq, t_ms = seq + row[0], t_ms + round(row[1] * 1000)
+            lat, lon = lat + row[2], lon + row[3]
+        fix: dict[str, Any] = {"lat": lat / MICRO, "lon": lon / MICRO}
+        for key, value in zip(("alt", "spd", "crs", "acc"), row[4:], strict=False):
+            if value is not None:
+                fix[key] = value
+        out.append(Received(box, seq, "fix", t_ms / 1000, {"fix": fix}, sess, drill))
+    for i, row in enumerate(msg.get("bat", [])):
+        if i == 0:
+            seq, t_ms = row[0], round(row[1] * 1000)
+        else:
+            seq, t_ms = seq + row[0], t_ms + round(row[1] * 1000)
+        b = {k: v for k, v in zip(_BATTERY_KEYS, row[2:], strict=False) if v is not None}
+        out.append(Received(box, seq, "battery", t_ms / 1000, {"battery": b}, sess, drill))
+    for g in msg.get("gap", []):
+        data = {k: v for k, v in g.items() if k not in ("seq", "t")}
+        out.append(Received(box, g["seq"], "gap", g["t"], data, sess, drill))
+    for e in msg.get("ev", []):
+        data = {k: v for k, v in e.items() if k not in ("seq", "t", "kind")}
+        out.append(Received(box, e["seq"], e["kind"], e["t"], data, sess, drill))
+    return sorted(out, key=lambda r: r.seq)
+
+
+def decode_sos(payload: bytes) -> Received:
+    m = json.loads(payload)
+    if m.get("v") != WIRE_VERSION:
+        raise ValueError(f"unknown sos version {m.get('v')!r}")
+    return Received(m["box"], m["seq"], m["kind"], m["t"], m["data"], m["sess"], m["drill"])
+
+
+@dataclass
+class SeqLedger:
+    """The receiver's proof: every ``seq`` from 1 to the highest seen is either received
+    or named by a ``gap`` record (deliberately removed); anything else is a loss.
+    Duplicates (a resend after a reconnect) are counted, not double-counted."""
+
+    seen: set[int] = field(default_factory=set)
+    removed: set[int] = field(default_factory=set)
+    duplicates: int = 0
+
+    def add(self, records: Iterable[Received]) -> None:
+        for r in records:
+            if r.seq in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen.add(r.seq)
+            if r.kind == RecordKind.GAP.value:
+                for a, b in r.data.get("ranges", []):
+                    self.removed.update(range(a, b + 1))
+
+    @property
+    def last(self) -> int:
+        return max(self.seen, default=0)
+
+    def missing(self) -> list[int]:
+        accounted = self.seen | self.removed
+        return [s for s in range(1, self.last + 1) if s not in accounted]
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+class CommandName(enum.StrEnum):
+    ACK = "ack"
+    CANCEL = "cancel"
+    DRILL = "drill"
+    LOCATE_NOW = "locate-now"
+
+
+class CommandError(ValueError):
+    """A command that cannot be accepted; the message is sent back to the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: CommandName
+    #: the sender's id for the command, echoed in the reply; repeats are not re-run
+    id: str | None = None
+    #: who sent it (shown with an acknowledgement)
+    by: str | None = None
+    #: the SOS session the command is meant for; a stale command for an earlier
+    #: session is refused instead of acting on the current one
+    session: str | None = None
+
+
+MAX_COMMAND_BYTES = 4096
+_COMMAND_FIELDS = {"cmd", "id", "by", "session"}
+
+
+def parse_command(payload: bytes) -> Command:
+    """Validate a ``cmd`` payload: ``{"cmd": "ack"|"cancel"|"drill"|"locate-now",
+    "id"?: str, "by"?: str, "session"?: str}``. Raises :class:`CommandError`."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"command too long ({len(payload)} bytes, at most {MAX_COMMAND_BYTES})")
+    try:
+        msg = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise CommandError('a command is a JSON object like {"cmd": "ack"}')
+    unknown = set(msg) - _COMMAND_FIELDS
+    if unknown:
+        allowed = sorted(_COMMAND_FIELDS)
+        raise CommandError(f"unknown field(s) {sorted(unknown)}; allowed: {allowed}")
+    name = msg.get("cmd")
+    try:
+        cmd = CommandName(str(name))
+    except ValueError:
+        names = ", ".join(c.value for c in CommandName)
+        raise CommandError(f"unknown command {name!r}; one of: {names}") from None
+    texts: dict[str, str | None] = {}
+    for key in ("id", "by", "session"):
+        v = msg.get(key)
+        if v is not None and (not isinstance(v, str) or not 0 < len(v) <= 64):
+            raise CommandError(f"{key!r} must be a string of 1 to 64 characters")
+        texts[key] = v
+    return Command(cmd, texts["id"], texts["by"], texts["session"])
+
+
+def seq_ranges_text(seqs: Iterable[int]) -> str:
+    """``"3-7,9"``: the seqs of a message, for its ``seq`` user property."""
+    out: list[str] = []
+    start = prev = None
+    for s in sorted(seqs):
+        if prev is not None and s == prev + 1:
+            prev = s
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = s
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+    return ",".join(out)
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

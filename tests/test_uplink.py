@@ -1,0 +1,206 @@
+"""The MQTT v5 uplink against a real Mosquitto: what the contacts receive, in what form,
+with what properties; commands; the retained views."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from device.clock import MonotonicClock
+from device.commands import SosCommands
+from device.gps import Fix, FixMode
+from device.mqtt import BrokerConfig, Connection
+from device.privacy import PrivacyConfig
+from device.records import Priority, Record, RecordKind
+from device.sos import Contact, SosConfig, SosController
+from device.uplink import UplinkConfig
+from sim.receiver import Receiver
+from tests.mqtt_env import T0, fix_record, rig
+
+
+async def test_records_arrive_once_with_ids_and_leave_the_outbox(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        stored = [await r.outbox.store(fix_record(i, session="s1")) for i in range(5)]
+        led = await r.receiver.wait_for_seqs(5)
+        assert led.missing() == [] and led.duplicates == 0
+        got = {x.seq: x for x in r.receiver.records}
+        for s in stored:
+            fix = s.record.data["fix"]
+            assert got[s.seq].data["fix"]["lat"] == pytest.approx(fix["lat"], abs=1e-6)
+            assert got[s.seq].data["fix"]["lon"] == pytest.approx(fix["lon"], abs=1e-6)
+            assert got[s.seq].session == "s1"
+        async with asyncio.timeout(10):
+            await r.uplink.drained()  # acknowledged, so deleted
+        track = [d for d in r.receiver.history if d.topic.endswith("/track")]
+        props = dict(track[0].user_properties)
+        assert len(props["msg_id"]) == 20 and props["seq"].split("-")[0].isdigit()
+        status = r.receiver.json(r.uplink.topics.status)
+        assert status["state"] == "online" and status["box"] == r.outbox.outbox_id
+
+
+def controller(box: object, **kw: object) -> SosController:
+    return SosController(
+        config=SosConfig(contacts=(Contact("Alice"),), countdown=0),
+        recorder=box,  # type: ignore[arg-type]
+        clock=MonotonicClock(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def a_fix(i: int) -> Fix:
+    return Fix(
+        time=datetime.now(UTC),
+        lat=55.944 + i * 0.001,
+        lon=-3.161,
+        mode=FixMode.THREE_D,
+        speed=1.2,
+        received=time.monotonic(),
+    )
+
+
+async def test_an_sos_reaches_the_contacts_with_its_route_and_retained_views(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    schema = json.loads((shared_dir / "owntracks-schema" / "message.json").read_text())
+    async with rig(tmp_path) as r:
+        ctl = controller(r.outbox)
+        await ctl.on_fix(a_fix(0))
+        await ctl.start(trigger="cli", now=True)
+        assert ctl.session is not None
+        sid = ctl.session.id
+        topics = r.uplink.topics
+        await r.receiver.wait_until(lambda: (r.receiver.json(topics.sos) or {}).get("seq") == 1)
+        start = r.receiver.latest[topics.sos]
+        assert start.expiry is None  # active: the end (and so the expiry) is not known yet
+        for i in range(1, 4):
+            ctl.session.last_point_at = None  # every fix is due
+            await ctl.on_fix(a_fix(i))
+        await r.receiver.wait_for_seqs(4)
+        ot_topic = r.uplink.owntracks_topic
+        await r.receiver.wait_until(
+            lambda: (r.receiver.json(ot_topic) or {}).get("lat") == pytest.approx(55.947)
+        )
+        ot = r.receiver.json(ot_topic)
+        jsonschema.Draft202012Validator(schema).validate(ot)
+        assert ot["lat"] == pytest.approx(55.947) and ot["tag"] == "SOS"
+        await ctl.stop(trigger="cli")
+        await r.receiver.wait_for_seqs(5)
+        end = r.receiver.latest[topics.sos]
+        assert json.loads(end.payload)["kind"] == "sos-end"
+        assert end.expiry is not None and 72 * 3600 - 60 < end.expiry <= 72 * 3600
+        # the retained OwnTracks position now expires with the route
+        await r.receiver.wait_until(
+            lambda: r.receiver.latest[r.uplink.owntracks_topic].expiry is not None
+        )
+        assert [x.kind for x in sorted(r.receiver.records, key=lambda x: x.seq)] == [
+            "sos-start",
+            "fix",
+            "fix",
+            "fix",
+            "sos-end",
+        ]
+        assert {x.session for x in r.receiver.records} == {sid}
+        # a contact subscribing later sees the retained state: the SOS has ended
+        late = Receiver(
+            BrokerConfig(host="127.0.0.1", port=r.broker.port, client_id="late"), topics
+        )
+        await late.start()
+        await late.wait_until(lambda: topics.sos in late.latest and topics.status in late.latest)
+        assert late.json(topics.sos)["kind"] == "sos-end"
+        assert late.json(topics.status)["state"] == "online"
+        await late.close()
+
+
+async def test_routine_records_wait_for_a_batch_while_sos_records_go_at_once(
+    tmp_path: Path,
+) -> None:
+    cfg = UplinkConfig(device_id="dev1", batch_count=50, batch_interval=3600, max_batch=500)
+    async with rig(tmp_path, config=cfg, start=False) as r:
+        # a backlog built up while offline drains in large batches
+        for i in range(1200):
+            await r.outbox.store(fix_record(i, priority=Priority.ROUTINE))
+        r.start_uplink()
+        led = await r.receiver.wait_for_seqs(1200)
+        assert led.missing() == [] and led.duplicates == 0
+        track = [d for d in r.receiver.history if d.topic == r.uplink.topics.track]
+        assert len(track) <= 5, len(track)
+        assert all(d.expiry is not None and d.expiry > 6 * 86400 for d in track)
+        # idle: fewer than batch_count routine records wait ...
+        for i in range(49):
+            await r.outbox.store(fix_record(2000 + i, priority=Priority.ROUTINE))
+        sos = Record(RecordKind.SOS_START, T0, {"trigger": "cli"}, Priority.SOS, "s1")
+        sos_seq = (await r.outbox.store(sos)).seq
+        # ... while an SOS record goes at once
+        await r.receiver.wait_until(lambda: any(x.seq == sos_seq for x in r.receiver.records))
+        assert r.receiver.ledger().last == sos_seq and len(r.receiver.ledger().missing()) == 49
+        await r.outbox.store(fix_record(3000, priority=Priority.ROUTINE))  # the 50th
+        led = await r.receiver.wait_for_seqs(sos_seq + 1)
+        assert led.missing() == []
+
+
+async def test_commands_are_validated_applied_and_answered(tmp_path: Path) -> None:
+    async with rig(tmp_path, start=False) as r:
+        ctl = controller(r.outbox, privacy=PrivacyConfig())
+        r.uplink._commands = SosCommands(ctl)
+        r.start_uplink()
+        await r.uplink.connected.wait()
+        asker = Connection(BrokerConfig(host="127.0.0.1", port=r.broker.port, client_id="asker"))
+        await asker.connect()
+        await asker.subscribe("reply/#")
+        cmd = r.uplink.topics.cmd
+
+        async def ask(payload: bytes, *, retain: bool = False) -> dict[str, object]:
+            corr = os.urandom(4)
+            await asker.publish(
+                cmd, payload, retain=retain, response_topic="reply/alice", correlation=corr
+            )
+            while True:
+                m = await asyncio.wait_for(asker.messages.get(), 10)
+                asker.ack(m)
+                if m.correlation == corr:
+                    return json.loads(m.payload)  # type: ignore[no-any-return]
+
+        got = await ask(b'{"cmd":"ack","id":"c1"}')
+        assert got["ok"] is False and "no SOS is active" in str(got["error"])
+        got = await ask(b'{"cmd":"locate-now"}')
+        assert got["ok"] is False and "track_outside_sos" in str(got["error"])
+        got = await ask(b'{"cmd":"drill","id":"c2"}')
+        assert got["ok"] is True and got["drill"] is True
+        assert ctl.session is not None and ctl.session.drill
+        got = await ask(b'{"cmd":"drill","id":"c2"}')  # a redelivery is answered, not re-run
+        assert got["ok"] is True
+        await ctl.on_fix(a_fix(1))
+        got = await ask(b'{"cmd":"locate-now","id":"c3"}')
+        assert got["ok"] is True and got["fix_age"] is not None
+        got = await ask(b'{"cmd":"ack","id":"c4","by":"Alice","session":"not-this-one"}')
+        assert got["ok"] is False and "not the active SOS" in str(got["error"])
+        got = await ask(b'{"cmd":"ack","id":"c5","by":"Alice"}')
+        assert got == {"id": "c5", "cmd": "ack", "ok": True, "session": ctl.session.id}
+        for bad, why in (
+            (b"garbage", "not JSON"),
+            (b'{"cmd":"reboot"}', "unknown command"),
+            (b'{"cmd":"cancel","now":true}', "unknown field"),
+        ):
+            got = await ask(bad)
+            assert got["ok"] is False and why in str(got["error"])
+        got = await ask(b'{"cmd":"cancel"}', retain=True)
+        assert got["ok"] is False and "retained" in str(got["error"])
+        assert ctl.session is not None  # the retained cancel did nothing
+        got = await ask(b'{"cmd":"cancel","id":"c6","by":"Alice"}')
+        assert got["ok"] is True and ctl.session is None
+        await asker.publish(cmd, b"", retain=True)  # clear the retained command
+        await r.receiver.wait_until(
+            lambda: {x.kind for x in r.receiver.records} >= {"sos-start", "sos-ack", "sos-end"}
+        )
+        acks = [x for x in r.receiver.records if x.kind == "sos-ack"]
+        assert acks[0].data == {"by": "Alice"} and acks[0].drill
+        assert r.uplink.stats.commands_rejected >= 7
+        assert r.task is not None and not r.task.done()  # none of it hurt the daemon
+        asker.close()

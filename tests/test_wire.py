@@ -1,0 +1,183 @@
+"""The wire formats: the compact track batch round-trips, is small, OwnTracks messages
+validate against the real schema, commands are validated, the ledger finds gaps."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from device.records import Priority, Record, RecordKind
+from device.wire import (
+    CommandError,
+    CommandName,
+    Received,
+    SeqLedger,
+    Topics,
+    decode_sos,
+    decode_track,
+    dumps,
+    encode_sos,
+    encode_track,
+    owntracks_location,
+    parse_command,
+    seq_ranges_text,
+)
+from tests.mqtt_env import T0, fix_record
+
+fixes = st.fixed_dictionaries(
+    {
+        "lat": st.floats(-90, 90),
+        "lon": st.floats(-180, 180),
+        "dt": st.integers(0, 10_000),  # ms since the previous fix
+    },
+    optional={
+        "alt": st.floats(-400, 9000),
+        "spd": st.floats(0, 300),
+        "crs": st.floats(0, 359.9),
+        "acc": st.floats(0, 5000),
+    },
+)
+
+
+@given(st.lists(fixes, min_size=1, max_size=40), st.integers(1, 10**9))
+def test_track_round_trip(rows: list[dict[str, Any]], seq0: int) -> None:
+    records: list[tuple[int, Record]] = []
+    t = T0
+    for i, row in enumerate(rows):
+        t += timedelta(milliseconds=row["dt"])
+        fix = {k: v for k, v in row.items() if k != "dt"}
+        fix["t"] = t.isoformat()
+        records.append(
+            (seq0 + 2 * i, Record(RecordKind.FIX, t, {"fix": fix}, Priority.LIVE, "s", True))
+        )
+    got = decode_track(encode_track("box1", records))
+    assert [g.seq for g in got] == [s for s, _ in records]
+    for g, (_, r) in zip(got, records, strict=True):
+        want = r.data["fix"]
+        assert g.box == "box1" and g.session == "s" and g.drill
+        assert g.t == pytest.approx(r.time.timestamp(), abs=1e-3)
+        assert g.data["fix"]["lat"] == pytest.approx(want["lat"], abs=5e-7)
+        assert g.data["fix"]["lon"] == pytest.approx(want["lon"], abs=5e-7)
+        for key, tol in (("alt", 0.5), ("spd", 0.05), ("acc", 1.0)):
+            if key in want:
+                assert g.data["fix"][key] == pytest.approx(want[key], abs=tol)
+        if "crs" in want:
+            assert abs((g.data["fix"]["crs"] - want["crs"] + 180) % 360 - 180) <= 0.5
+
+
+def test_battery_gap_and_other_records_round_trip() -> None:
+    records = [
+        (7, fix_record(1)),
+        (8, Record(RecordKind.BATTERY, T0, {"battery": {"pct": 81, "status": "discharging"}})),
+        (9, Record(RecordKind.GAP, T0, {"ranges": [[2, 5]], "reason": "evicted"})),
+        (10, Record(RecordKind.BATTERY, T0 + timedelta(seconds=60), {"battery": {"pct": 80}})),
+    ]
+    got = {g.seq: g for g in decode_track(encode_track("b", records))}
+    assert got[8].data == {"battery": {"pct": 81, "status": "discharging"}}
+    assert got[10].data == {"battery": {"pct": 80}} and got[10].t == T0.timestamp() + 60
+    assert got[9].kind == "gap" and got[9].data == {"ranges": [[2, 5]], "reason": "evicted"}
+    assert got[7].kind == "fix"
+
+
+def test_a_fix_costs_under_30_percent_of_an_owntracks_location() -> None:
+    records = [(i + 1, fix_record(i)) for i in range(200)]
+    track = len(encode_track("0123456789abcdef0123456789abcdef", records))
+    owntracks = sum(
+        len(dumps(owntracks_location(r.data["fix"], at=r.time, tid="d1", battery={"pct": 80})))
+        for _, r in records
+    )
+    assert track / owntracks <= 0.30, (track / 200, owntracks / 200)
+
+
+def test_sos_message_round_trip() -> None:
+    r = Record(RecordKind.SOS_START, T0, {"trigger": "cli"}, Priority.SOS, "s1", False)
+    got = decode_sos(encode_sos("b", 3, r))
+    assert (got.seq, got.kind, got.session, got.data) == (3, "sos-start", "s1", {"trigger": "cli"})
+    assert json.loads(encode_sos("b", 3, r))["exp"] is None  # the end is not known yet
+
+
+def test_owntracks_location_validates_against_the_schema(shared_dir: Path) -> None:
+    schema = json.loads((shared_dir / "owntracks-schema" / "message.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    full = fix_record(3).data["fix"]
+    for fix, battery in (
+        (full, {"pct": 80.4, "status": "Charging"}),
+        ({"lat": 1.5, "lon": 2.5}, None),
+    ):
+        msg = owntracks_location(fix, at=T0, tid="dev1", battery=battery, tag="SOS")
+        validator.validate(msg)
+        assert msg["tid"] == "de" and msg["tst"] == int(T0.timestamp())
+        assert msg.get("t") not in ("s", "!")
+    # and the validator is a real check: the schema's own bad example fails it
+    bad = json.loads(
+        (shared_dir / "owntracks-schema" / "examples" / "location-lat-missing.json").read_text()
+    )
+    assert not validator.is_valid(bad)
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"cmd": "selfdestruct"}', "unknown command"),
+        (b'{"cmd": "ack", "extra": 1}', "unknown field"),
+        (b'{"cmd": "ack", "id": 5}', "'id' must be a string"),
+        (b'{"cmd": "ack", "by": ""}', "'by' must be a string"),
+        (b'{"cmd": "ack", "by": "' + b"x" * 5000 + b'"}', "too long"),
+        (b"", "not JSON"),
+    ],
+)
+def test_malformed_commands_are_rejected_with_a_reason(payload: bytes, error: str) -> None:
+    with pytest.raises(CommandError, match=error):
+        parse_command(payload)
+
+
+def test_valid_commands_parse() -> None:
+    c = parse_command(b'{"cmd":"locate-now","id":"c1","by":"Alice","session":"s1"}')
+    assert (c.name, c.id, c.by, c.session) == (CommandName.LOCATE_NOW, "c1", "Alice", "s1")
+
+
+@given(st.binary(max_size=200))
+def test_no_payload_crashes_the_parser(payload: bytes) -> None:
+    try:
+        cmd = parse_command(payload)
+    except CommandError as exc:
+        assert str(exc)  # refused, with a reason for the sender
+    else:
+        assert isinstance(cmd.name, CommandName)
+
+
+def test_ledger_counts_gaps_duplicates_and_deliberate_removal() -> None:
+    def rec(seq: int, kind: str = "fix", **data: Any) -> Received:
+        return Received("b", seq, kind, 0.0, data)
+
+    led = SeqLedger()
+    led.add([rec(1), rec(2), rec(2), rec(5)])
+    assert led.missing() == [3, 4] and led.duplicates == 1
+    led.add([rec(6, "gap", ranges=[[3, 3]], reason="evicted")])
+    assert led.missing() == [4]
+    led.add([rec(4)])
+    assert led.missing() == [] and led.last == 6
+
+
+def test_seq_ranges_and_topics() -> None:
+    assert seq_ranges_text([5, 3, 4, 9, 11, 10]) == "3-5,9-11"
+    assert seq_ranges_text([7]) == "7"
+    t = Topics.for_device("dev1")
+    assert (t.track, t.sos, t.status, t.cmd) == (
+        "sosbeacon/dev1/track",
+        "sosbeacon/dev1/sos",
+        "sosbeacon/dev1/status",
+        "sosbeacon/dev1/cmd",
+    )
+    for bad in ("", "a/b", "a+", "#"):
+        with pytest.raises(ValueError, match="device id"):
+            Topics.for_device(bad)
