@@ -150,7 +150,8 @@ def test_no_payload_crashes_the_parser(payload: bytes) -> None:
     try:
         cmd = parse_command(payload)
     except CommandError as exc:
-        assert str(exc)  # refused, with a reason for the sender
+        reason = str(exc)
+        assert reason  # refused, with a reason for the sender
     else:
         assert isinstance(cmd.name, CommandName)
 
