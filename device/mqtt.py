@@ -80,7 +80,8 @@ class ConnectRefused(MqttError):
         self.reason = reason
         hint = {
             0x86: "check the username and password",
-            0x87: "the broker's ACL does not allow this client; check its user or certificate",
+            0x87: "check the username and password or the client certificate, and that "
+            "the broker allows this client",
             0x85: "the client id is not accepted by the broker",
             0x8A: "the client id is banned by the broker",
         }.get(reason.value, "see the broker's log")
@@ -160,13 +161,20 @@ class Connection:
         self._sock: socket.socket | None = None
         self._attached = False
         self._want_write = False
-        self._connack: asyncio.Future[Connack] = self._loop.create_future()
+        self._connack: asyncio.Future[Connack] = self._future()
         #: resolved with the reason when the connection ends
         self.closed: asyncio.Future[str] = self._loop.create_future()
         self._pubs: dict[int, asyncio.Future[ReasonCode]] = {}
         self._subs: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self.messages: asyncio.Queue[Inbound] = asyncio.Queue()
         self._misc: asyncio.Task[None] | None = None
+
+    def _future(self) -> asyncio.Future[Any]:
+        """A future that may fail with nobody left to await it (the connection dropped
+        after its waiter gave up): that is expected, not worth a log line."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return fut
 
     # -- connecting --------------------------------------------------------------------
 
@@ -339,7 +347,7 @@ class Connection:
     ) -> asyncio.Future[ReasonCode]:
         """QoS 1. The future resolves with the PUBACK reason code (check
         ``is_failure``), or fails with :class:`MqttError` if the connection is lost."""
-        fut: asyncio.Future[ReasonCode] = self._loop.create_future()
+        fut: asyncio.Future[ReasonCode] = self._future()
         if self.closed.done():
             fut.set_exception(MqttError("not connected"))
             return fut
@@ -363,7 +371,7 @@ class Connection:
     async def subscribe(self, topic: str) -> ReasonCode:
         """QoS 1, retain-as-published: a retained message keeps its retain flag even when
         it arrives live, so a receiver can treat it as the replay it would become."""
-        fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        fut: asyncio.Future[list[ReasonCode]] = self._future()
         opts = SubscribeOptions(qos=1, retainAsPublished=True)
         rc, mid = self._client.subscribe(topic, options=opts)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import random
+import sqlite3
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -161,6 +162,10 @@ class Uplink:
         self.stats = UplinkStats()
         #: set while connected and serving
         self.connected = asyncio.Event()
+        #: set after a failed connection attempt or a lost connection, until connected
+        self.disconnected = asyncio.Event()
+        #: set when the broker answered a message with a failure reason code
+        self.refused = asyncio.Event()
         self._acked = asyncio.Event()
 
     # -- the connection's life ---------------------------------------------------------
@@ -186,6 +191,9 @@ class Uplink:
                     await self._serve(conn, connack)
                 except MqttError as exc:
                     self._note_error(f"broker connection lost: {exc}", log.warning)
+                except (sqlite3.Error, OSError) as exc:
+                    # e.g. the disk is full: the records stay where they are; try again
+                    self._note_error(f"outbox error while sending: {exc}", log.error)
                 except asyncio.CancelledError:
                     await self._goodbye(conn)
                     raise
@@ -193,6 +201,7 @@ class Uplink:
                     self.connected.clear()
                     conn.close()
                     await self._outbox.requeue()
+            self.disconnected.set()
             await self._wait_reconnect()
 
     async def drained(self) -> None:
@@ -272,6 +281,7 @@ class Uplink:
                     rc,
                 )
         log.info("connected to the broker %s:%d", self.broker.host, self.broker.port)
+        self.disconnected.clear()
         self.connected.set()
         settling: set[asyncio.Task[None]] = set()
         window = max(1, min(self.config.window, connack.receive_maximum - 2))
@@ -359,6 +369,7 @@ class Uplink:
             return
         name = str(rc)
         self.stats.failures[name] = self.stats.failures.get(name, 0) + 1
+        self.refused.set()
         if rc.value == PACKET_TOO_LARGE and len(msg.records) > 1:
             self._max_bytes = max(512, self._max_bytes // 2)
             await self._outbox.unbind(msg.seqs)

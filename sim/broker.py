@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -59,8 +60,12 @@ class Mosquitto:
         extra = self.extra_config
         listener = "" if "listener " in extra else f"listener {self.port} 127.0.0.1\n"
         anon = "" if "allow_anonymous" in extra else "allow_anonymous true\n"
+        # Run as whoever started us: as root, Mosquitto would otherwise switch to the
+        # "mosquitto" user, which cannot write the log and persistence file here.
+        user = f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
         conf.write_text(
-            listener
+            user
+            + listener
             + anon
             + f"persistence true\npersistence_location {self.workdir}/\n"
             + f"log_dest file {self.log}\nlog_type all\n"
@@ -102,6 +107,28 @@ class Mosquitto:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def reload(self, config: str | None = None) -> None:
+        """Rewrite the config (if given) and SIGHUP: Mosquitto re-reads its ACL and
+        password files without dropping anyone."""
+        if config is not None:
+            self.extra_config = config
+        self._write_config()
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGHUP)
+
+    def add_user(self, user: str, password: str) -> Path:
+        """Add ``user`` to ``passwd`` in the broker's directory (``mosquitto_passwd``);
+        returns the file, for ``password_file`` in the config."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / "passwd"
+        tool = shutil.which("mosquitto_passwd")
+        if tool is None:
+            raise FileNotFoundError("mosquitto_passwd is missing: sudo apt-get install mosquitto")
+        if not path.exists():
+            path.touch(0o600)
+        subprocess.run([tool, "-b", str(path), user, password], check=True, capture_output=True)
+        return path
 
     @property
     def running(self) -> bool:

@@ -83,17 +83,17 @@ async def rig(
     broker_config: str = DURABLE,
     device_broker: BrokerConfig | None = None,
     receiver_broker: BrokerConfig | None = None,
-    port: int | None = None,
+    broker_port: int | None = None,
     commands: CommandHandler | None = None,
     start: bool = True,
     **uplink_kw: Any,
 ) -> AsyncIterator[Rig]:
     binary = need_mosquitto()
     cfg = config or UplinkConfig(device_id="dev1", batch_count=1, backoff_max=2.0)
-    broker = Mosquitto(tmp_path / "broker", config=broker_config, binary=binary)
+    broker = Mosquitto(tmp_path / "broker", config=broker_config, binary=binary, port=broker_port)
     broker.start()
     try:
-        dev = device_broker or BrokerConfig(host="127.0.0.1", port=port or broker.port)
+        dev = device_broker or BrokerConfig(host="127.0.0.1", port=broker.port)
         async with await Outbox.open(tmp_path / "outbox.db") as box:
             uplink = Uplink(
                 config=cfg,
