@@ -1,0 +1,87 @@
+"""A minimal device process: live fixes at a fixed rate into the real outbox and uplink.
+
+The target of the SIGKILL campaign (``tests/test_kill.py``, ``make soak``): it prints
+``stored <seq>`` after each commit (flushed), so the test knows what the device
+acknowledged as stored when it was killed. With ``--rate 0`` it only drains the outbox
+and exits once it is empty.
+
+    python -m sim.recorder --outbox o.db --port 1883 --rate 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+from device.clock import MonotonicClock
+from device.mqtt import BrokerConfig
+from device.outbox import Outbox
+from device.records import Priority, Record, RecordKind
+from device.uplink import Uplink, UplinkConfig
+
+
+def say(line: str) -> None:
+    """One line for the test that drives us, flushed at once (we may be killed next)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def run(args: argparse.Namespace) -> None:
+    clock = MonotonicClock()
+    async with await Outbox.open(Path(args.outbox), clock=clock) as box:
+        uplink = Uplink(
+            config=UplinkConfig(device_id=args.device, backoff_min=0.2, backoff_max=1.0),
+            broker=BrokerConfig(host=args.host, port=args.port),
+            outbox=box,
+            clock=clock,
+        )
+        task = asyncio.create_task(uplink.run())
+        say("ready")
+        try:
+            if args.rate <= 0:
+                await uplink.drained()
+                say("drained")
+                return
+            i = 0
+            while True:
+                t = clock.now()
+                rec = Record(
+                    kind=RecordKind.FIX,
+                    time=t,
+                    data={
+                        "fix": {
+                            "t": t.isoformat(),
+                            "lat": 55.944 + i * 1e-5,
+                            "lon": -3.161,
+                            "acc": 5.0,
+                        }
+                    },
+                    priority=Priority.LIVE,
+                    session=args.session,
+                )
+                stored = await box.store(rec)
+                say(f"stored {stored.seq}")
+                i += 1
+                await asyncio.sleep(1 / args.rate)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m sim.recorder", description=__doc__)
+    p.add_argument("--outbox", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--device", default="dev1")
+    p.add_argument("--session", default="kill-test")
+    p.add_argument("--rate", type=float, default=10.0, help="fixes per second; 0: drain and exit")
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
