@@ -83,34 +83,46 @@ async def test_broker_killed_and_restarted_several_times(tmp_path: Path) -> None
 async def test_black_holed_link_is_noticed_by_keepalive_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        broker_port_holder: list[int] = []
-        async with rig(tmp_path, config=FAST, start=False) as r:
-            broker_port_holder.append(r.broker.port)
-            proxy = await stack.enter_async_context(FaultProxy(target_port=r.broker.port))
-            r.uplink.broker = BrokerConfig(
-                host="127.0.0.1",
-                port=proxy.port,
-                client_id="dev1",
-                keepalive=2,
-                connect_timeout=2,
+    async with (
+        rig(tmp_path, config=FAST, start=False) as r,
+        FaultProxy(target_port=r.broker.port) as proxy,
+    ):
+        r.uplink.broker = BrokerConfig(
+            host="127.0.0.1",
+            port=proxy.port,
+            client_id="dev1",
+            keepalive=2,
+            connect_timeout=2,
+        )
+        r.start_uplink()
+        async with recording(r.outbox) as seqs:
+            await r.uplink.connected.wait()
+            await asyncio.sleep(0.5)
+            proxy.set(LinkMode.BLACKHOLE)
+            t0 = time.monotonic()
+            await r.uplink.disconnected.wait()
+            noticed = time.monotonic() - t0
+            # the messages sent into the black hole keep their ids in the outbox
+            lost_ids = await r.outbox._run(
+                lambda: {
+                    row[0]
+                    for row in r.outbox.db.execute(
+                        "SELECT DISTINCT msg_id FROM records WHERE msg_id IS NOT NULL"
+                    )
+                }
             )
-            r.start_uplink()
-            async with recording(r.outbox) as seqs:
-                await r.uplink.connected.wait()
-                await asyncio.sleep(0.5)
-                proxy.set(LinkMode.BLACKHOLE)
-                t0 = time.monotonic()
-                await r.uplink.disconnected.wait()
-                noticed = time.monotonic() - t0
-                await asyncio.sleep(0.5)
-                proxy.set(LinkMode.PASS)
-                await r.uplink.connected.wait()
-            led = await r.receiver.wait_for_seqs(seqs[-1])
-            assert led.missing() == []
-            # paho pings after one keepalive of silence and gives up after another
-            assert noticed < 3 * 2 + 1, noticed
-            print(f"black hole noticed after {noticed:.1f}s; {led.duplicates} duplicates")
+            await asyncio.sleep(0.5)
+            proxy.set(LinkMode.PASS)
+            await r.uplink.connected.wait()
+        led = await r.receiver.wait_for_seqs(seqs[-1])
+        assert led.missing() == []
+        # ... and were resent with the same ids
+        assert lost_ids
+        received_ids = {dict(d.user_properties).get("msg_id") for d in r.receiver.history}
+        assert lost_ids <= received_ids
+        # paho pings after one keepalive of silence and gives up after another
+        assert noticed < 3 * 2 + 1, noticed
+        print(f"black hole noticed after {noticed:.1f}s; {led.duplicates} duplicates")
 
 
 async def test_latency_and_bandwidth_limits_and_sos_goes_before_the_backlog(
