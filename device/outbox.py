@@ -437,15 +437,6 @@ class Outbox:
 
         await self._run(run)
 
-    async def unbind(self, seqs: list[int]) -> None:
-        """Forget the message of these records (a message the broker found too large
-        is split into new ones)."""
-
-        def run() -> None:
-            self.db.executemany("UPDATE records SET msg_id=NULL WHERE seq=?", [(s,) for s in seqs])
-
-        await self._run(run)
-
     async def pending(self) -> Pending:
         def run() -> Pending:
             urgent, routine, oldest = self.db.execute(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -156,6 +157,7 @@ class Uplink:
         self._refused = Backoff(base=config.backoff_min, cap=config.backoff_max, rng=rng)
         self._pause_until = 0.0
         self._max_bytes = config.max_message_bytes
+        self._conn_acks = self._conn_largest = self._stalls = 0
         self._retained_seq = 0
         self._battery: dict[str, Any] | None = None
         self._done_commands: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -292,12 +294,34 @@ class Uplink:
             self._command_loop(conn),
             _raise_when_closed(conn),
         ]
+        self._conn_acks = 0
+        self._conn_largest = 0
         try:
             await _first_failure(tasks)
         finally:
             for t in settling:
                 t.cancel()
             await asyncio.gather(*settling, return_exceptions=True)
+            self._note_stall()
+
+    def _note_stall(self) -> None:
+        """Some brokers drop the connection instead of answering "packet too large"
+        (Mosquitto's ``message_size_limit``), and the same message would be resent
+        forever. Two connections in a row that ended with nothing acknowledged while a
+        large message was out: halve the message size cap."""
+        if self._conn_acks or self._conn_largest <= 1024:
+            self._stalls = 0
+            return
+        self._stalls += 1
+        if self._stalls >= 2:
+            self._stalls = 0
+            self._max_bytes = max(1024, min(self._max_bytes, self._conn_largest) // 2)
+            log.warning(
+                "two connections in a row were lost with a %d-byte message unacknowledged; "
+                "sending smaller messages (at most %d bytes)",
+                self._conn_largest,
+                self._max_bytes,
+            )
 
     # -- sending -----------------------------------------------------------------------
 
@@ -346,6 +370,8 @@ class Uplink:
                     user=[("msg_id", msg.msg_id), ("seq", seq_ranges_text(msg.seqs))],
                 )
                 self.stats.published += 1
+                self._conn_largest = max(self._conn_largest, len(msg.payload))
+                fut.add_done_callback(functools.partial(self._learn_size, msg))
                 task = asyncio.create_task(self._settle(conn, msg, fut, budget))
                 settling.add(task)
                 task.add_done_callback(settling.discard)
@@ -364,6 +390,7 @@ class Uplink:
             await self._outbox.ack(msg.seqs)
             self.stats.records_acked += len(msg.records)
             self._acked.set()
+            self._conn_acks += 1
             self._refused.reset()
             await self._after_delivery(conn, msg)
             return
@@ -371,13 +398,7 @@ class Uplink:
         self.stats.failures[name] = self.stats.failures.get(name, 0) + 1
         self.refused.set()
         if rc.value == PACKET_TOO_LARGE and len(msg.records) > 1:
-            self._max_bytes = max(512, self._max_bytes // 2)
-            await self._outbox.unbind(msg.seqs)
-            log.warning(
-                "the broker found a %d-byte message too large; splitting (now at most %d)",
-                len(msg.payload),
-                self._max_bytes,
-            )
+            pass  # _learn_size lowered the cap; the records go again in smaller messages
         else:
             delay = self._refused.next(self.config.backoff_max_sos if self._sos_active() else None)
             self._pause_until = max(self._pause_until, self._clock.monotonic() + delay)
@@ -388,6 +409,20 @@ class Uplink:
                 log.error,
             )
         await self._outbox.requeue(msg.seqs)
+
+    def _learn_size(self, msg: Message, fut: asyncio.Future[Any]) -> None:
+        """At the PUBACK itself (Mosquitto may drop the connection right after a "packet
+        too large", before any task gets to run): halve the message size cap."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        if fut.result().value == PACKET_TOO_LARGE and len(msg.records) > 1:
+            self._max_bytes = max(512, min(self._max_bytes, len(msg.payload)) // 2)
+            log.warning(
+                "the broker found a %d-byte message too large; sending smaller ones "
+                "(at most %d bytes)",
+                len(msg.payload),
+                self._max_bytes,
+            )
 
     async def _pack(self, stored: list[Stored]) -> list[Message]:
         """Group records into messages: those already bound keep their message; new ones
@@ -417,7 +452,13 @@ class Uplink:
                     cur.append(s)
                 else:
                     fresh.append([s])
-        messages = [self._message(mid, group) for mid, group in bound.items()]
+        messages: list[Message] = []
+        for mid, group in bound.items():
+            msg = self._message(mid, group)
+            if len(msg.payload) <= self._max_bytes or len(group) == 1:
+                messages.append(msg)
+            else:
+                fresh.append(group)  # too large for this broker: formed again, smaller
         new: list[Message] = []
         for group in fresh:
             new.extend(self._split(group))

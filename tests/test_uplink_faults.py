@@ -260,3 +260,21 @@ async def test_a_full_disk_is_an_error_for_the_new_record_only(tmp_path: Path) -
         led = await r.receiver.wait_for_seqs(last)
         assert led.missing() == []
         assert r.task is not None and not r.task.done()  # the uplink carried on
+
+
+@pytest.mark.parametrize(
+    "limit",
+    ["max_packet_size 4096", "message_size_limit 3000"],
+    ids=["advertised-in-connack", "refused-with-0x95"],
+)
+async def test_a_broker_with_a_small_size_limit_gets_smaller_batches(
+    tmp_path: Path, limit: str
+) -> None:
+    async with rig(tmp_path, config=FAST, broker_config=DURABLE + limit + "\n", start=False) as r:
+        for i in range(1500):
+            await r.outbox.store(fix_record(i, priority=Priority.ROUTINE))
+        r.start_uplink()
+        led = await r.receiver.wait_for_seqs(1500)
+        assert led.missing() == []
+        track = [d for d in r.receiver.history if d.topic == r.uplink.topics.track]
+        assert max(len(d.payload) for d in track) <= 3000
