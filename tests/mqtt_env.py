@@ -13,7 +13,7 @@ from typing import Any
 from device.clock import MonotonicClock
 from device.commands import CommandHandler
 from device.mqtt import BrokerConfig
-from device.outbox import Outbox
+from device.outbox import Limits, Outbox
 from device.records import Priority, Record, RecordKind
 from device.uplink import Uplink, UplinkConfig
 from device.wire import Topics
@@ -86,6 +86,7 @@ async def rig(
     broker_port: int | None = None,
     commands: CommandHandler | None = None,
     start: bool = True,
+    limits: Limits | None = None,
     **uplink_kw: Any,
 ) -> AsyncIterator[Rig]:
     binary = need_mosquitto()
@@ -94,7 +95,7 @@ async def rig(
     broker.start()
     try:
         dev = device_broker or BrokerConfig(host="127.0.0.1", port=broker.port)
-        async with await Outbox.open(tmp_path / "outbox.db") as box:
+        async with await Outbox.open(tmp_path / "outbox.db", limits) as box:
             uplink = Uplink(
                 config=cfg,
                 broker=dev,

@@ -17,6 +17,7 @@ from device.clock import MonotonicClock
 from device.commands import SosCommands
 from device.gps import Fix, FixMode
 from device.mqtt import BrokerConfig, Connection
+from device.outbox import Limits
 from device.privacy import PrivacyConfig
 from device.records import Priority, Record, RecordKind
 from device.sos import Contact, SosConfig, SosController
@@ -204,3 +205,22 @@ async def test_commands_are_validated_applied_and_answered(tmp_path: Path) -> No
         assert r.uplink.stats.commands_rejected >= 7
         assert r.task is not None and not r.task.done()  # none of it hurt the daemon
         asker.close()
+
+
+async def test_evicted_records_are_announced_so_receivers_see_thinning_not_loss(
+    tmp_path: Path,
+) -> None:
+    limits = Limits(max_rows=100, min_free_bytes=0)
+    async with rig(tmp_path, start=False, limits=limits) as r:
+        sos = Record(RecordKind.SOS_START, T0, {"trigger": "cli"}, Priority.SOS, "s1")
+        await r.outbox.store(sos)
+        for i in range(400):  # offline for a long time: routine telemetry piles up
+            await r.outbox.store(fix_record(i, priority=Priority.ROUTINE))
+        last = (await r.outbox.store(fix_record(999, session="s1"))).seq
+        r.start_uplink()
+        led = await r.receiver.wait_for_seqs(last)
+        assert led.missing() == []  # every seq arrived or was announced as removed
+        assert len(led.removed) >= 250  # the oldest routine ones were thinned ...
+        assert 1 in led.seen and last in led.seen  # ... never the SOS ones
+        gap = next(x for x in r.receiver.records if x.kind == "gap")
+        assert gap.data["reason"] == "evicted"
