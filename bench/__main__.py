@@ -8,7 +8,7 @@ import platform
 import sys
 from datetime import UTC, datetime
 
-from bench import nmea, outbox
+from bench import nmea, outbox, uplink
 
 
 def main() -> int:
@@ -19,6 +19,7 @@ def main() -> int:
         ),
         "nmea_decode": nmea.run(),
         "outbox_intake": outbox.run(),
+        "uplink": uplink.run(),
     }
     w = sys.stdout.write
     w(f"sosbeacon bench — {results['machine']} — {results['when']}\n\n")
@@ -28,6 +29,9 @@ def main() -> int:
     w("\nDurable intake: outbox, WAL + synchronous=FULL (median of 5 rounds of 20,000)\n")
     for key, value in results["outbox_intake"].items():
         w(f"  {key:45} {value}\n")
+    w("\nUplink: wire size on the sample walk; delivery through a local Mosquitto (3 rounds)\n")
+    for key, value in results["uplink"].items():
+        w(f"  {key:62} {value}\n")
     with open("bench-results.json", "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
     w("\nwrote bench-results.json\n")

@@ -356,7 +356,6 @@ class Connection:
             MessageExpiryInterval=expiry,
             ResponseTopic=response_topic,
             CorrelationData=correlation,
-            ContentType="application/json",
             PayloadFormatIndicator=1,
         )
         if user:

@@ -169,7 +169,7 @@ class Outbox:
             db.executescript(SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key='outbox_id'").fetchone()
             if row is None:
-                self.outbox_id = uuid.uuid4().hex
+                self.outbox_id = uuid.uuid4().hex[:16]  # 64 bits: unique enough per device
                 db.execute("INSERT INTO meta VALUES ('outbox_id', ?)", (self.outbox_id,))
             else:
                 self.outbox_id = row[0]
