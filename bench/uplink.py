@@ -57,7 +57,7 @@ def walk(
 
 def wire_size() -> dict[str, Any]:
     records = walk(1000)
-    box = "0123456789abcdef0123456789abcdef"
+    box = "0123456789abcdef"  # outbox ids are 16 hex digits
     owntracks = statistics.mean(
         len(dumps(owntracks_location(r.data["fix"], at=r.time, tid="d1", battery={"pct": 80})))
         for r in records
@@ -69,7 +69,7 @@ def wire_size() -> dict[str, Any]:
             for i in range(0, len(records), batch)
         ]
         per_fix = sum(sizes) / len(records)
-        out[f"track, {batch} fixes per message, bytes per fix"] = round(per_fix, 1)
+        out[f"track, {batch} fix(es) per message, bytes per fix"] = round(per_fix, 1)
         out[f"track, {batch} per message / OwnTracks"] = round(per_fix / owntracks, 2)
     out["MQTT framing per track message (header, topic, ids, properties), bytes"] = framing()
     return out
@@ -106,14 +106,12 @@ async def _delivery(tmp: Path, n: int) -> dict[str, float]:
             await rx.start()
             t0 = time.perf_counter()
             task = asyncio.create_task(up.run())
-            await rx.wait_for_seqs(n, within=300)
+            # an SOS the moment the link comes back, with the whole backlog to drain
+            busy = await _sos_latency(box, rx, 0)
+            await rx.wait_for_seqs(n + 1, within=300)
             drain = time.perf_counter() - t0
             # SOS latency, idle: commit to the contact's receipt
-            idle = [await _sos_latency(box, rx, k) for k in range(15)]
-            # SOS latency while a fresh backlog of n drains
-            for r in walk(n):
-                await box.add(r)
-            busy = [await _sos_latency(box, rx, 100 + k) for k in range(5)]
+            idle = [await _sos_latency(box, rx, k) for k in range(1, 16)]
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -121,7 +119,7 @@ async def _delivery(tmp: Path, n: int) -> dict[str, float]:
     return {
         "rate": n / drain,
         "idle_ms": statistics.median(idle) * 1000,
-        "busy_ms": statistics.median(busy) * 1000,
+        "busy_ms": busy * 1000,
     }
 
 
@@ -145,7 +143,7 @@ def run(n: int = 20_000, rounds: int = 3) -> dict[str, Any]:
     out["SOS commit to contact, idle, ms (median)"] = round(
         statistics.median(r["idle_ms"] for r in runs), 1
     )
-    out["SOS commit to contact, backlog draining, ms (median)"] = round(
+    out["SOS commit to contact, behind the backlog, ms (median)"] = round(
         statistics.median(r["busy_ms"] for r in runs), 1
     )
     return out

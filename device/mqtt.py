@@ -198,6 +198,11 @@ class Connection:
                 f"TLS: the broker's certificate was not accepted ({exc.verify_message}); "
                 "check mqtt.tls.ca_file and that mqtt.host matches the certificate"
             ) from exc
+        except ssl.SSLError as exc:
+            raise MqttError(
+                f"TLS handshake with {cfg.host}:{cfg.port} failed ({exc}); check the client "
+                "certificate and key (mqtt.tls) and that the broker's listener uses TLS"
+            ) from exc
         except (OSError, ValueError) as exc:
             raise MqttError(f"cannot reach the broker at {cfg.host}:{cfg.port}: {exc}") from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

@@ -199,6 +199,9 @@ class Uplink:
                 except asyncio.CancelledError:
                     await self._goodbye(conn)
                     raise
+                except Exception as exc:  # a bug must not end delivery for good
+                    log.exception("uplink failed; reconnecting")
+                    self.stats.last_error = f"internal error: {exc!r}"
                 finally:
                     self.connected.clear()
                     conn.close()

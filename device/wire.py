@@ -99,13 +99,24 @@ def fix_time(record: Record) -> datetime:
     return record.time
 
 
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _fix_row(fix: dict[str, Any]) -> list[Any]:
-    """alt (m), spd (m/s, 0.1), crs (degrees), acc (m); trailing unknowns left off."""
+    """alt (m), spd (m/s, 0.1), crs (degrees), acc (m); unknown (or unusable) values are
+    ``null``, trailing ones left off."""
+
+    def v(key: str) -> float | None:
+        x = fix.get(key)
+        return float(x) if isinstance(x, int | float) and _is_number(x) else None
+
+    alt, spd, crs, acc = v("alt"), v("spd"), v("crs"), v("acc")
     tail: list[Any] = [
-        None if fix.get("alt") is None else round(fix["alt"]),
-        None if fix.get("spd") is None else _num(round(fix["spd"], 1)),
-        None if fix.get("crs") is None else round(fix["crs"]) % 360,
-        None if fix.get("acc") is None else max(0, math.ceil(fix["acc"])),
+        None if alt is None else round(alt),
+        None if spd is None else _num(round(spd, 1)),
+        None if crs is None else round(crs) % 360,
+        None if acc is None else max(0, math.ceil(acc)),
     ]
     while tail and tail[-1] is None:
         tail.pop()
@@ -142,8 +153,8 @@ def encode_track(box: str, records: Sequence[tuple[int, Record]]) -> bytes:
     for seq, r in records:
         if r.session != first.session or r.drill != first.drill:
             raise ValueError("records of one track message must share session and drill")
-        if r.kind is RecordKind.FIX and r.data.get("fix"):
-            fix = r.data["fix"]
+        fix = r.data.get("fix") if r.kind is RecordKind.FIX else None
+        if fix and _is_number(fix.get("lat")) and _is_number(fix.get("lon")):
             cur = (seq, round(epoch(fix_time(r)) * 1000), _micro(fix["lat"]), _micro(fix["lon"]))
             if prev_fix is None:
                 head: list[Any] = [seq, _num(cur[1] / 1000)]
@@ -153,7 +164,7 @@ def encode_track(box: str, records: Sequence[tuple[int, Record]]) -> bytes:
                 head += [cur[2] - prev_fix[2], cur[3] - prev_fix[3]]
             prev_fix = cur
             fixes.append(head + _fix_row(fix))
-        elif r.kind is RecordKind.BATTERY and r.data.get("battery") is not None:
+        elif r.kind is RecordKind.BATTERY and isinstance(r.data.get("battery"), dict):
             b = r.data["battery"]
             tms = round(epoch(r.time) * 1000)
             if prev_bat is None:
@@ -168,6 +179,8 @@ def encode_track(box: str, records: Sequence[tuple[int, Record]]) -> bytes:
         elif r.kind is RecordKind.GAP:
             gaps.append({"seq": seq, "t": _num(epoch(r.time)), **r.data})
         else:
+            # anything else, including a record whose fields do not fit a row: sent as it
+            # is, never dropped (its seq must reach the receiver)
             other.append({"seq": seq, "t": _num(epoch(r.time)), "kind": r.kind.value, **r.data})
     for key, rows in (("fix", fixes), ("bat", batts), ("gap", gaps), ("ev", other)):
         if rows:

@@ -22,6 +22,7 @@ from device.privacy import PrivacyConfig
 from device.records import Priority, Record, RecordKind
 from device.sos import Contact, SosConfig, SosController
 from device.uplink import UplinkConfig
+from sim.netfault import FaultProxy
 from sim.receiver import Receiver
 from tests.mqtt_env import T0, fix_record, rig
 
@@ -224,3 +225,26 @@ async def test_evicted_records_are_announced_so_receivers_see_thinning_not_loss(
         assert 1 in led.seen and last in led.seen  # ... never the SOS ones
         gap = next(x for x in r.receiver.records if x.kind == "gap")
         assert gap.data["reason"] == "evicted"
+
+
+async def test_status_says_offline_when_the_link_drops_and_on_shutdown(tmp_path: Path) -> None:
+    async with rig(tmp_path, start=False) as r, FaultProxy(target_port=r.broker.port) as proxy:
+        r.uplink.broker = BrokerConfig(host="127.0.0.1", port=proxy.port, client_id="dev1")
+        status = r.uplink.topics.status
+
+        def states() -> list[tuple[str, str | None]]:
+            out = []
+            for d in r.receiver.history:
+                if d.topic == status:
+                    msg = json.loads(d.payload)
+                    out.append((msg["state"], msg.get("why")))
+            return out
+
+        r.start_uplink()
+        await r.receiver.wait_until(lambda: states()[-1:] == [("online", None)])
+        proxy.reset()  # the link dies without a goodbye: the broker publishes the will
+        await r.receiver.wait_until(lambda: ("offline", "connection lost") in states())
+        await r.receiver.wait_until(lambda: states()[-1] == ("online", None))  # back
+        await r.stop_uplink()  # a clean shutdown says so itself
+        await r.receiver.wait_until(lambda: states()[-1] == ("offline", "shutdown"))
+        assert r.receiver.latest[status].retain

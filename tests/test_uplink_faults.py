@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from device.mqtt import BrokerConfig, Connection, ConnectRefused, TlsConfig
+from device.mqtt import BrokerConfig, Connection, ConnectRefused, MqttError, TlsConfig
 from device.outbox import Outbox
 from device.records import Priority, Record, RecordKind
 from device.uplink import UplinkConfig
@@ -231,6 +231,14 @@ async def test_tls_with_client_certificates_and_passwords_and_a_wrong_ca(tmp_pat
         r.uplink.broker = tls_broker("dev1", "dev1-secret", device, ca.cert)
         led = await r.receiver.wait_for_seqs(6)
         assert led.missing() == []
+        # the certificate names "localhost": reaching the same broker as 127.0.0.1 fails
+        # host name verification
+        probe = Connection(
+            replace(tls_broker("dev1", "dev1-secret", device, ca.cert), host="127.0.0.1")
+        )
+        with pytest.raises(MqttError, match="certificate was not accepted"):
+            await probe.connect()
+        probe.close()
         # a wrong password is refused by the broker with a reason that says what to check
         probe = Connection(tls_broker("dev1", "wrong", device, ca.cert))
         with pytest.raises(ConnectRefused, match="check the username and password"):

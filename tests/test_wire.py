@@ -182,3 +182,17 @@ def test_seq_ranges_and_topics() -> None:
     for bad in ("", "a/b", "a+", "#"):
         with pytest.raises(ValueError, match="device id"):
             Topics.for_device(bad)
+
+
+def test_a_record_that_does_not_fit_a_row_is_still_sent_whole() -> None:
+    odd = [
+        (1, Record(RecordKind.FIX, T0, {"fix": {"lat": None, "lon": 3.0}})),
+        (2, Record(RecordKind.FIX, T0, {"fix": {"lat": 1.0, "lon": 2.0, "alt": "high"}})),
+        (3, Record(RecordKind.BATTERY, T0, {"battery": "n/a"})),
+        (4, Record(RecordKind.FIX, T0, {"fix": None})),
+    ]
+    got = {g.seq: g for g in decode_track(encode_track("b", odd))}
+    assert sorted(got) == [1, 2, 3, 4]  # every seq reaches the receiver
+    assert got[1].data == {"fix": {"lat": None, "lon": 3.0}}
+    assert got[2].data["fix"] == {"lat": 1.0, "lon": 2.0}  # the unusable altitude dropped
+    assert got[3].data == {"battery": "n/a"}
