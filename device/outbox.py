@@ -61,12 +61,16 @@ CREATE TABLE IF NOT EXISTS records (
     drill    INTEGER NOT NULL,
     data     TEXT NOT NULL,
     expires  REAL,
-    inflight INTEGER NOT NULL DEFAULT 0
+    state    INTEGER NOT NULL DEFAULT 0  -- 0 pending, 1 in flight, 2 delivered (kept)
 );
-CREATE INDEX IF NOT EXISTS records_order ON records (inflight, priority, seq);
+CREATE INDEX IF NOT EXISTS records_order ON records (state, priority, seq);
 CREATE INDEX IF NOT EXISTS records_session ON records (session);
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
+
+
+#: ``records.state``
+PENDING, IN_FLIGHT, DELIVERED = 0, 1, 2
 
 
 class OutboxFull(OSError):
@@ -93,10 +97,14 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
+    #: records waiting for the broker's acknowledgement (pending or in flight)
     depth: int
     inflight: int
+    #: the oldest of them
     oldest: datetime | None
     bytes: int
+    #: delivered records of SOS sessions, kept on the device until they expire
+    kept: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +182,7 @@ class Outbox:
             else:
                 self.outbox_id = row[0]
             # Whatever was handed to the uplink before a restart was not acknowledged.
-            db.execute("UPDATE records SET inflight=0 WHERE inflight=1")
+            db.execute("UPDATE records SET state=0 WHERE state=1")
             self._rows = db.execute("SELECT count(*) FROM records").fetchone()[0]
         except sqlite3.DatabaseError:
             db.close()
@@ -321,7 +329,7 @@ class Outbox:
         victims = [
             r[0]
             for r in db.execute(
-                "SELECT seq FROM records WHERE session IS NULL AND priority=? AND inflight=0 "
+                "SELECT seq FROM records WHERE session IS NULL AND priority=? AND state=0 "
                 "ORDER BY seq LIMIT ?",
                 (int(Priority.ROUTINE), n),
             )
@@ -353,7 +361,7 @@ class Outbox:
         so a long offline spell leaves one gap record, not one per eviction."""
         db = self.db
         old = db.execute(
-            "SELECT seq, data FROM records WHERE kind=? AND inflight=0 AND msg_id IS NULL "
+            "SELECT seq, data FROM records WHERE kind=? AND state=0 AND msg_id IS NULL "
             "AND json_extract(data, '$.reason')=? ORDER BY seq DESC LIMIT 1",
             (RecordKind.GAP.value, reason),
         ).fetchone()
@@ -413,13 +421,13 @@ class Outbox:
         db = self.db
         rows = db.execute(
             "SELECT seq, msg_id, kind, priority, time, session, drill, data, expires "
-            "FROM records WHERE inflight=0 AND priority BETWEEN ? AND ? "
+            "FROM records WHERE state=0 AND priority BETWEEN ? AND ? "
             "ORDER BY priority, seq LIMIT ?",
             (int(first), int(last), limit),
         ).fetchall()
         if rows:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("UPDATE records SET inflight=1 WHERE seq=?", [(r[0],) for r in rows])
+            db.executemany("UPDATE records SET state=1 WHERE seq=?", [(r[0],) for r in rows])
             db.execute("COMMIT")
         return [_row(r) for r in rows]
 
@@ -441,7 +449,7 @@ class Outbox:
         def run() -> Pending:
             urgent, routine, oldest = self.db.execute(
                 "SELECT coalesce(sum(priority<?),0), coalesce(sum(priority>=?),0), "
-                "min(CASE WHEN priority>=? THEN time END) FROM records WHERE inflight=0",
+                "min(CASE WHEN priority>=? THEN time END) FROM records WHERE state=0",
                 (int(Priority.ROUTINE),) * 3,
             ).fetchone()
             return Pending(
@@ -451,12 +459,16 @@ class Outbox:
         return await self._run(run)
 
     async def ack(self, seqs: list[int]) -> None:
-        """The broker acknowledged these: now, and only now, they leave the outbox."""
+        """The broker acknowledged these: now, and only now, they leave the upload queue.
+        Records of an SOS session stay on the device, delivered, until their expiry (the
+        route stays available for export for the 72 hours); the rest are deleted."""
 
         def run() -> None:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
-            cur = db.executemany("DELETE FROM records WHERE seq=?", [(s,) for s in seqs])
+            keys = [(s,) for s in seqs]
+            db.executemany("UPDATE records SET state=2 WHERE seq=? AND session IS NOT NULL", keys)
+            cur = db.executemany("DELETE FROM records WHERE seq=? AND session IS NULL", keys)
             db.execute("COMMIT")
             self._rows -= cur.rowcount
 
@@ -468,14 +480,48 @@ class Outbox:
         def run() -> None:
             db = self.db
             if seqs is None:
-                db.execute("UPDATE records SET inflight=0 WHERE inflight=1")
+                db.execute("UPDATE records SET state=0 WHERE state=1")
             else:
                 db.execute("BEGIN IMMEDIATE")
-                db.executemany("UPDATE records SET inflight=0 WHERE seq=?", [(s,) for s in seqs])
+                db.executemany(
+                    "UPDATE records SET state=0 WHERE seq=? AND state=1", [(s,) for s in seqs]
+                )
                 db.execute("COMMIT")
 
         await self._run(run)
         self._notify()
+
+    async def export(self) -> list[tuple[Stored, bool]]:
+        """Everything stored, in seq order, with whether it was delivered."""
+
+        def run() -> list[tuple[Stored, bool]]:
+            rows = self.db.execute(
+                "SELECT seq, msg_id, kind, priority, time, session, drill, data, expires, state "
+                "FROM records ORDER BY seq"
+            ).fetchall()
+            return [(_row(r[:9]), r[9] == DELIVERED) for r in rows]
+
+        return await self._run(run)
+
+    async def wipe(self) -> int:
+        """Delete every record (``sosctl purge``: the owner's choice). What had not been
+        delivered yet is named by a ``gap`` record (reason ``purged``), so receivers see
+        a deliberate deletion, not a loss; the seq counter is kept."""
+
+        def run() -> int:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            undelivered = [r[0] for r in db.execute("SELECT seq FROM records WHERE state<2")]
+            cur = db.execute("DELETE FROM records")
+            self._rows = 0
+            if undelivered:
+                self._insert_gap_sync(undelivered, "purged", self._clock.now())
+            db.execute("COMMIT")
+            return cur.rowcount
+
+        n = await self._run(run)
+        self._notify()
+        return n
 
     async def get_meta(self, key: str) -> str | None:
         def run() -> str | None:
@@ -510,25 +556,24 @@ class Outbox:
         await self._run(run)
 
     async def purge(self, now: datetime) -> int:
-        """Delete expired records: past expiry nobody may see them. Delivered records
-        have already left; these never reached the broker, so a ``gap`` record says so."""
+        """Delete expired records, delivered or not: past expiry nobody may see them.
+        Those that never reached the broker are named by a ``gap`` record."""
 
         def run() -> int:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
-            seqs = [
-                r[0]
-                for r in db.execute(
-                    "SELECT seq FROM records WHERE expires IS NOT NULL AND expires<=?",
-                    (now.timestamp(),),
-                )
-            ]
-            if seqs:
-                cur = db.executemany("DELETE FROM records WHERE seq=?", [(s,) for s in seqs])
+            rows = db.execute(
+                "SELECT seq, state FROM records WHERE expires IS NOT NULL AND expires<=?",
+                (now.timestamp(),),
+            ).fetchall()
+            if rows:
+                cur = db.executemany("DELETE FROM records WHERE seq=?", [(r[0],) for r in rows])
                 self._rows -= cur.rowcount
-                self._insert_gap_sync(seqs, "expired", now)
+                undelivered = [seq for seq, state in rows if state != DELIVERED]
+                if undelivered:
+                    self._insert_gap_sync(undelivered, "expired", now)
             db.execute("COMMIT")
-            return len(seqs)
+            return len(rows)
 
         n = await self._run(run)
         if n:
@@ -545,14 +590,16 @@ class Outbox:
     async def stats(self) -> OutboxStats:
         def run() -> OutboxStats:
             db = self.db
-            depth, inflight, oldest = db.execute(
-                "SELECT count(*), coalesce(sum(inflight),0), min(time) FROM records"
+            depth, inflight, oldest, kept = db.execute(
+                "SELECT coalesce(sum(state<2),0), coalesce(sum(state=1),0), "
+                "min(CASE WHEN state<2 THEN time END), coalesce(sum(state=2),0) FROM records"
             ).fetchone()
             return OutboxStats(
                 depth,
                 inflight,
                 datetime.fromisoformat(oldest) if oldest else None,
                 self._size_sync(),
+                kept,
             )
 
         return await self._run(run)

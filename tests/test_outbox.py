@@ -251,3 +251,26 @@ async def test_the_kept_row_count_matches_the_table(tmp_path: Path) -> None:
         assert box._rows == (await box.stats()).depth
     async with await Outbox.open(path) as box:
         assert box._rows == (await box.stats()).depth
+
+
+async def test_delivered_sos_records_stay_until_expiry_and_export_and_purge(
+    tmp_path: Path,
+) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        await box.store(rec(1, session="s1", priority=Priority.LIVE))
+        await box.store(rec(2))  # routine
+        await box.store(rec(3, session="s1", priority=Priority.LIVE))
+        taken = await box.take()
+        await box.ack([s.seq for s in taken][:2])  # seq 1 and 3 (LIVE first)
+        st = await box.stats()
+        assert (st.depth, st.kept) == (1, 2)  # the route stays on the device, delivered
+        exported = {s.seq: delivered for s, delivered in await box.export()}
+        assert exported == {1: True, 2: False, 3: True}
+        await box.requeue()
+        await box.expire_session("s1", T0)
+        assert await box.purge(T0) == 2  # expired, delivered: deleted without a gap
+        assert [s.record.kind for s in await box.take()] == [RecordKind.FIX]
+        await box.requeue()
+        assert await box.wipe() == 1
+        left = await box.take()  # the undelivered one is announced as purged
+        assert [s.record.data for s in left] == [{"ranges": [[2, 2]], "reason": "purged"}]
