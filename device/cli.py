@@ -1,0 +1,311 @@
+"""``sosd`` (the daemon) and ``sosctl`` (talks to it).
+
+sosd run [--config FILE] [--sim] [--broker URL] [--device-id ID] [--data-dir DIR]
+sosd check-config [--config FILE]
+sosctl [--config FILE | --data-dir DIR] status | sos start [--drill] [--now] | sos stop
+       | export [--out DIR] | purge [--yes] | sim ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gpxpy.gpx
+
+from device import config as config_mod
+from device.config import DEFAULT_CONFIG, Config, ConfigError
+from device.control import NotRunning, request
+from device.daemon import Daemon
+from device.parts import load_backend
+
+#: with --sim and no configuration file: a device that runs anywhere
+SIM_DEFAULTS: dict[str, Any] = {
+    "device.id": "sim-beacon",
+    "sos.contacts": [{"name": "Alice (simulated contact)", "reach": "+44 7700 900123"}],
+}
+
+
+def sim_data_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "sosbeacon-sim"
+
+
+# -- logging -----------------------------------------------------------------------------
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``: journald keeps the level, adds the time itself."""
+
+    LEVELS: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = self.LEVELS.get(record.levelno, 2 if record.levelno > logging.ERROR else 6)
+        text = super().format(record).replace("\n", "\n    ")
+        return f"<{prio}>{record.name}: {text}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+# -- sosd --------------------------------------------------------------------------------
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, Path | None, dict[str, Any]]:
+    overrides: dict[str, Any] = {}
+    if args.device_id:
+        overrides["device.id"] = args.device_id
+    if args.data_dir:
+        overrides["device.data_dir"] = str(args.data_dir)
+    if args.broker:
+        overrides["mqtt.broker"] = args.broker
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is None:
+        if not getattr(args, "sim", False):
+            raise ConfigError(
+                str(DEFAULT_CONFIG),
+                [
+                    "the file does not exist: copy examples/sosbeacon.toml there and edit it, "
+                    "pass --config FILE, or try the simulator with --sim"
+                ],
+            )
+        base = {**SIM_DEFAULTS, "device.data_dir": str(sim_data_dir())}
+        return config_mod.load(text="", overrides={**base, **overrides}), None, overrides
+    return config_mod.load(path, overrides=overrides), path, overrides
+
+
+def sosd(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sosd", description="The sosbeacon daemon.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    check = sub.add_parser("check-config", help="validate the configuration and print it")
+    for sp in (run, check):
+        sp.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG})")
+        sp.add_argument("--device-id", help="override device.id")
+        sp.add_argument("--data-dir", type=Path, help="override device.data_dir")
+        sp.add_argument("--broker", help="override mqtt.broker (mqtt://host:port, mqtts://...)")
+    run.add_argument("--sim", action="store_true", help="simulate all hardware")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    check.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        cfg, path, overrides = build_config(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"sosd: {exc}\n")
+        return 2
+    if args.command == "check-config":
+        sys.stdout.write(json.dumps(_public(cfg), indent=2, default=str) + "\n")
+        sys.stdout.write(f"{cfg.source}: valid\n")
+        return 0
+    setup_logging(args.log_level)
+    backend = load_backend("sim" if args.sim else "hw")
+
+    async def main() -> None:
+        await Daemon(cfg, backend, config_path=path, overrides=overrides).run()
+
+    try:
+        asyncio.run(main())
+    except RuntimeError as exc:  # e.g. another sosd already runs
+        logging.getLogger("sosd").error("%s", exc)
+        return 1
+    except OSError as exc:
+        logging.getLogger("sosd").error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _public(cfg: Config) -> dict[str, Any]:
+    """The configuration without secrets, for printing."""
+    out = asdict(cfg)
+    if out["mqtt"].get("password"):
+        out["mqtt"]["password"] = "***"
+    return out
+
+
+# -- sosctl ------------------------------------------------------------------------------
+
+
+def socket_path(args: argparse.Namespace) -> Path:
+    """The same data directory as sosd: --data-dir, else the configuration's, else the
+    simulator's default when no configuration exists."""
+    if args.data_dir:
+        return Path(args.data_dir) / "sosd.sock"
+    path: Path | None = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if path is None:
+        return sim_data_dir() / "sosd.sock"
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"sosctl: cannot read {path}: {exc}") from None
+    data_dir = table.get("device", {}).get("data_dir", str(config_mod.DeviceSettings().data_dir))
+    return Path(data_dir) / "sosd.sock"
+
+
+def sosctl(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sosctl", description="Talk to the running sosd.")
+    p.add_argument("--config", type=Path, help=f"sosd's TOML file (default {DEFAULT_CONFIG})")
+    p.add_argument("--data-dir", type=Path, help="sosd's data directory")
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="state, last fix and its age, battery, link, outbox")
+    sos = sub.add_parser("sos", help="start or stop an SOS")
+    sos_sub = sos.add_subparsers(dest="action", required=True)
+    start = sos_sub.add_parser("start", help="start an SOS (after the countdown)")
+    start.add_argument("--drill", action="store_true", help="a drill, flagged end to end")
+    start.add_argument("--now", action="store_true", help="skip the countdown")
+    sos_sub.add_parser("stop", help="stop the SOS now: no location is shared after this")
+    export = sub.add_parser("export", help="everything stored: JSON, and GPX for routes")
+    export.add_argument("--out", type=Path, default=Path("."), help="directory to write to")
+    purge = sub.add_parser("purge", help="delete every record stored on the device")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    sim = sub.add_parser("sim", help="drive the simulated hardware (sosd run --sim)")
+    sim.add_argument("what", choices=["press", "battery", "gps"])
+    sim.add_argument(
+        "value", help="press: long|multi|short; battery: PCT or plug|unplug; gps: lost|back"
+    )
+    args = p.parse_args(argv)
+    path = socket_path(args)
+
+    if args.command == "status":
+        req: dict[str, Any] = {"cmd": "status"}
+    elif args.command == "sos":
+        req = (
+            {"cmd": "sos-start", "drill": args.drill, "now": args.now}
+            if args.action == "start"
+            else {"cmd": "sos-stop"}
+        )
+    elif args.command == "export":
+        req = {"cmd": "export"}
+    elif args.command == "purge":
+        if not args.yes:
+            typed = input(
+                "Delete every record stored on the device (routes, events, what has not "
+                "been sent yet)? Type 'purge' to confirm: "
+            )
+            if typed.strip() != "purge":
+                sys.stderr.write("sosctl: nothing deleted\n")
+                return 1
+        req = {"cmd": "purge"}
+    else:
+        req = {"cmd": f"sim.{args.what}", "value": args.value}
+    try:
+        answer = asyncio.run(request(path, req))
+    except NotRunning as exc:
+        sys.stderr.write(f"sosctl: {exc}\n")
+        return 3
+    if not answer.get("ok"):
+        sys.stderr.write(f"sosctl: {answer.get('error', 'failed')}\n")
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    elif args.command == "status":
+        sys.stdout.write(format_status(answer))
+    elif args.command == "export":
+        sys.stdout.write(write_export(answer, args.out))
+    else:
+        rest = {k: v for k, v in answer.items() if k != "ok"}
+        sys.stdout.write(" ".join(f"{k}={v}" for k, v in rest.items()) + "\n")
+    return 0
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lines = [f"device      {s['device']}  ({'armed' if s['armed'] else 'NOT ARMED: no contact'})"]
+    state = s["state"]
+    if s.get("session"):
+        state += f"  session {s['session']}" + ("  [DRILL]" if s.get("drill") else "")
+    lines.append(f"sos         {state}")
+    if s["fix"]:
+        f = s["fix"]
+        acc = f" ±{f['accuracy']:.0f} m" if f.get("accuracy") else ""
+        lines.append(f"last fix    {f['lat']:.6f}, {f['lon']:.6f}{acc}, {s['fix_age']} s old")
+    else:
+        lines.append("last fix    none yet")
+    b = s.get("battery")
+    if b:
+        lines.append(
+            f"battery     {b.get('pct', '?')}% {b.get('status', '')} ({s['battery_level']})"
+        )
+    else:
+        lines.append("battery     unknown")
+    link = s["link"]
+    state_txt = "connected" if link["connected"] else "offline"
+    err = f"  last error: {link['last_error']}" if link.get("last_error") else ""
+    lines.append(f"broker      {link['broker']} {state_txt}{err}")
+    o = s["outbox"]
+    oldest = f", oldest {o['oldest_age']} s old" if o["oldest_age"] is not None else ""
+    lines.append(
+        f"outbox      {o['depth']} to send ({o['in_flight']} in flight{oldest}); "
+        f"{o['kept']} delivered SOS records kept until expiry"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_export(answer: dict[str, Any], out: Path) -> str:
+    """``<device>-export.json`` with every record; one GPX track per SOS session."""
+    out.mkdir(parents=True, exist_ok=True)
+    device = answer["device"]
+    js = out / f"{device}-export.json"
+    js.write_text(json.dumps(answer, indent=1))
+    gpx = gpxpy.gpx.GPX()
+    gpx.creator = "sosbeacon"
+    tracks: dict[str, gpxpy.gpx.GPXTrackSegment] = {}
+    for r in answer["records"]:
+        fix = r["data"].get("fix") if r["kind"] in ("fix", "sos-start") else None
+        if not fix or r["session"] is None:
+            continue
+        seg = tracks.get(r["session"])
+        if seg is None:
+            track = gpxpy.gpx.GPXTrack(name=f"{'DRILL' if r['drill'] else 'SOS'} {r['session']}")
+            seg = gpxpy.gpx.GPXTrackSegment()
+            track.segments.append(seg)
+            gpx.tracks.append(track)
+            tracks[r["session"]] = seg
+        t = fix.get("t")
+        seg.points.append(
+            gpxpy.gpx.GPXTrackPoint(
+                fix["lat"],
+                fix["lon"],
+                elevation=fix.get("alt"),
+                time=datetime.fromisoformat(t.replace("Z", "+00:00")) if t else None,
+            )
+        )
+    written = [str(js)]
+    if tracks:
+        path = out / f"{device}-routes.gpx"
+        path.write_text(gpx.to_xml())
+        written.append(str(path))
+    n = len(answer["records"])
+    return f"{n} records; wrote {', '.join(written)}\n"
+
+
+def sosd_main() -> None:
+    sys.exit(sosd())
+
+
+def sosctl_main() -> None:
+    sys.exit(sosctl())

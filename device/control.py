@@ -1,0 +1,96 @@
+"""The control socket between ``sosctl`` and the running ``sosd``: a Unix stream socket
+in the data directory, readable and writable by the daemon's user and group only, one
+JSON request and one JSON answer per line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+#: an answer (an export) may be large; requests are small
+LIMIT = 64 * 1024 * 1024
+
+
+class NotRunning(ConnectionError):
+    """No daemon answers on the socket."""
+
+
+def _claim(path: Path) -> None:
+    """Refuse if another daemon answers on ``path``; remove a stale socket (a crash)."""
+    if path.exists():
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(1)
+            probe.connect(str(path))
+            raise RuntimeError(f"another sosd is already running (it answers on {path})")
+        path.unlink()
+
+
+async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
+    """Listen on ``path`` (mode 0660)."""
+    _claim(path)
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict):
+                        raise ValueError("a request is a JSON object")
+                    answer = await handler(request)
+                except (ValueError, json.JSONDecodeError) as exc:
+                    answer = {"ok": False, "error": f"bad request: {exc}"}
+                except Exception as exc:  # a control request must never take the daemon down
+                    log.exception("control request failed")
+                    answer = {"ok": False, "error": f"internal error: {exc}"}
+                writer.write(json.dumps(answer, default=str).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    old = os.umask(0o117)  # the socket is born 0660
+    try:
+        server = await asyncio.start_unix_server(on_client, str(path), limit=1024 * 1024)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o660)
+    return server
+
+
+async def request(path: Path, message: dict[str, Any], *, within: float = 30.0) -> dict[str, Any]:
+    """Send one request to the daemon at ``path``; raises :class:`NotRunning`."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(path), limit=LIMIT), within
+        )
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NotRunning(
+            f"sosd is not running (nothing answers on {path}). Start it with "
+            "`systemctl start sosbeacon` or `sosd run`; if it runs with another data "
+            "directory, pass the same --config or --data-dir."
+        ) from exc
+    except PermissionError as exc:
+        raise NotRunning(
+            f"no permission to use {path}: run sosctl as the daemon's user, or add yourself "
+            "to its group (sudo usermod -aG sosbeacon $USER, then log in again)"
+        ) from exc
+    try:
+        writer.write(json.dumps(message).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), within)
+    finally:
+        writer.close()
+    if not line:
+        raise NotRunning(f"sosd closed the connection on {path} without answering")
+    answer: dict[str, Any] = json.loads(line)
+    return answer

@@ -1,0 +1,363 @@
+"""``sosd``: the parts put together, supervised, on one event loop.
+
+Intake (GPS, button, battery) feeds the SOS controller; the controller writes records to
+the durable outbox; the uplink drains it to the broker; contacts' commands come back
+through the uplink; ``sosctl`` talks over the control socket. Every loop is supervised:
+an unexpected error is logged and the loop restarts, so no single fault ends the daemon.
+
+Signals: SIGTERM/SIGINT stop intake, let commits finish, say "offline" to the broker
+and disconnect; SIGHUP re-reads the configuration and applies what can change while
+running (contacts, countdown, route spacing, privacy), naming the rest as needing a
+restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from device import config as config_mod
+from device import control
+from device.battery import BatteryPolicy, BatterySample
+from device.button import run_button
+from device.clock import Clock, MonotonicClock
+from device.commands import SosCommands
+from device.config import Config, ConfigError
+from device.gesture import GestureDetector
+from device.gps import Fix
+from device.notify import Notifier
+from device.outbox import Outbox
+from device.parts import Backend, Parts
+from device.sos import SosController, SosRefused
+from device.uplink import Uplink
+
+log = logging.getLogger("sosd")
+#: what SIGHUP can change in place
+RELOADABLE = ("sos", "privacy")
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        config_path: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self._backend = backend
+        self.clock = clock or MonotonicClock()
+        self.notifier = notifier or Notifier()
+        self._config_path = config_path
+        self._overrides = dict(overrides or {})
+        self._stopping = asyncio.Event()
+        #: set once everything runs and the control socket answers
+        self.ready = asyncio.Event()
+        self.parts: Parts | None = None
+        self.outbox: Outbox | None = None
+        self.controller: SosController | None = None
+        self.uplink: Uplink | None = None
+        self.last_fix: Fix | None = None
+        self.last_battery: BatterySample | None = None
+        self.started_at = 0.0
+        self.first_fix_after: float | None = None
+        self.battery_errors = 0
+
+    # -- running -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        cfg = self.config
+        self.started_at = self.clock.monotonic()
+        cfg.device.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        async with AsyncExitStack() as stack:
+            self.parts = parts = await self._backend(cfg, self.clock, stack)
+            self.outbox = outbox = await Outbox.open(cfg.outbox_path, cfg.outbox, clock=self.clock)
+            stack.push_async_callback(outbox.close)
+            self.controller = ctl = SosController(
+                config=cfg.sos,
+                recorder=outbox,
+                clock=self.clock,
+                privacy=cfg.privacy,
+                battery_policy=BatteryPolicy(cfg.battery.policy),
+                indicator=parts.indicator,
+                gps_power=parts.gps_power,
+                network=parts.network,
+            )
+            self.uplink = uplink = Uplink(
+                config=cfg.uplink_config(),
+                broker=cfg.broker_config(),
+                outbox=outbox,
+                clock=self.clock,
+                commands=SosCommands(ctl),
+                sos_active=lambda: ctl.session is not None,
+            )
+            server = await control.serve(cfg.socket_path, self.handle)
+            stack.callback(server.close)
+            intake = [
+                self._supervise("gps", self._gps_loop),
+                self._supervise("battery", self._battery_loop),
+            ]
+            if parts.button is not None:
+                button = parts.button
+
+                async def buttons() -> None:
+                    await run_button(button, GestureDetector(cfg.gesture), ctl, self.clock)
+
+                intake.append(self._supervise("button", buttons))
+            intake += [self._supervise(f"backend-{i}", f) for i, f in enumerate(parts.background)]
+            intake_tasks = [asyncio.create_task(c) for c in intake]
+            up = asyncio.create_task(self._supervise("uplink", uplink.run))
+            service = [
+                asyncio.create_task(self._supervise("retention", self._retention_loop)),
+                asyncio.create_task(self._watchdog_loop()),
+            ]
+            self._install_signals()
+            armed = "armed" if ctl.armed else "NOT ARMED (no emergency contact)"
+            log.info(
+                "sosd running: device %s, %s, broker %s:%d, data in %s",
+                cfg.device.id,
+                armed,
+                uplink.broker.host,
+                uplink.broker.port,
+                cfg.device.data_dir,
+            )
+            self.notifier.ready(await self.status_line())
+            self.ready.set()
+            try:
+                await self._stopping.wait()
+            finally:
+                log.info("stopping: intake first, then the uplink says goodbye")
+                self.notifier.stopping()
+                await _cancel(intake_tasks)
+                await ctl.cancel_countdown("daemon stopping", quiet=True)
+                await _cancel(service)
+                up.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    async with asyncio.timeout(5):
+                        await up
+                self._remove_signals()
+        log.info("sosd stopped")
+
+    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body``; if it fails, log and run it again (after a pause)."""
+        while True:
+            try:
+                await body()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; restarting it in 5 s", name)
+                await self.clock.sleep(5)
+
+    async def _gps_loop(self) -> None:
+        assert self.parts is not None and self.controller is not None
+        async for fix in self.parts.gps.fixes():
+            if fix.has_position:
+                self.last_fix = fix
+                if self.first_fix_after is None:
+                    self.first_fix_after = self.clock.monotonic() - self.started_at
+                    log.info("first fix after %.1f s", self.first_fix_after)
+            await self.controller.on_fix(fix)
+
+    async def _battery_loop(self) -> None:
+        assert self.parts is not None and self.controller is not None
+        battery = self.parts.battery
+        if battery is None:
+            return
+        failing = False
+        while True:
+            try:
+                sample = await battery.read()
+            except (OSError, ValueError) as exc:
+                self.battery_errors += 1
+                if not failing:
+                    log.warning("battery gauge unreadable (%s); retrying", exc)
+                failing = True
+            else:
+                failing = False
+                self.last_battery = sample
+                await self.controller.on_battery(sample)
+            await self.clock.sleep(self.config.battery.poll_interval)
+
+    async def _retention_loop(self) -> None:
+        """Delete what has expired, at its expiry (checked at least hourly)."""
+        assert self.outbox is not None
+        while True:
+            now = self.clock.now()
+            gone = await self.outbox.purge(now)
+            if gone:
+                log.info("retention: %d expired record(s) deleted", gone)
+            nxt = await self.outbox.next_expiry()
+            wait = 3600.0
+            if nxt is not None:
+                wait = min(wait, max(0.0, (nxt - self.clock.now()).total_seconds()) + 0.5)
+            await self.clock.sleep(wait)
+
+    async def _watchdog_loop(self) -> None:
+        """WATCHDOG=1 while the event loop turns, and a fresh STATUS line."""
+        interval = self.notifier.watchdog_interval or 30.0
+        while True:
+            await asyncio.sleep(interval)
+            self.notifier.watchdog()
+            self.notifier.status(await self.status_line())
+
+    # -- signals and reload ------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+    async def reload(self) -> list[str]:
+        """Re-read the configuration; apply the sections in :data:`RELOADABLE`; returns
+        the other sections that changed (they need a restart)."""
+        if self._config_path is None:
+            log.warning("SIGHUP: no configuration file to reload (started without one)")
+            return []
+        try:
+            new = config_mod.load(self._config_path, overrides=self._overrides)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration NOT reloaded, keeping the running one. %s", exc)
+            return []
+        old = self.config
+        changed = [
+            name
+            for name in asdict(old)
+            if name != "source" and asdict(old)[name] != asdict(new)[name]
+        ]
+        ctl = self.controller
+        if ctl is not None:
+            ctl.config = new.sos
+            ctl.privacy = new.privacy
+        self.config = replace(old, sos=new.sos, privacy=new.privacy)
+        later = [c for c in changed if c not in RELOADABLE]
+        log.info(
+            "SIGHUP: configuration reloaded (%s applied%s)",
+            ", ".join(c for c in changed if c in RELOADABLE) or "nothing changed that",
+            f"; changed but needing a restart: {', '.join(later)}" if later else "",
+        )
+        return later
+
+    # -- sosctl ------------------------------------------------------------------------
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        ctl, outbox = self.controller, self.outbox
+        assert ctl is not None and outbox is not None and self.parts is not None
+        cmd = req.get("cmd")
+        try:
+            if cmd == "status":
+                return {"ok": True, **await self.status()}
+            if cmd == "sos-start":
+                await ctl.start(
+                    trigger="cli", drill=bool(req.get("drill")), now=bool(req.get("now"))
+                )
+                return {"ok": True, "state": ctl.state.value}
+            if cmd == "sos-stop":
+                stopped = await ctl.stop(trigger="cli")
+                if not stopped:
+                    return {"ok": False, "error": "no SOS or countdown is active"}
+                return {"ok": True, "state": ctl.state.value}
+            if cmd == "export":
+                return {
+                    "ok": True,
+                    "device": self.config.device.id,
+                    "box": outbox.outbox_id,
+                    "records": [
+                        {
+                            "seq": s.seq,
+                            "kind": s.record.kind.value,
+                            "time": s.record.time.isoformat(),
+                            "session": s.record.session,
+                            "drill": s.record.drill,
+                            "expires": s.record.expires.isoformat() if s.record.expires else None,
+                            "delivered": delivered,
+                            "data": s.record.data,
+                        }
+                        for s, delivered in await outbox.export()
+                    ],
+                }
+            if cmd == "purge":
+                if ctl.session is not None:
+                    return {"ok": False, "error": "an SOS is active: stop it before purging"}
+                return {"ok": True, "deleted": await outbox.wipe()}
+            if isinstance(cmd, str) and cmd in self.parts.controls:
+                return {"ok": True, **await self.parts.controls[cmd](req)}
+        except SosRefused as exc:
+            return {"ok": False, "error": str(exc)}
+        known = ["status", "sos-start", "sos-stop", "export", "purge", *self.parts.controls]
+        return {"ok": False, "error": f"unknown request {cmd!r}; known: {', '.join(known)}"}
+
+    async def status(self) -> dict[str, Any]:
+        ctl, outbox, uplink = self.controller, self.outbox, self.uplink
+        assert ctl is not None and outbox is not None and uplink is not None
+        now = self.clock.monotonic()
+        st = await outbox.stats()
+        fix = self.last_fix
+        s = ctl.session
+        out: dict[str, Any] = {
+            "device": self.config.device.id,
+            "state": ctl.state.value,
+            "armed": ctl.armed,
+            "session": s.id if s else None,
+            "drill": s.drill if s else None,
+            "fix": None,
+            "fix_age": None,
+            "battery": self.last_battery.to_json() if self.last_battery else None,
+            "battery_level": ctl.battery.level.name.lower(),
+            "link": {
+                "connected": uplink.connected.is_set(),
+                "broker": f"{uplink.broker.host}:{uplink.broker.port}",
+                "connects": uplink.stats.connects,
+                "last_error": uplink.stats.last_error or None,
+            },
+            "outbox": {
+                "depth": st.depth,
+                "in_flight": st.inflight,
+                "oldest_age": (
+                    round((self.clock.now() - st.oldest).total_seconds(), 1) if st.oldest else None
+                ),
+                "kept": st.kept,
+                "bytes": st.bytes,
+            },
+            "uptime": round(now - self.started_at, 1),
+        }
+        if fix is not None and fix.lat is not None:
+            out["fix"] = {"lat": fix.lat, "lon": fix.lon, "accuracy": fix.accuracy}
+            if fix.received is not None:
+                out["fix_age"] = round(now - fix.received, 1)
+        return out
+
+    async def status_line(self) -> str:
+        st = await self.status()
+        age = st["fix_age"]
+        fix = "no fix yet" if age is None else f"fix {age:.0f} s old"
+        link = "broker connected" if st["link"]["connected"] else "broker offline"
+        return f"SOS {st['state']}; {fix}; {link}; outbox {st['outbox']['depth']}"
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,72 @@
+"""The real-hardware backend of ``sosd run``: the drivers in ``hw/``, chosen and set up
+from the configuration."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from datetime import date
+
+from device.actuators import GpsPower, Indicator, NetworkLink
+from device.battery import BatterySource
+from device.button import ButtonSource
+from device.clock import Clock
+from device.config import BatteryKind, Config, GpsKind
+from device.gps import GpsSource
+from device.parts import Parts
+from hw.battery import Max17048, SysfsBattery
+from hw.gps_power import ReceiverPower
+from hw.gpsd_client import GpsdSource
+from hw.network import NmcliLink
+from hw.serial_gps import NmeaSerialSource
+
+
+async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
+    g = config.gps
+    gps: GpsSource
+    power: GpsPower | None = None
+    if g.source is GpsKind.SERIAL:
+        serial = NmeaSerialSource(
+            port=g.device, baudrate=g.baud, date_floor=date.fromisoformat(g.date_floor), clock=clock
+        )
+        gps = serial
+        if g.power_commands != "none":
+            power = ReceiverPower(serial, family=g.power_commands, rate_hz=g.rate_hz)
+    else:
+        host, _, port = g.gpsd.rpartition(":")
+        gps = GpsdSource(host=host or "127.0.0.1", port=int(port or 2947), clock=clock)
+
+    button: ButtonSource | None = None
+    indicator: Indicator | None = None
+    b = config.button
+    if b.enabled:
+        from hw.gpio import GpioButton, GpioIndicator  # needs the gpiod bindings
+
+        button = GpioButton(
+            chip=b.chip,
+            line=b.line,
+            bias=b.bias,
+            active_low=b.active_low,
+            kernel_debounce=b.kernel_debounce,
+        )
+        gpio_out = GpioIndicator(chip=b.chip, led=b.led or None, buzzer=b.buzzer or None)
+        stack.callback(gpio_out.close)
+        indicator = gpio_out
+
+    battery: BatterySource | None = None
+    bs = config.battery
+    if bs.backend is BatteryKind.SYSFS:
+        battery = SysfsBattery(root=bs.sysfs_root, name=bs.name or None)
+    elif bs.backend is BatteryKind.MAX17048:
+        battery = Max17048(bus=bs.i2c_bus, address=bs.i2c_address)
+
+    network: NetworkLink | None = None
+    if config.network.connection:
+        network = NmcliLink(connection=config.network.connection)
+    return Parts(
+        gps=gps,
+        button=button,
+        battery=battery,
+        indicator=indicator,
+        gps_power=power,
+        network=network,
+    )

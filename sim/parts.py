@@ -1,0 +1,158 @@
+"""The simulator backend of ``sosd run --sim``: every part simulated, through the real
+code paths — NMEA on a pseudo-terminal read by the real serial reader, a battery cell
+written as a sysfs ``power_supply`` tree read by the real sysfs reader, a scripted
+button feeding the real gesture detector, a modem that comes up when asked.
+
+``sosctl sim press long|multi|short``, ``sosctl sim battery PCT|plug|unplug`` and
+``sosctl sim gps lost|back`` drive it while it runs; in-process users (the demo, drills)
+reach the same objects through :attr:`Parts.handles`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from device.actuators import Cue
+from device.clock import Clock
+from device.config import Config
+from device.parts import Parts
+from hw.battery import SysfsBattery
+from hw.gps_power import ReceiverPower
+from hw.serial_gps import NmeaSerialSource
+from sim.battery import BatteryModel, SysfsWriter
+from sim.button import ScriptedButton, long_press, multi_press
+from sim.gps import PtyPort, ReceiverScript, Route, RouteWalker, SimReceiver
+from sim.gps.runner import run_receiver
+from sim.modem import SimModem
+
+log = logging.getLogger("sim")
+BAUD = 115200
+PATTERNS = {
+    "long": long_press(3.5),
+    "multi": multi_press(5),
+    "short": [(0.2, 0.0)],  # a single short press: never a gesture
+}
+
+
+@dataclass
+class LogIndicator:
+    """The LED and buzzer, as log lines (and a list, for tests and the demo)."""
+
+    cues: list[Cue] = field(default_factory=list)
+
+    async def cue(self, cue: Cue) -> None:
+        self.cues.append(cue)
+        log.info("indicator: %s", cue.value)
+
+
+@dataclass
+class SimWorld:
+    """The simulated hardware of one device, for whoever drives it."""
+
+    receiver: SimReceiver
+    port: PtyPort
+    button: ScriptedButton
+    battery: BatteryModel
+    sysfs: SysfsWriter
+    modem: SimModem
+    indicator: LogIndicator
+    clock: Clock
+    epochs: int = 0
+    #: simulated battery seconds per real second (a drill can drain a cell quickly)
+    battery_speed: float = 1.0
+
+    @property
+    def gps_time(self) -> float:
+        """Seconds since the simulated receiver started (its script's time base)."""
+        return self.epochs * self.receiver.period
+
+    def lose_gps(self) -> None:
+        self.receiver.script.outages.append((self.gps_time, math.inf))
+
+    def restore_gps(self) -> None:
+        out = self.receiver.script.outages
+        self.receiver.script.outages = [(a, self.gps_time if b == math.inf else b) for a, b in out]
+
+    def set_battery(self, value: str) -> None:
+        if value == "plug":
+            self.battery.plugged = True
+        elif value == "unplug":
+            self.battery.plugged = False
+        else:
+            self.battery.soc = max(0.0, min(100.0, float(value)))
+        self.sysfs.write(self.battery)
+
+    async def run_battery(self) -> None:
+        while True:
+            await self.clock.sleep(5.0)
+            self.battery.step(5.0 * self.battery_speed)
+            self.sysfs.write(self.battery)
+
+
+async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
+    base = config.device.data_dir / "sim"
+    base.mkdir(parents=True, exist_ok=True)
+    port = PtyPort(base / "gps0", baudrate=BAUD)
+    stack.callback(port.close)
+    receiver = SimReceiver(
+        RouteWalker(Route.sample(), 1.4), rate_hz=1.0, script=ReceiverScript(cold_start=3.0)
+    )
+    gps = NmeaSerialSource(port=str(port.path), baudrate=BAUD, clock=clock)
+    cell = BatteryModel(soc=85.0)
+    sysfs = SysfsWriter(base / "power_supply")
+    sysfs.write(cell)
+    world = SimWorld(
+        receiver=receiver,
+        port=port,
+        button=ScriptedButton(clock),
+        battery=cell,
+        sysfs=sysfs,
+        modem=SimModem(clock, attach_time=1.0, up=True),
+        indicator=LogIndicator(),
+        clock=clock,
+    )
+
+    def count(_: object) -> None:
+        world.epochs += 1
+
+    async def run_gps() -> None:
+        await run_receiver(receiver, port, on_epoch=count)
+
+    async def press(req: dict[str, Any]) -> dict[str, Any]:
+        value = str(req.get("value", ""))
+        if value not in PATTERNS:
+            raise ValueError(f"press: one of {', '.join(PATTERNS)}")
+        asyncio.get_running_loop().create_task(world.button.press(PATTERNS[value]))
+        return {"pressed": value}
+
+    async def battery(req: dict[str, Any]) -> dict[str, Any]:
+        world.set_battery(str(req.get("value", "")))
+        return {"soc": round(world.battery.soc, 1), "plugged": world.battery.plugged}
+
+    async def gps_control(req: dict[str, Any]) -> dict[str, Any]:
+        value = req.get("value")
+        if value == "lost":
+            world.lose_gps()
+        elif value == "back":
+            world.restore_gps()
+        else:
+            raise ValueError("gps: lost or back")
+        return {"gps": value}
+
+    log.info("simulated GPS on %s, battery under %s", port.path, sysfs.root)
+    return Parts(
+        gps=gps,
+        button=world.button,
+        battery=SysfsBattery(root=sysfs.root),
+        indicator=world.indicator,
+        gps_power=ReceiverPower(gps, family="ublox"),
+        network=world.modem,
+        controls={"sim.press": press, "sim.battery": battery, "sim.gps": gps_control},
+        background=[run_gps, world.run_battery],
+        handles={"world": world},
+    )
