@@ -267,6 +267,10 @@ def _check(cfg: Config) -> list[str]:
             errors.append(f"mqtt.tls.{key}: {value} does not exist")
     if bool(cfg.mqtt.tls.cert_file) != bool(cfg.mqtt.tls.key_file):
         errors.append("mqtt.tls: cert_file and key_file go together")
+    try:
+        cfg.gesture.validate()
+    except ValueError as exc:
+        errors.append(f"gesture: {exc}")
     if cfg.gps.power_commands not in ("ublox", "mtk", "none"):
         errors.append(
             f'gps.power_commands: expected "ublox", "mtk" or "none", got {cfg.gps.power_commands!r}'

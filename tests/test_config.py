@@ -1,0 +1,108 @@
+"""Configuration: the shipped example is valid and complete; every error names its key."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from device.config import Config, ConfigError, load
+from device.privacy import Precision
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples" / "sosbeacon.toml"
+MINIMAL = """
+[device]
+id = "b1"
+[[sos.contacts]]
+name = "Alice"
+"""
+
+
+def test_the_shipped_example_is_valid_and_names_every_section() -> None:
+    cfg = load(EXAMPLE)
+    assert cfg.device.id == "beacon-01" and cfg.sos.contacts[0].name == "Alice"
+    assert cfg.broker_config().tls is not None and cfg.broker_config().port == 8883
+    table = tomllib.loads(EXAMPLE.read_text())
+    sections = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    assert sections <= set(table), sections - set(table)
+    # the example documents every key of the simple sections
+    for name in ("device", "sos", "privacy", "gesture", "gps", "button", "network", "outbox"):
+        keys = {f.name for f in dataclasses.fields(getattr(cfg, name))}
+        assert keys <= set(table[name]), (name, keys - set(table[name]))
+
+
+def test_minimal_configuration_and_defaults() -> None:
+    cfg = load(text=MINIMAL)
+    assert cfg.privacy.precision is Precision.EXACT and cfg.uplink_config().device_id == "b1"
+    b = cfg.broker_config()
+    assert (b.host, b.port, b.tls, b.client_id) == ("localhost", 1883, None, "b1")
+
+
+def test_every_problem_is_reported_with_its_key() -> None:
+    text = (
+        MINIMAL
+        + """
+[sos]
+countdown = "five"
+[privacy]
+precision = "street"
+[gps]
+baud = -9600
+sorce = "gpsd"
+[mqtt]
+broker = "http://example.org"
+[uplink]
+batch_count = 1.5
+"""
+    )
+    with pytest.raises(ConfigError) as err:
+        load(text=text)
+    msg = str(err.value)
+    for expected in (
+        "sos.countdown: expected a number, got a string ('five')",
+        "privacy.precision: expected one of 'exact', '100m', '1km', got a string ('street')",
+        "gps.baud: must not be negative, got -9600",
+        "gps.sorce: unknown key",
+        "mqtt.broker: expected mqtt://host[:port] or mqtts://host[:port]",
+        "uplink.batch_count: expected a whole number, got float (1.5)",
+    ):
+        assert expected in msg, (expected, msg)
+    assert len(err.value.problems) == 6
+
+
+def test_structural_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(text="[device\nid=1")
+    with pytest.raises(ConfigError, match=r"device\.id: required"):
+        load(text="[[sos.contacts]]\nname='A'\n")
+    with pytest.raises(ConfigError, match=r"does not exist: copy examples/sosbeacon\.toml"):
+        load(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=r"sos.contacts\[0\].name: required"):
+        load(text="[device]\nid='b'\n[[sos.contacts]]\nreach='x'\n")
+    with pytest.raises(ConfigError, match="gesture: "):
+        load(text=MINIMAL + "[gesture]\ndebounce = 5.0\n")  # the detector's own rule
+    with pytest.raises(ConfigError, match="must not contain '/'"):
+        load(text=MINIMAL.replace('"b1"', '"a/b"'))
+    with pytest.raises(ConfigError, match=r"mqtt\.tls\.ca_file: /nope does not exist"):
+        load(text=MINIMAL + "[mqtt]\nbroker='mqtts://h'\n[mqtt.tls]\nca_file='/nope'\n")
+
+
+def test_overrides_and_the_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    cfg = load(
+        text=MINIMAL + f"[mqtt]\npassword_file = '{secret}'\n",
+        overrides={"device.id": "b2", "mqtt.broker": "mqtts://user@broker.example:9999"},
+    )
+    b = cfg.broker_config()
+    assert (cfg.device.id, b.host, b.port, b.username, b.password) == (
+        "b2",
+        "broker.example",
+        9999,
+        "user",
+        "s3cret",
+    )
+    assert "s3cret" not in repr(b)  # never in a log line

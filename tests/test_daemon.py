@@ -1,0 +1,169 @@
+"""sosd and sosctl: the assembled daemon on simulated hardware against a real broker, its
+control socket, systemd notifications, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from device import config as config_mod
+from device.cli import sosctl
+from device.control import NotRunning, request
+from device.daemon import Daemon
+from device.mqtt import BrokerConfig
+from device.parts import load_backend
+from device.wire import Topics
+from sim.broker import Mosquitto
+from sim.receiver import Receiver
+from tests.conftest import REPO
+from tests.mqtt_env import DURABLE, need_mosquitto
+
+
+def config_text(data: Path, port: int, *, contact: str = "Alice") -> str:
+    contacts = f'[[sos.contacts]]\nname = "{contact}"\n' if contact else ""
+    return f"""
+[device]
+id = "t1"
+data_dir = "{data}"
+[sos]
+countdown = 1.0
+{contacts}
+[mqtt]
+broker = "mqtt://127.0.0.1:{port}"
+[uplink]
+backoff_max = 2.0
+"""
+
+
+@contextlib.asynccontextmanager
+async def broker_and_contact(tmp_path: Path) -> AsyncIterator[tuple[Mosquitto, Receiver]]:
+    with Mosquitto(tmp_path / "broker", config=DURABLE, binary=need_mosquitto()) as broker:
+        rx = Receiver(
+            BrokerConfig(host="127.0.0.1", port=broker.port, client_id="contact"),
+            Topics.for_device("t1"),
+            owntracks_topic="owntracks/sosbeacon/t1",
+        )
+        await rx.start()
+        try:
+            yield broker, rx
+        finally:
+            await rx.close()
+
+
+async def test_the_daemon_on_simulated_hardware_end_to_end(tmp_path: Path) -> None:
+    async with broker_and_contact(tmp_path) as (broker, rx):
+        cfg = config_mod.load(text=config_text(tmp_path / "data", broker.port))
+        daemon = Daemon(cfg, load_backend("sim"))
+        task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.ready.wait(), 15)
+        sock = cfg.socket_path
+        assert sock.stat().st_mode & 0o777 == 0o660  # owner and group only
+        await rx.wait_until(lambda: (rx.json("sosbeacon/t1/status") or {}).get("state") == "online")
+        # the simulated button, through the control socket: a long press starts an SOS
+        assert (await request(sock, {"cmd": "sim.press", "value": "long"}))["ok"]
+        await rx.wait_until(lambda: any(r.kind == "sos-start" for r in rx.records), within=20)
+        status = await request(sock, {"cmd": "status"})
+        assert status["state"] == "active" and status["armed"] and status["fix"] is not None
+        assert status["link"]["connected"] and status["battery"]["pct"] == 85
+        # refused requests say why
+        again = await request(sock, {"cmd": "sos-start", "now": True})
+        assert again == {"ok": False, "error": "an SOS is already active"}
+        bad = await request(sock, {"cmd": "reboot"})
+        assert not bad["ok"] and "known: status" in bad["error"]
+        assert (await request(sock, {"cmd": "sos-stop"}))["ok"]
+        await rx.wait_until(lambda: any(r.kind == "sos-end" for r in rx.records))
+        exported = await request(sock, {"cmd": "export"})
+        kinds = [r["kind"] for r in exported["records"]]
+        assert kinds[0] == "sos-start" and "sos-end" in kinds
+        assert all(r["expires"] for r in exported["records"])  # 72 h after the end
+        # sosctl writes the JSON and the GPX route
+        code = await asyncio.to_thread(
+            sosctl, ["--data-dir", str(cfg.device.data_dir), "export", "--out", str(tmp_path)]
+        )
+        assert code == 0
+        assert "<trk>" in (tmp_path / "t1-routes.gpx").read_text()
+        assert (await request(sock, {"cmd": "purge"}))["deleted"] == len(kinds)
+        daemon.stop()
+        await asyncio.wait_for(task, 15)
+        assert rx.ledger().missing() == []
+        await rx.wait_until(lambda: (rx.json("sosbeacon/t1/status") or {}).get("why") == "shutdown")
+
+
+def test_sosctl_says_when_the_daemon_is_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert sosctl(["--data-dir", str(tmp_path), "status"]) == 3
+    err = capsys.readouterr().err
+    assert "sosd is not running" in err and str(tmp_path / "sosd.sock") in err
+    with pytest.raises(NotRunning):
+        asyncio.run(request(tmp_path / "sosd.sock", {"cmd": "status"}))
+
+
+async def test_sosd_process_notifies_systemd_and_stops_cleanly(tmp_path: Path) -> None:
+    """The real entry point: READY/STATUS/WATCHDOG to NOTIFY_SOCKET, SIGHUP reload,
+    SIGTERM stop with the broker told "shutdown"."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def next_notification() -> str:
+        return (await asyncio.wait_for(loop.sock_recv(notify, 4096), 20)).decode()
+
+    async with broker_and_contact(tmp_path) as (broker, rx):
+        conf = tmp_path / "sosbeacon.toml"
+        conf.write_text(config_text(tmp_path / "data", broker.port, contact=""))
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(tmp_path / "notify"),
+            "WATCHDOG_USEC": "1000000",
+            "JOURNAL_STREAM": "8:1",  # as under systemd: journald-style log lines
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from device.cli import sosd_main; sosd_main()",
+            "run",
+            "--sim",
+            "--config",
+            str(conf),
+            cwd=REPO,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            ready = await next_notification()
+            assert "READY=1" in ready and "STATUS=SOS idle" in ready
+            assert "WATCHDOG=1" in await next_notification()  # every half WatchdogSec
+            status = await request(tmp_path / "data" / "sosd.sock", {"cmd": "status"})
+            assert status["armed"] is False  # no contact configured
+            conf.write_text(config_text(tmp_path / "data", broker.port, contact="Bob"))
+            proc.send_signal(signal.SIGHUP)
+            for _ in range(50):
+                status = await request(tmp_path / "data" / "sosd.sock", {"cmd": "status"})
+                if status["armed"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert status["armed"] is True  # contacts are reloadable
+            proc.send_signal(signal.SIGTERM)
+            while "STOPPING=1" not in await next_notification():
+                pass
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.stderr is not None
+        log = (await proc.stderr.read()).decode()
+        assert "<3>device.sos: No emergency contact is configured" in log  # journald priority
+        assert "<6>sosd: SIGHUP: configuration reloaded (sos applied)" in log
+        await rx.wait_until(lambda: (rx.json("sosbeacon/t1/status") or {}).get("why") == "shutdown")
+    notify.close()
