@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import gpxpy.gpx
 
 from device import config as config_mod
+from device.clock import MonotonicClock, ScaledClock
 from device.config import DEFAULT_CONFIG, Config, ConfigError
 from device.control import NotRunning, request
 from device.daemon import Daemon
@@ -111,6 +112,12 @@ def sosd(argv: Sequence[str] | None = None) -> int:
         sp.add_argument("--broker", help="override mqtt.broker (mqtt://host:port, mqtts://...)")
     run.add_argument("--sim", action="store_true", help="simulate all hardware")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    run.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="run the daemon's timers this many times faster (drills on the simulator)",
+    )
     check.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
@@ -125,8 +132,10 @@ def sosd(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     backend = load_backend("sim" if args.sim else "hw")
 
+    clock = ScaledClock(args.time_scale) if args.time_scale != 1.0 else MonotonicClock()
+
     async def main() -> None:
-        await Daemon(cfg, backend, config_path=path, overrides=overrides).run()
+        await Daemon(cfg, backend, clock=clock, config_path=path, overrides=overrides).run()
 
     try:
         asyncio.run(main())

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from device.gps import Fix
 from device.notify import Notifier
 from device.outbox import Outbox
 from device.parts import Backend, Parts
-from device.sos import SosController, SosRefused
+from device.sos import Session, SosController, SosRefused
 from device.uplink import Uplink
 
 log = logging.getLogger("sosd")
@@ -95,7 +97,9 @@ class Daemon:
                 indicator=parts.indicator,
                 gps_power=parts.gps_power,
                 network=parts.network,
+                on_session=self._persist_session,
             )
+            await self._resume_session(ctl, outbox)
             self.uplink = uplink = Uplink(
                 config=cfg.uplink_config(),
                 broker=cfg.broker_config(),
@@ -150,6 +154,37 @@ class Daemon:
                         await up
                 self._remove_signals()
         log.info("sosd stopped")
+
+    async def _persist_session(self, s: Session | None) -> None:
+        assert self.outbox is not None
+        value = ""
+        if s is not None:
+            value = json.dumps(
+                {
+                    "id": s.id,
+                    "drill": s.drill,
+                    "started": s.started.isoformat(),
+                    "trigger": s.trigger,
+                }
+            )
+        await self.outbox.set_meta("active_session", value)
+
+    async def _resume_session(self, ctl: SosController, outbox: Outbox) -> None:
+        raw = await outbox.get_meta("active_session")
+        if not raw:
+            return
+        try:
+            d = json.loads(raw)
+            s = Session(
+                id=d["id"],
+                drill=bool(d["drill"]),
+                started=datetime.fromisoformat(d["started"]),
+                trigger=str(d["trigger"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("the saved SOS session is unreadable (%s); not resumed", exc)
+            return
+        await ctl.resume(s)
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run ``body``; if it fails, log and run it again (after a pause)."""
@@ -342,6 +377,10 @@ class Daemon:
                 "bytes": st.bytes,
             },
             "uptime": round(now - self.started_at, 1),
+            "first_fix_after": (
+                None if self.first_fix_after is None else round(self.first_fix_after, 1)
+            ),
+            "gps": asdict(self.parts.gps.stats) if self.parts is not None else None,
         }
         if fix is not None and fix.lat is not None:
             out["fix"] = {"lat": fix.lat, "lon": fix.lon, "accuracy": fix.accuracy}

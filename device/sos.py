@@ -25,6 +25,7 @@ import enum
 import logging
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,6 +91,7 @@ class SosController:
         indicator: Indicator | None = None,
         gps_power: GpsPower | None = None,
         network: NetworkLink | None = None,
+        on_session: Callable[[Session | None], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.privacy = privacy or PrivacyConfig()
@@ -99,6 +101,8 @@ class SosController:
         self._indicator = indicator
         self._gps_power = gps_power
         self._network = network
+        #: told the running session (or None) whenever it changes, to persist it
+        self._on_session = on_session
         self.session: Session | None = None
         self._countdown: asyncio.Task[None] | None = None
         self._countdown_drill = False
@@ -341,6 +345,7 @@ class SosController:
         if self.privacy.share_events:
             data["events"] = list(self._events)
         await self._record(RecordKind.SOS_START, data, Priority.SOS, s)
+        await self._session_changed(s)
         if self._last_fix is not None and self._last_fix.lat is not None:
             s.last_point = (self._last_fix.lat, self._last_fix.lon or 0.0)
             s.last_point_at = self._clock.monotonic()
@@ -362,6 +367,7 @@ class SosController:
         )
         expires = s.ended + timedelta(seconds=self.config.retention)
         await self._recorder.expire_session(s.id, expires)
+        await self._session_changed(None)
         log.warning(
             "%s ended (session %s: %s); its route expires at %s",
             "DRILL" if s.drill else "SOS",
@@ -372,6 +378,34 @@ class SosController:
         self._event("ended", trigger=reason, drill=s.drill)
         await self._cue(Cue.ENDED)
         self._spawn(self._gps_idle_mode())
+
+    async def resume(self, s: Session) -> None:
+        """Carry on with a session that was running when the daemon stopped (a crash, a
+        power cut): a restart is not the owner turning the SOS off. Route points continue
+        under the same session id; the GPS and the network are woken again."""
+        if self.session is not None:
+            return
+        self.session = s
+        log.warning(
+            "%s session %s (started %s) resumed after a restart",
+            "DRILL" if s.drill else "SOS",
+            s.id,
+            s.started.isoformat(),
+        )
+        self._event("resumed", trigger=s.trigger, drill=s.drill)
+        await self._cue(Cue.SOS_ACTIVE)
+        if self._gps_power is not None:
+            self._spawn(self._gps_power.set_mode(GpsPowerMode.FULL))
+        if self._network is not None:
+            self._spawn(self._network.up())
+
+    async def _session_changed(self, s: Session | None) -> None:
+        if self._on_session is None:
+            return
+        try:
+            await self._on_session(s)
+        except Exception:  # persisting it must never stop an SOS
+            log.exception("could not persist the SOS session state")
 
     async def _gps_idle_mode(self) -> None:
         """Outside an SOS the receiver runs as the battery allows: continuous when the

@@ -4,6 +4,8 @@ sos-sim nmea decode FILE...     decode captures through a pty and the real seria
 sos-sim nmea corpus DIR         compare our decoding of gpsd's captures with gpsd's own
 sos-sim gps run                 a simulated receiver on a pseudo-terminal
 sos-sim gps generate -o FILE    write a simulated capture to a file
+sos-sim drill SCENARIO          run a drill against the real daemon; print a report
+sos-sim fleet --devices N       many simulated devices against one broker
 """
 
 from __future__ import annotations
@@ -354,7 +356,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write what each epoch meant, as JSON lines",
     )
     g.set_defaults(func=cmd_gps_generate)
+
+    dr = sub.add_parser("drill", help="run an SOS drill scenario and print a report")
+    dr.add_argument("scenario", nargs="?", help="a scenario file, or the name of a shipped one")
+    dr.add_argument("--list", action="store_true", help="list the shipped scenarios")
+    dr.add_argument("--json", action="store_true", help="the report as JSON")
+    dr.add_argument("--workdir", type=Path, help="keep the daemon's data and log here")
+    dr.set_defaults(func=cmd_drill)
     return p
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from sim.broker import find_mosquitto
+    from sim.drill import Drill, Scenario, list_scenarios, resolve
+
+    if args.list or not args.scenario:
+        for path in list_scenarios():
+            sc = Scenario.load(path)
+            _out(f"{path.stem:18} {sc.description}")
+        return 0 if args.list else 2
+    scenario = Scenario.load(resolve(args.scenario))
+    if find_mosquitto() is None:
+        _err("sos-sim drill needs Mosquitto: sudo apt-get install mosquitto")
+        return 2
+
+    def show(t: float, who: str, text: str) -> None:
+        if not args.json:
+            _out(f"{t:7.1f}s  {who:8} {text}")
+
+    async def run(workdir: Path) -> int:
+        report = await Drill(scenario, workdir, on_event=show).run()
+        _out(report.json() if args.json else "\n" + report.text())
+        return 0 if report.passed else 1
+
+    if args.workdir:
+        return asyncio.run(run(args.workdir))
+    with tempfile.TemporaryDirectory(prefix="sos-drill-") as tmp:
+        return asyncio.run(run(Path(tmp)))
 
 
 def main(argv: list[str] | None = None) -> int:

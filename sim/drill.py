@@ -1,0 +1,592 @@
+"""SOS drills: a scenario (a timeline of things that happen, plus expectations) run
+against the real daemon — ``sosd run --sim`` as its own process — with simulated
+hardware, a real Mosquitto, and a fault proxy on the device's link; the contacts' side
+is a :class:`sim.receiver.Receiver`. The result is a report with figures.
+
+Scenario files are TOML (``sim/scenarios/*.toml``, documented in ``docs/drills.md``)::
+
+    name = "tunnel"
+    description = "..."
+    time_scale = 1          # the daemon's timers run this much faster
+    timeout = 120           # real seconds the whole drill may take
+    [config]                # dotted overrides of the daemon's configuration
+    "sos.countdown" = 2
+    [[step]]
+    at = 5                  # seconds (of the daemon's time) after the daemon is ready
+    do = "press"            # see ACTIONS
+    value = "long"
+    [expect]
+    records_lost = 0
+    sos_delivered_within = 10
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import signal
+import statistics
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device.control import NotRunning, request
+from device.mqtt import BrokerConfig, Connection, MqttError
+from device.wire import Received, Topics, dumps
+from sim.broker import Mosquitto
+from sim.button import multi_press
+from sim.netfault import FaultProxy, LinkMode
+from sim.receiver import Receiver
+
+log = logging.getLogger(__name__)
+SCENARIOS = Path(__file__).parent / "scenarios"
+REPO = Path(__file__).resolve().parents[1]
+DEVICE = "drill-beacon"
+
+#: what a step can do, and what its value means
+ACTIONS = {
+    "press": "the SOS button: long | multi | short",
+    "sos-start": "sosctl sos start --now (value 'drill' for a drill)",
+    "sos-stop": "sosctl sos stop",
+    "ack": "a contact acknowledges the SOS over MQTT (value: the contact's name)",
+    "cancel": "a contact cancels the SOS over MQTT",
+    "gps-lost": "the receiver loses its fix (a tunnel)",
+    "gps-back": "the fix returns",
+    "battery": "set the cell: a percentage, or plug / unplug",
+    "network": "the device's link: down | blackhole | slow | up",
+    "broker-restart": "kill -9 the broker and start it again",
+    "daemon-kill": "SIGKILL the daemon and start it again",
+}
+#: how long after a press starts its gesture is complete (the detector fires)
+GESTURE_AT = {"long": 3.0, "multi": sum(h + g for h, g in multi_press(5)[:-1]) + 0.15}
+EXPECTATIONS = {
+    "records_lost": "at most this many records missing at the contact (0)",
+    "sos_started": "whether an SOS (or drill) reached the contact",
+    "drill": "whether what reached the contact was flagged a drill",
+    "sos_delivered_within": "seconds from gesture (or command) to the contact, countdown included",
+    "ack_within": "seconds from a contact's ack to the device's acknowledgement reaching them",
+    "max_route_gap": "seconds between consecutive route points, at most",
+    "first_fix_within": "seconds from daemon start to its first fix",
+    "final_state": "the daemon's SOS state at the end: idle | active",
+}
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Step:
+    at: float
+    do: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+    expect: dict[str, Any] = field(default_factory=dict)
+    time_scale: float = 1.0
+    timeout: float = 180.0
+    #: seconds (daemon time) to keep running after the last step
+    settle: float = 5.0
+
+    @classmethod
+    def load(cls, path: Path) -> Scenario:
+        try:
+            t = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ScenarioError(f"{path}: {exc}") from None
+        problems: list[str] = []
+        known = {"name", "description", "step", "config", "expect", "time_scale", "timeout"}
+        known.add("settle")
+        problems += [f"unknown key {k!r}" for k in t if k not in known]
+        steps = []
+        for i, s in enumerate(t.get("step", [])):
+            if s.get("do") not in ACTIONS:
+                problems.append(f"step[{i}].do: {s.get('do')!r} is not one of {', '.join(ACTIONS)}")
+                continue
+            if not isinstance(s.get("at"), int | float) or s["at"] < 0:
+                problems.append(f"step[{i}].at: seconds after start, a number >= 0")
+                continue
+            extra = set(s) - {"at", "do", "value"}
+            if extra:
+                problems.append(f"step[{i}]: unknown key(s) {sorted(extra)}")
+            steps.append(Step(float(s["at"]), s["do"], str(s.get("value", ""))))
+        expect = t.get("expect", {})
+        problems += [
+            f"expect.{k}: unknown; known: {', '.join(EXPECTATIONS)}"
+            for k in expect
+            if k not in EXPECTATIONS
+        ]
+        if problems:
+            raise ScenarioError(f"{path}:\n  " + "\n  ".join(problems))
+        return cls(
+            name=str(t.get("name", path.stem)),
+            description=str(t.get("description", "")),
+            steps=tuple(sorted(steps, key=lambda s: s.at)),
+            config=dict(t.get("config", {})),
+            expect=dict(expect),
+            time_scale=float(t.get("time_scale", 1.0)),
+            timeout=float(t.get("timeout", 180.0)),
+            settle=float(t.get("settle", 5.0)),
+        )
+
+
+@dataclass
+class Report:
+    scenario: str
+    description: str
+    time_scale: float
+    figures: dict[str, Any]
+    checks: list[dict[str, Any]]
+    events: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return all(c["ok"] for c in self.checks)
+
+    def text(self) -> str:
+        lines = [f"Drill report: {self.scenario}", f"  {self.description}".rstrip(), ""]
+        width = max(len(k) for k in self.figures)
+        for key, value in self.figures.items():
+            shown = "—" if value is None else value
+            lines.append(f"  {key:<{width}}  {shown}")
+        if self.checks:
+            lines.append("")
+            lines.append("Expectations")
+            for c in self.checks:
+                mark = "PASS" if c["ok"] else "FAIL"
+                lines.append(f"  [{mark}] {c['what']}: expected {c['expected']}, got {c['got']}")
+        lines.append("")
+        lines.append("RESULT: " + ("PASSED" if self.passed else "FAILED"))
+        return "\n".join(lines) + "\n"
+
+    def json(self) -> str:
+        return json.dumps({**asdict(self), "passed": self.passed}, indent=2, default=str)
+
+
+class Drill:
+    """Runs one scenario. ``on_event`` gets a line for everything that happens (the
+    demo prints them as the contacts' view)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        workdir: Path,
+        *,
+        on_event: Callable[[float, str, str], None] | None = None,
+        mosquitto: str | None = None,
+    ) -> None:
+        self.s = scenario
+        self.workdir = workdir
+        self.on_event = on_event
+        self.mosquitto = mosquitto
+        self.topics = Topics.for_device(DEVICE)
+        self.data = workdir / "data"
+        self.sock = self.data / "sosd.sock"
+        self.t0 = 0.0
+        self.events: list[str] = []
+        self.marks: dict[str, list[float]] = {}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.logfile = workdir / "sosd.log"
+        self.receiver: Receiver | None = None
+
+    # -- timeline helpers --------------------------------------------------------------
+
+    def now(self) -> float:
+        """Seconds since the daemon was ready, in the daemon's (scaled) time."""
+        return (time.monotonic() - self.t0) * self.s.time_scale
+
+    def event(self, who: str, text: str) -> None:
+        t = self.now() if self.t0 else 0.0
+        self.events.append(f"{t:7.1f}s  {who:8} {text}")
+        if self.on_event is not None:
+            self.on_event(t, who, text)
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, []).append(self.now())
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self) -> Report:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        broker = Mosquitto(
+            self.workdir / "broker",
+            config="max_queued_messages 0\nautosave_interval 1\nautosave_on_changes true\n",
+            binary=self.mosquitto,
+        )
+        broker.start()
+        try:
+            async with FaultProxy(target_port=broker.port) as proxy:
+                return await asyncio.wait_for(self._run(broker, proxy), self.s.timeout)
+        finally:
+            await self._stop_daemon()
+            broker.stop()
+
+    async def _run(self, broker: Mosquitto, proxy: FaultProxy) -> Report:
+        conf = self._write_config(proxy.port)
+        rx = Receiver(
+            BrokerConfig(host="127.0.0.1", port=broker.port, client_id="contact"),
+            self.topics,
+            owntracks_topic=f"owntracks/sosbeacon/{DEVICE}",
+        )
+        self.receiver = rx
+        await rx.start()
+        watcher = asyncio.create_task(self._watch(rx))
+        follower = asyncio.create_task(self._follow_log())
+        contact = Connection(BrokerConfig(host="127.0.0.1", port=broker.port, client_id="alice"))
+        await contact.connect()
+        await contact.subscribe(f"{self.topics.base}/reply/#")
+        started = time.monotonic()
+        await self._start_daemon(conf)
+        self.t0 = time.monotonic()
+        self.event("device", f"sosd running (started in {self.t0 - started:.1f} s)")
+        for step in self.s.steps:
+            delay = step.at / self.s.time_scale - (time.monotonic() - self.t0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._do(step, broker, proxy, contact, conf)
+        await asyncio.sleep(self.s.settle / self.s.time_scale)
+        final = await self._status()
+        # everything the device stored reaches the contact before the report
+        await self._drain(rx)
+        watcher.cancel()
+        follower.cancel()
+        contact.close()
+        await rx.close()
+        return self._report(rx, final)
+
+    def _write_config(self, port: int) -> Path:
+        lines = [
+            "[device]",
+            f'id = "{DEVICE}"',
+            f'data_dir = "{self.data}"',
+            "[[sos.contacts]]",
+            'name = "Alice"',
+            'reach = "+44 7700 900123"',
+            "[mqtt]",
+            f'broker = "mqtt://127.0.0.1:{port}"',
+            "keepalive = 5",
+            "connect_timeout = 5",
+        ]
+        overrides = dict(self.s.config)
+        tables: dict[str, dict[str, Any]] = {}
+        for dotted, value in overrides.items():
+            section, _, key = dotted.rpartition(".")
+            tables.setdefault(section, {})[key] = value
+        text = "\n".join(lines) + "\n"
+        for section, values in tables.items():
+            body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+            if section == "mqtt":  # appended to the table above
+                text += body + "\n"
+            else:
+                text += f"[{section}]\n{body}\n"
+        conf = self.workdir / "sosbeacon.toml"
+        conf.write_text(text)
+        return conf
+
+    async def _start_daemon(self, conf: Path) -> None:
+        log_fh = self.logfile.open("a")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from device.cli import sosd_main; sosd_main()",
+            "run",
+            "--sim",
+            "--config",
+            str(conf),
+            "--time-scale",
+            str(self.s.time_scale),
+            stdout=log_fh,
+            stderr=log_fh,
+            cwd=REPO,
+        )
+        log_fh.close()
+        for _ in range(300):
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"sosd exited at start; see {self.logfile}")
+            with contextlib.suppress(NotRunning, OSError, json.JSONDecodeError):
+                if (await request(self.sock, {"cmd": "status"}, within=2))["ok"]:
+                    return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"sosd did not answer within 15 s; see {self.logfile}")
+
+    async def _stop_daemon(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def _status(self) -> dict[str, Any]:
+        try:
+            return await request(self.sock, {"cmd": "status"})
+        except NotRunning:
+            return {}
+
+    async def _ctl(self, req: dict[str, Any]) -> dict[str, Any]:
+        answer = await request(self.sock, req)
+        if not answer.get("ok"):
+            self.event("sosctl", f"refused: {answer.get('error')}")
+        return answer
+
+    async def _do(
+        self,
+        step: Step,
+        broker: Mosquitto,
+        proxy: FaultProxy,
+        contact: Connection,
+        conf: Path,
+    ) -> None:
+        v = step.value
+        if step.do == "press":
+            self.event(
+                "button",
+                {
+                    "long": "held for 3.5 s",
+                    "multi": "pressed 5 times",
+                    "short": "pressed once, briefly",
+                }.get(v, v),
+            )
+            if v in GESTURE_AT:
+                self.marks.setdefault("trigger", []).append(self.now() + GESTURE_AT[v])
+            await self._ctl({"cmd": "sim.press", "value": v})
+        elif step.do == "sos-start":
+            self.event("sosctl", "sos start --now" + (" --drill" if v == "drill" else ""))
+            self.mark("trigger")
+            await self._ctl({"cmd": "sos-start", "now": True, "drill": v == "drill"})
+        elif step.do == "sos-stop":
+            self.event("sosctl", "sos stop")
+            self.mark("stop")
+            await self._ctl({"cmd": "sos-stop"})
+        elif step.do in ("ack", "cancel"):
+            name = v or "Alice"
+            self.event("contact", f"{name} sends {step.do}")
+            self.mark(step.do)
+            payload = {"cmd": step.do, "by": name, "id": f"{step.do}-{len(self.events)}"}
+            with contextlib.suppress(MqttError):
+                await contact.publish(
+                    self.topics.cmd,
+                    dumps(payload),
+                    response_topic=f"{self.topics.base}/reply/{name}",
+                    correlation=payload["id"].encode(),
+                )
+        elif step.do == "gps-lost":
+            self.event("world", "GPS fix lost (tunnel)")
+            await self._ctl({"cmd": "sim.gps", "value": "lost"})
+        elif step.do == "gps-back":
+            self.event("world", "GPS fix back")
+            await self._ctl({"cmd": "sim.gps", "value": "back"})
+        elif step.do == "battery":
+            self.event("world", f"battery {v}")
+            await self._ctl({"cmd": "sim.battery", "value": v})
+        elif step.do == "network":
+            self.event("world", f"network {v}")
+            if v == "down":
+                proxy.set(LinkMode.REFUSE)
+            elif v == "blackhole":
+                proxy.set(LinkMode.BLACKHOLE)
+            elif v == "slow":
+                proxy.set(LinkMode.PASS)
+                proxy.latency, proxy.bandwidth = 0.5, 2000
+            else:
+                proxy.set(LinkMode.PASS)
+                proxy.latency, proxy.bandwidth = 0.0, None
+                self.mark("network-up")
+        elif step.do == "broker-restart":
+            self.event("world", "broker killed (kill -9) and restarted")
+            await asyncio.to_thread(broker.restart)
+        elif step.do == "daemon-kill":
+            self.event("world", "sosd killed (SIGKILL) and restarted")
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            await self.proc.wait()
+            await self._start_daemon(conf)
+
+    async def _watch(self, rx: Receiver) -> None:
+        """Turn what the contact receives into events, as it arrives."""
+        seen = [0]
+        shown: set[tuple[str, int]] = set()
+        while True:
+            await rx.wait_until(lambda: len(rx.records) > seen[0], within=3600)
+            for r in rx.records[seen[0] :]:
+                if (r.box, r.seq) not in shown:  # a resend or a retained replay: once
+                    shown.add((r.box, r.seq))
+                    self._contact_event(r)
+            seen[0] = len(rx.records)
+            ups = self.marks.get("network-up", [])
+            done = self.marks.get("caught-up", [])
+            if ups and len(done) < len(ups) and not rx.ledger().missing():
+                self.mark("caught-up")  # everything stored so far has arrived
+
+    #: daemon log lines worth a line in the timeline: (text in the log, what to show)
+    DEVICE_LINES = (
+        ("indicator: countdown", "countdown beeping (any press cancels)"),
+        ("SOS countdown cancelled", "countdown cancelled: no SOS"),
+        ("indicator: sos-active", "SOS active: LED flashing, GPS at full rate"),
+        ("indicator: acknowledged", "buzzer: a contact acknowledged"),
+        ("resumed after a restart", "SOS resumed after the restart"),
+        ("broker connection lost", "link lost: recording into the outbox"),
+        ("cannot reach the broker", "offline: recording into the outbox"),
+        ("connected to the broker", "online"),
+        ("battery level", "battery level changed"),
+        ("overridden by a real SOS", "the drill is overridden by a real SOS"),
+    )
+
+    async def _follow_log(self) -> None:
+        """The daemon's own view, from its log: cues, link changes, resumptions."""
+        pos = 0
+        last = ""
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                with self.logfile.open("rb") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+            except FileNotFoundError:
+                continue
+            cut = chunk.rfind(b"\n") + 1
+            pos += cut
+            for line in chunk[:cut].decode(errors="replace").splitlines():
+                for needle, shown in self.DEVICE_LINES:
+                    if needle in line:
+                        if needle == "battery level":
+                            shown = line.split("battery level", 1)[1].strip()
+                            shown = f"battery level {shown}"
+                        if shown != last or "countdown" not in shown:
+                            self.event("device", shown)
+                        last = shown
+                        break
+
+    def _contact_event(self, r: Received) -> None:
+        tag = "DRILL" if r.drill else "SOS"
+        d = r.data
+        if r.kind == "sos-start":
+            self.mark("delivered")
+            fix = d.get("fix")
+            where = (
+                f"at {fix['lat']:.5f}, {fix['lon']:.5f} (fix {d.get('fix_age')} s old)"
+                if fix
+                else d.get("fix_note", "no fix yet")
+            )
+            self.event("contact", f"{tag} STARTED {where}; trigger {d.get('trigger')}")
+        elif r.kind == "fix":
+            self.mark("route")
+            f = d["fix"]
+            self.event("contact", f"route point {f['lat']:.5f}, {f['lon']:.5f}")
+        elif r.kind == "battery":
+            b = d["battery"]
+            self.event("contact", f"battery {b.get('pct')}% {b.get('status', '')}")
+        elif r.kind == "sos-ack":
+            self.mark("acked")
+            self.event("contact", f"{tag} acknowledged by {d.get('by')} (device confirms)")
+        elif r.kind == "sos-end":
+            self.event("contact", f"{tag} ENDED ({d.get('reason')}); route kept 72 h")
+        elif r.kind == "last-gasp":
+            self.event("contact", f"LAST GASP: {d.get('reason')}")
+        elif r.kind == "gap":
+            self.event("contact", f"records removed on the device ({d.get('reason')})")
+
+    async def _drain(self, rx: Receiver) -> None:
+        st = await self._status()
+        deadline = time.monotonic() + 60
+        while st and st["outbox"]["depth"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            st = await self._status()
+        exported = await request(self.sock, {"cmd": "export"}) if st else {"records": []}
+        stored = [r["seq"] for r in exported.get("records", [])]
+        if stored:
+            with contextlib.suppress(TimeoutError):
+                await rx.wait_for_seqs(max(stored), within=30)
+        self.mark("drained")
+
+    # -- the report --------------------------------------------------------------------
+
+    def _report(self, rx: Receiver, final: dict[str, Any]) -> Report:
+        led = rx.ledger()
+        recs = sorted({r.seq: r for r in rx.records}.values(), key=lambda r: r.seq)
+        starts = [r for r in recs if r.kind == "sos-start"]
+        route = sorted(r.t for r in recs if r.kind == "fix" and r.session)
+        gaps = [b - a for a, b in itertools.pairwise(route)]
+        trig = self.marks.get("trigger", [])
+        delivered = self.marks.get("delivered", [])
+        latency = None
+        if trig and delivered and delivered[0] >= trig[0]:
+            latency = round(delivered[0] - trig[0], 2)
+        ack_latency = None
+        if self.marks.get("ack") and self.marks.get("acked"):
+            ack_latency = round(self.marks["acked"][0] - self.marks["ack"][0], 2)
+        drain = None
+        ups, caught = self.marks.get("network-up", []), self.marks.get("caught-up", [])
+        if ups and caught:
+            drain = round(caught[-1] - ups[-1], 2)
+        figures: dict[str, Any] = {
+            "time scale": self.s.time_scale,
+            "time to first fix (s)": final.get("first_fix_after"),
+            "gesture/command to SOS at the contact (s, countdown included)": latency,
+            "contact ack to device confirmation (s)": ack_latency,
+            "route points received": len(route),
+            "longest gap between route points (s)": round(max(gaps), 1) if gaps else None,
+            "median gap between route points (s)": (
+                round(statistics.median(gaps), 1) if gaps else None
+            ),
+            "network back to contact caught up (s)": drain,
+            "records received (distinct seq)": len(led.seen),
+            "records lost": len(led.missing()),
+            "records deliberately removed (gap notices)": len(led.removed),
+            "duplicates (resends, dropped by seq)": led.duplicates,
+            "final SOS state": final.get("state"),
+        }
+        got = {
+            "records_lost": len(led.missing()),
+            "sos_started": bool(starts),
+            "drill": bool(starts) and all(r.drill for r in starts),
+            "sos_delivered_within": latency,
+            "ack_within": ack_latency,
+            "max_route_gap": round(max(gaps), 1) if gaps else None,
+            "first_fix_within": final.get("first_fix_after"),
+            "final_state": final.get("state"),
+        }
+        checks = []
+        for key, expected in self.s.expect.items():
+            value = got[key]
+            if key == "records_lost":
+                ok = value <= expected
+            elif isinstance(expected, bool) or key == "final_state":
+                ok = value == expected
+            else:
+                ok = value is not None and value <= expected
+            checks.append({"what": key, "expected": expected, "got": value, "ok": ok})
+        return Report(
+            self.s.name, self.s.description, self.s.time_scale, figures, checks, self.events
+        )
+
+
+def list_scenarios() -> list[Path]:
+    return sorted(SCENARIOS.glob("*.toml"))
+
+
+def resolve(name: str) -> Path:
+    p = Path(name)
+    if p.exists():
+        return p
+    shipped = SCENARIOS / f"{name.removesuffix('.toml')}.toml"
+    if shipped.exists():
+        return shipped
+    names = ", ".join(x.stem for x in list_scenarios())
+    raise ScenarioError(f"no scenario {name!r}: give a file, or one of: {names}")

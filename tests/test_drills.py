@@ -1,0 +1,41 @@
+"""Drills: shipped scenarios are valid; two of them run against the real daemon here (the
+rest, longer, are for `sos-sim drill` and `make soak`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sim.drill import Drill, Scenario, ScenarioError, list_scenarios
+from tests.mqtt_env import need_mosquitto
+
+
+def test_every_shipped_scenario_loads_and_expects_no_loss() -> None:
+    names = {p.stem for p in list_scenarios()}
+    assert {"tunnel", "dead-network", "low-battery", "false-trigger", "drill-interrupted"} <= names
+    for path in list_scenarios():
+        sc = Scenario.load(path)
+        assert sc.steps and sc.expect.get("records_lost") == 0, path
+
+
+def test_a_broken_scenario_says_what_is_wrong(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[step]]\nat = -1\ndo = "press"\n[[step]]\nat = 1\ndo = "fly"\n[expect]\nx = 1\n'
+    )
+    with pytest.raises(ScenarioError) as err:
+        Scenario.load(bad)
+    msg = str(err.value)
+    assert "step[0].at" in msg and "'fly' is not one of" in msg and "expect.x: unknown" in msg
+
+
+@pytest.mark.parametrize("name", ["false-trigger", "crash"])
+async def test_drill(name: str, tmp_path: Path) -> None:
+    need_mosquitto()
+    scenario = Scenario.load(next(p for p in list_scenarios() if p.stem == name))
+    report = await Drill(scenario, tmp_path).run()
+    assert report.passed, report.text() + "\n".join(report.events)
+    assert report.figures["records lost"] == 0
+    if name == "crash":
+        assert sum("resumed after the restart" in e for e in report.events) == 2
