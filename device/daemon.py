@@ -55,8 +55,10 @@ class Daemon:
         notifier: Notifier | None = None,
         config_path: Path | None = None,
         overrides: Mapping[str, Any] | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.config = config
+        self._handle_signals = handle_signals
         self._backend = backend
         self.clock = clock or MonotonicClock()
         self.notifier = notifier or Notifier()
@@ -128,7 +130,8 @@ class Daemon:
                 asyncio.create_task(self._supervise("retention", self._retention_loop)),
                 asyncio.create_task(self._watchdog_loop()),
             ]
-            self._install_signals()
+            if self._handle_signals:
+                self._install_signals()
             armed = "armed" if ctl.armed else "NOT ARMED (no emergency contact)"
             log.info(
                 "sosd running: device %s, %s, broker %s:%d, data in %s",
@@ -152,7 +155,8 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     async with asyncio.timeout(5):
                         await up
-                self._remove_signals()
+                if self._handle_signals:
+                    self._remove_signals()
         log.info("sosd stopped")
 
     async def _persist_session(self, s: Session | None) -> None:

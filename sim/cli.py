@@ -363,7 +363,21 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true", help="the report as JSON")
     dr.add_argument("--workdir", type=Path, help="keep the daemon's data and log here")
     dr.set_defaults(func=cmd_drill)
+
+    fl = sub.add_parser("fleet", help="many simulated devices against one broker (load test)")
+    fl.add_argument("--devices", type=int, default=10, help="how many (10)")
+    fl.add_argument("--broker", help="mqtt://host:port (default: a throwaway Mosquitto)")
+    fl.add_argument("--duration", type=float, default=20.0, help="seconds of SOS (20)")
+    fl.set_defaults(func=cmd_fleet)
     return p
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from sim.fleet import main as fleet_main
+
+    if args.devices < 1:
+        raise ValueError("--devices must be at least 1")
+    return fleet_main(args.devices, args.broker, args.duration)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ rest, longer, are for `sos-sim drill` and `make soak`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,15 @@ async def test_drill(name: str, tmp_path: Path) -> None:
     assert report.figures["records lost"] == 0
     if name == "crash":
         assert sum("resumed after the restart" in e for e in report.events) == 2
+
+
+async def test_a_small_fleet_loses_nothing(tmp_path: Path) -> None:
+    from sim.fleet import run_fleet
+
+    need_mosquitto()
+    lines: list[str] = []
+    code = await run_fleet(3, broker_url=None, duration=3, workdir=tmp_path, out=lines.append)
+    assert code == 0, lines
+    assert "3 outboxes" in lines[-1] and " 0 lost" in lines[-1]
+    per_second = [ln for ln in lines if re.match(r"^\s+\d+\s+\d+\s", ln)]
+    assert len(per_second) == 3  # one line per second of the run
