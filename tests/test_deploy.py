@@ -1,0 +1,42 @@
+"""The shipped systemd unit is valid and asks for what the daemon does."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+UNIT = REPO / "deploy" / "sosbeacon.service"
+
+
+def test_unit_declares_notify_watchdog_and_an_unprivileged_user() -> None:
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "User=sosbeacon",
+        "SupplementaryGroups=dialout gpio i2c",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=sosbeacon",
+    ):
+        assert line in text, line
+    # the daemon's default data directory is the unit's state directory
+    from device.config import DeviceSettings
+
+    assert DeviceSettings().data_dir == Path("/var/lib/sosbeacon")
+
+
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (package systemd)")
+    unit = tmp_path / "sosbeacon.service"
+    unit.write_text(UNIT.read_text().replace("/opt/sosbeacon/.venv/bin/sosd", "/bin/true"))
+    res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and "sosbeacon.service" not in res.stderr, res.stderr
