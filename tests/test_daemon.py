@@ -167,3 +167,13 @@ async def test_sosd_process_notifies_systemd_and_stops_cleanly(tmp_path: Path) -
         assert "<6>sosd: SIGHUP: configuration reloaded (sos applied)" in log
         await rx.wait_until(lambda: (rx.json("sosbeacon/t1/status") or {}).get("why") == "shutdown")
     notify.close()
+
+
+def test_purge_asks_for_confirmation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("builtins.input", lambda prompt: "yes")  # not the word asked for
+    assert sosctl(["--data-dir", str(tmp_path), "purge"]) == 1
+    assert "nothing deleted" in capsys.readouterr().err
+    monkeypatch.setattr("builtins.input", lambda prompt: "purge")  # confirmed: then it asks
+    assert sosctl(["--data-dir", str(tmp_path), "purge"]) == 3  # ... the daemon, not running
