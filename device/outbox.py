@@ -27,6 +27,7 @@ broker acknowledged it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -35,7 +36,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -426,34 +427,69 @@ class Outbox:
             (int(first), int(last), limit),
         ).fetchall()
         if rows:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("UPDATE records SET state=1 WHERE seq=?", [(r[0],) for r in rows])
-            db.execute("COMMIT")
+            with self._light():
+                db.executemany(
+                    "UPDATE records SET state=1 WHERE seq BETWEEN ? AND ? AND state=0",
+                    _ranges(sorted(r[0] for r in rows)),
+                )
         return [_row(r) for r in rows]
+
+    @contextlib.contextmanager
+    def _light(self) -> Iterator[None]:
+        """A transaction for bookkeeping (in flight, message ids, acknowledgements) with
+        ``synchronous=NORMAL``: it survives a crash of the daemon; a power cut may undo
+        it, which only means a resend (a duplicate the receiver drops by seq), never a
+        loss. Records themselves are always committed with ``synchronous=FULL``."""
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
 
     async def bind(self, messages: dict[str, list[int]]) -> None:
         """Store the message id of each group of records, before the message is sent."""
 
         def run() -> None:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "UPDATE records SET msg_id=? WHERE seq=?",
-                [(mid, s) for mid, seqs in messages.items() for s in seqs],
-            )
-            db.execute("COMMIT")
+            with self._light():
+                self.db.executemany(
+                    "UPDATE records SET msg_id=? WHERE seq BETWEEN ? AND ?",
+                    [
+                        (mid, a, b)
+                        for mid, seqs in messages.items()
+                        for a, b in _ranges(sorted(seqs))
+                    ],
+                )
 
         await self._run(run)
 
-    async def pending(self) -> Pending:
+    async def pending(self, cap: int = 1_000_000) -> Pending:
+        """Counts of what waits (each at most ``cap``: enough to decide, without counting
+        a whole backlog), and the oldest routine record's time. Index lookups only."""
+
         def run() -> Pending:
-            urgent, routine, oldest = self.db.execute(
-                "SELECT coalesce(sum(priority<?),0), coalesce(sum(priority>=?),0), "
-                "min(CASE WHEN priority>=? THEN time END) FROM records WHERE state=0",
-                (int(Priority.ROUTINE),) * 3,
+            db = self.db
+            routine = int(Priority.ROUTINE)
+            urgent = db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM records WHERE state=0 AND priority<? LIMIT ?)",
+                (routine, cap),
+            ).fetchone()[0]
+            n_routine = db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM records WHERE state=0 AND priority=? LIMIT ?)",
+                (routine, cap),
+            ).fetchone()[0]
+            oldest = db.execute(
+                "SELECT time FROM records WHERE state=0 AND priority=? ORDER BY seq LIMIT 1",
+                (routine,),
             ).fetchone()
             return Pending(
-                int(urgent), int(routine), datetime.fromisoformat(oldest) if oldest else None
+                int(urgent), int(n_routine), datetime.fromisoformat(oldest[0]) if oldest else None
             )
 
         return await self._run(run)
@@ -465,11 +501,15 @@ class Outbox:
 
         def run() -> None:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            keys = [(s,) for s in seqs]
-            db.executemany("UPDATE records SET state=2 WHERE seq=? AND session IS NOT NULL", keys)
-            cur = db.executemany("DELETE FROM records WHERE seq=? AND session IS NULL", keys)
-            db.execute("COMMIT")
+            ranges = _ranges(sorted(seqs))
+            with self._light():
+                db.executemany(
+                    "UPDATE records SET state=2 WHERE seq BETWEEN ? AND ? AND session IS NOT NULL",
+                    ranges,
+                )
+                cur = db.executemany(
+                    "DELETE FROM records WHERE seq BETWEEN ? AND ? AND session IS NULL", ranges
+                )
             self._rows -= cur.rowcount
 
         await self._run(run)
@@ -522,6 +562,15 @@ class Outbox:
         n = await self._run(run)
         self._notify()
         return n
+
+    async def has_undelivered(self) -> bool:
+        """Whether anything waits for the broker (an index lookup, cheap at any depth)."""
+        return await self._run(
+            lambda: (
+                self.db.execute("SELECT EXISTS(SELECT 1 FROM records WHERE state<2)").fetchone()[0]
+                == 1
+            )
+        )
 
     async def get_meta(self, key: str) -> str | None:
         def run() -> str | None:
@@ -605,13 +654,17 @@ class Outbox:
         return await self._run(run)
 
 
+_KINDS = {k.value: k for k in RecordKind}
+_PRIORITIES = {int(p): p for p in Priority}
+
+
 def _row(r: tuple[Any, ...]) -> Stored:
     seq, msg_id, kind, priority, t, session, drill, data, expires = r
     rec = Record(
-        kind=RecordKind(kind),
+        kind=_KINDS[kind],
         time=datetime.fromisoformat(t),
         data=json.loads(data),
-        priority=Priority(priority),
+        priority=_PRIORITIES[priority],
         session=session,
         drill=bool(drill),
         expires=datetime.fromtimestamp(expires, UTC) if expires else None,

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: PUBACK reason code: the packet was larger than the broker accepts
 PACKET_TOO_LARGE = 0x95
+#: the retained OwnTracks position is updated at most this often (seconds)
+VIEW_DEBOUNCE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,11 @@ class Uplink:
         self._conn_acks = self._conn_largest = self._stalls = 0
         self._retained_seq = 0
         self._battery: dict[str, Any] | None = None
+        #: the newest OwnTracks position (seq, session, loc, expiry), and its pending update
+        self._ot_last: dict[str, Any] = {}
+        self._ot_flush: asyncio.Task[None] | None = None
+        #: the newest position has not been published yet (a lost connection interrupted)
+        self._ot_dirty = False
         self._done_commands: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.stats = UplinkStats()
         #: set while connected and serving
@@ -175,6 +182,7 @@ class Uplink:
     async def run(self) -> None:
         """Connect, serve, reconnect: forever (cancel to stop, with a clean goodbye)."""
         self._retained_seq = int(await self._outbox.get_meta("sos_retained_seq") or 0)
+        self._ot_last = json.loads(await self._outbox.get_meta("owntracks") or "{}")
         outage = False
         while True:
             conn = Connection(self.broker, will=self._will())
@@ -213,7 +221,7 @@ class Uplink:
         """Wait until the outbox is empty: everything stored was acknowledged."""
         while True:
             self._acked.clear()
-            if (await self._outbox.stats()).depth == 0:
+            if not await self._outbox.has_undelivered():
                 return
             await self._acked.wait()
 
@@ -299,9 +307,13 @@ class Uplink:
         ]
         self._conn_acks = 0
         self._conn_largest = 0
+        if self._ot_dirty and self.owntracks_topic:
+            self._schedule_owntracks(conn)
         try:
             await _first_failure(tasks)
         finally:
+            if self._ot_flush is not None:
+                self._ot_flush.cancel()
             for t in settling:
                 t.cancel()
             await asyncio.gather(*settling, return_exceptions=True)
@@ -345,7 +357,7 @@ class Uplink:
             if pause > 0:
                 await self._clock.sleep(pause)
                 continue
-            p = await self._outbox.pending()
+            p = await self._outbox.pending(cfg.batch_count)
             if urgent:
                 wait: float | None = None
                 if p.urgent:
@@ -522,23 +534,40 @@ class Uplink:
             await self._owntracks(conn, fixes[-1], msg.expiry)
 
     async def _owntracks(self, conn: Connection, s: Stored, expiry: int | None) -> None:
-        last = json.loads(await self._outbox.get_meta("owntracks") or "{}")
-        if s.seq <= last.get("seq", 0):
+        """Note the newest position; it is published (and remembered in the outbox) at
+        most every :data:`VIEW_DEBOUNCE` seconds, so a draining backlog costs one view
+        update, not one per message."""
+        if s.seq <= self._ot_last.get("seq", 0):
             return  # an older point from a backlog: the latest position stays
         r = s.record
         tag = ("DRILL" if r.drill else "SOS") if r.session else None
         loc = owntracks_location(
             r.data["fix"], at=fix_time(r), tid=self.tid, battery=self._battery, tag=tag
         )
-        await self._outbox.set_meta(
-            "owntracks", json.dumps({"seq": s.seq, "session": r.session, "loc": loc})
-        )
-        await self._publish_view(conn, self.owntracks_topic, dumps(loc), expiry)
+        self._ot_last = {"seq": s.seq, "session": r.session, "loc": loc, "expiry": expiry}
+        self._ot_dirty = True
+        self._schedule_owntracks(conn)
+
+    def _schedule_owntracks(self, conn: Connection) -> None:
+        if self._ot_flush is None or self._ot_flush.done():
+            self._ot_flush = asyncio.create_task(self._flush_owntracks(conn))
+
+    async def _flush_owntracks(self, conn: Connection) -> None:
+        await self._clock.sleep(VIEW_DEBOUNCE)
+        last = self._ot_last
+        await self._outbox.set_meta("owntracks", json.dumps(last))
+        await self._publish_view(conn, self.owntracks_topic, dumps(last["loc"]), last["expiry"])
+        if self._ot_last is last:
+            self._ot_dirty = False
 
     async def _owntracks_expire(self, conn: Connection, session: str | None, expiry: int) -> None:
         """The retained position of an SOS that just ended expires with its route."""
-        last = json.loads(await self._outbox.get_meta("owntracks") or "{}")
+        last = self._ot_last
         if session is not None and last.get("session") == session:
+            if self._ot_flush is not None:
+                self._ot_flush.cancel()
+            self._ot_last = {**last, "expiry": expiry}
+            await self._outbox.set_meta("owntracks", json.dumps(self._ot_last))
             await self._publish_view(conn, self.owntracks_topic, dumps(last["loc"]), expiry)
 
     async def _publish_view(

@@ -93,10 +93,20 @@ def fix_time(record: Record) -> datetime:
     t = fix.get("t")
     if isinstance(t, str):
         try:
-            return datetime.fromisoformat(t.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(t)  # Python 3.11 reads a trailing "Z"
         except ValueError:
-            pass
+            return record.time
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     return record.time
+
+
+def _usable(x: object) -> float | None:
+    """``x`` as a float if it is a finite number (the common case, kept fast)."""
+    if type(x) is float:
+        return x if x - x == 0.0 else None  # NaN and infinities fail x - x == 0
+    if type(x) is int:
+        return float(x)
+    return None
 
 
 def _is_number(x: object) -> bool:
@@ -107,11 +117,7 @@ def _fix_row(fix: dict[str, Any]) -> list[Any]:
     """alt (m), spd (m/s, 0.1), crs (degrees), acc (m); unknown (or unusable) values are
     ``null``, trailing ones left off."""
 
-    def v(key: str) -> float | None:
-        x = fix.get(key)
-        return float(x) if isinstance(x, int | float) and _is_number(x) else None
-
-    alt, spd, crs, acc = v("alt"), v("spd"), v("crs"), v("acc")
+    alt, spd, crs, acc = (_usable(fix.get(k)) for k in ("alt", "spd", "crs", "acc"))
     tail: list[Any] = [
         None if alt is None else round(alt),
         None if spd is None else _num(round(spd, 1)),
