@@ -1,40 +1,53 @@
-"""Run every benchmark, print a table, write ``bench-results.json``."""
+"""``make bench``: every benchmark, a table on stdout, and ``bench-results.json``.
+
+Each comparison is made within the same run (the machine may be shared and noisy):
+compare the ratios, not absolute figures across runs.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
-from bench import nmea, outbox, uplink
+from bench import footprint, nmea, outbox, uplink
+
+
+def section(title: str, figures: dict[str, Any]) -> None:
+    w = sys.stdout.write
+    w(f"\n{title}\n")
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        shown = " / ".join(str(v) for v in value) if isinstance(value, tuple | list) else value
+        w(f"  {key:<{width}}  {shown}\n")
+    sys.stdout.flush()
 
 
 def main() -> int:
-    results = {
+    logging.disable(logging.WARNING)  # the daemon's SOS warnings are expected here
+    results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         ),
-        "nmea_decode": nmea.run(),
-        "outbox_intake": outbox.run(),
-        "uplink": uplink.run(),
     }
-    w = sys.stdout.write
-    w(f"sosbeacon bench — {results['machine']} — {results['when']}\n\n")
-    w("NMEA decode (median of 7 rounds, same run)\n")
-    for key, value in results["nmea_decode"].items():
-        w(f"  {key:45} {value}\n")
-    w("\nDurable intake: outbox, WAL + synchronous=FULL (median of 5 rounds of 20,000)\n")
-    for key, value in results["outbox_intake"].items():
-        w(f"  {key:45} {value}\n")
-    w("\nUplink: wire size on the sample walk; delivery through a local Mosquitto (3 rounds)\n")
-    for key, value in results["uplink"].items():
-        w(f"  {key:62} {value}\n")
+    sys.stdout.write(f"sosbeacon bench — {results['machine']} — {results['when']}\n")
+    plan = [
+        ("nmea_decode", "NMEA decode (median of 7 rounds)", nmea.run),
+        ("outbox_intake", "Durable intake: outbox, WAL + synchronous=FULL", outbox.run),
+        ("uplink", "Uplink through Mosquitto on loopback", uplink.run),
+        ("footprint", "Footprint of sosd run --sim", footprint.run),
+    ]
+    for key, title, fn in plan:
+        results[key] = fn()
+        section(title, results[key])
     with open("bench-results.json", "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
-    w("\nwrote bench-results.json\n")
+    sys.stdout.write("\nwrote bench-results.json\n")
     return 0
 
 

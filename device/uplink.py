@@ -370,7 +370,11 @@ class Uplink:
             first, last = (
                 (Priority.SOS, Priority.LIVE) if urgent else (Priority.ROUTINE, Priority.ROUTINE)
             )
-            stored = await self._outbox.take(cfg.max_batch * 4, first=first, last=last)
+            # urgent: everything waiting; routine: two messages' worth, so a routine take
+            # never holds the outbox's writer long while an SOS waits behind it
+            stored = await self._outbox.take(
+                cfg.max_batch * (4 if urgent else 2), first=first, last=last
+            )
             if not stored:
                 continue
             last_sent = self._clock.monotonic()
