@@ -563,6 +563,10 @@ class Outbox:
         self._notify()
         return n
 
+    async def last_seq(self) -> int:
+        """The highest seq ever given (0 for a new outbox)."""
+        return await self._run(self._get_seq)
+
     async def has_undelivered(self) -> bool:
         """Whether anything waits for the broker (an index lookup, cheap at any depth)."""
         return await self._run(

@@ -1,0 +1,308 @@
+"""``make soak``: long fault campaigns, each ending with the receiver's proof that every
+record the device committed arrived (or was announced as deliberately removed), with the
+duplicates counted and dropped by seq.
+
+1. SIGKILL of a recording device process at random moments, 1,000 times (10 Hz fixes).
+2. Broker kill -9 and restart, 200 cycles, while recording at 10 Hz.
+3. Black-holed link, 100 times, while recording at 10 Hz (keepalive 1 s).
+4. A week offline at 1 Hz, with one hour of SOS a day, into an outbox capped at 100,000
+   rows: the oldest routine fixes are thinned, announced as gaps; no SOS record evicted.
+
+``SOAK_SCALE`` (default 1) scales every campaign down, e.g. ``SOAK_SCALE=0.01`` for a
+quick check that it all still works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from device.clock import MonotonicClock
+from device.mqtt import BrokerConfig
+from device.outbox import Limits, Outbox
+from device.records import Priority, Record, RecordKind
+from device.uplink import Uplink, UplinkConfig
+from device.wire import SeqLedger, Topics
+from sim.broker import Mosquitto
+from sim.netfault import FaultProxy, LinkMode
+from sim.receiver import Receiver
+
+REPO = Path(__file__).resolve().parents[1]
+DURABLE = "autosave_interval 1\nautosave_on_changes true\nmax_queued_messages 0\n"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def scale(n: int) -> int:
+    return max(1, round(n * float(os.environ.get("SOAK_SCALE", "1"))))
+
+
+def fix(i: int, *, session: str | None = None, priority: Priority = Priority.LIVE) -> Record:
+    t = T0 + timedelta(seconds=i)
+    data = {"fix": {"t": t.isoformat(), "lat": 55.9 + (i % 1000) * 1e-5, "lon": -3.2, "acc": 5.0}}
+    return Record(RecordKind.FIX, t, data, priority, session)
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.asynccontextmanager
+async def contact(broker: Mosquitto, device: str = "dev1") -> AsyncIterator[Receiver]:
+    rx = Receiver(
+        BrokerConfig(host="127.0.0.1", port=broker.port, client_id="soak-contact"),
+        Topics.for_device(device),
+    )
+    await rx.start()
+    try:
+        yield rx
+    finally:
+        await rx.close()
+
+
+def verdict(name: str, led: SeqLedger, committed: int, **extra: Any) -> dict[str, Any]:
+    missing = [s for s in led.missing() if s <= committed]
+    out = {
+        "committed": committed,
+        "received (distinct)": len(led.seen),
+        "lost": len(missing),
+        "duplicates dropped": led.duplicates,
+        **extra,
+    }
+    say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in out.items()))
+    return out
+
+
+# -- 1. SIGKILL ---------------------------------------------------------------------------
+
+
+async def sigkills(tmp: Path, n: int) -> dict[str, Any]:
+    rng = random.Random(7)
+    stored: list[int] = []
+    with Mosquitto(tmp / "broker", config=DURABLE) as broker:
+        async with contact(broker) as rx:
+            for k in range(n):
+                proc = await _recorder(tmp / "outbox.db", broker.port, rate=10)
+                reader = asyncio.create_task(_read_stored(proc, stored))
+                await asyncio.sleep(rng.uniform(0.3, 1.2))
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                if (k + 1) % 100 == 0:
+                    say(f"  {k + 1} SIGKILLs, {len(stored)} records stored")
+            proc = await _recorder(tmp / "outbox.db", broker.port, rate=0)
+            await asyncio.wait_for(proc.communicate(), 300)
+            led = await rx.wait_for_seqs(max(stored), within=300)
+    return verdict(f"{n} SIGKILLs", led, max(stored), kills=n)
+
+
+async def _recorder(outbox: Path, port: int, rate: float) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sim.recorder",
+        "--outbox",
+        str(outbox),
+        "--port",
+        str(port),
+        "--rate",
+        str(rate),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def _read_stored(proc: asyncio.subprocess.Process, stored: list[int]) -> None:
+    assert proc.stdout is not None
+    async for line in proc.stdout:
+        word, _, value = line.decode().partition(" ")
+        if word == "stored":
+            stored.append(int(value))
+
+
+# -- 2 and 3: broker kills, black holes -----------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def recording_device(
+    tmp: Path, port: int, keepalive: int = 30
+) -> AsyncIterator[tuple[Uplink, list[int]]]:
+    async with await Outbox.open(tmp / "outbox.db") as box:
+        up = Uplink(
+            config=UplinkConfig(
+                device_id="dev1",
+                batch_count=1,
+                backoff_min=0.1,
+                backoff_max=0.5,
+                owntracks_topic="",
+            ),
+            broker=BrokerConfig(
+                host="127.0.0.1",
+                port=port,
+                client_id="dev1",
+                keepalive=keepalive,
+                connect_timeout=2,
+            ),
+            outbox=box,
+            clock=MonotonicClock(),
+        )
+        task = asyncio.create_task(up.run())
+        seqs: list[int] = []
+
+        async def record() -> None:
+            i = 0
+            while True:
+                seqs.append((await box.store(fix(i, session="soak"))).seq)
+                i += 1
+                await asyncio.sleep(0.1)
+
+        rec = asyncio.create_task(record())
+        try:
+            yield up, seqs
+        finally:
+            rec.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rec
+            await asyncio.wait_for(up.drained(), 300)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def broker_kills(tmp: Path, n: int) -> dict[str, Any]:
+    with Mosquitto(tmp / "broker", config=DURABLE) as broker:
+        async with contact(broker) as rx:
+            async with recording_device(tmp, broker.port) as (up, seqs):
+                for k in range(n):
+                    await asyncio.wait_for(up.connected.wait(), 60)
+                    await asyncio.sleep(0.5)
+                    await asyncio.to_thread(broker.kill)
+                    await asyncio.sleep(0.2)
+                    await asyncio.to_thread(broker.start)
+                    if (k + 1) % 50 == 0:
+                        say(f"  {k + 1} broker kills, {len(seqs)} records stored")
+            led = await rx.wait_for_seqs(seqs[-1], within=300)
+    return verdict(f"{n} broker kill -9 cycles", led, seqs[-1], reconnects=up.stats.connects)
+
+
+async def black_holes(tmp: Path, n: int) -> dict[str, Any]:
+    noticed: list[float] = []
+    with Mosquitto(tmp / "broker", config=DURABLE) as broker:
+        async with contact(broker) as rx, FaultProxy(target_port=broker.port) as proxy:
+            async with recording_device(tmp, proxy.port, keepalive=1) as (up, seqs):
+                for k in range(n):
+                    await asyncio.wait_for(up.connected.wait(), 60)
+                    await asyncio.sleep(0.3)
+                    proxy.set(LinkMode.BLACKHOLE)
+                    t0 = time.monotonic()
+                    await asyncio.wait_for(up.disconnected.wait(), 30)
+                    noticed.append(time.monotonic() - t0)
+                    proxy.set(LinkMode.PASS)
+                    if (k + 1) % 25 == 0:
+                        say(f"  {k + 1} black holes, {len(seqs)} records stored")
+            led = await rx.wait_for_seqs(seqs[-1], within=300)
+    noticed.sort()
+    median, worst = noticed[len(noticed) // 2], noticed[-1]
+    return verdict(
+        f"{n} black-holed links",
+        led,
+        seqs[-1],
+        **{"noticed after (median / max s)": f"{median:.1f} / {worst:.1f}"},
+    )
+
+
+# -- 4. a week offline ---------------------------------------------------------------
+
+
+async def week_offline(tmp: Path, seconds: int) -> dict[str, Any]:
+    """``seconds`` of 1 Hz fixes recorded offline (routine, tracking opted in), with the
+    first hour of each day an SOS (live, in a session); then delivered."""
+    max_rows = max(1000, min(100_000, seconds // 6))
+    sos_seqs: list[int] = []
+    async with await Outbox.open(
+        tmp / "week.db", Limits(max_rows=max_rows, min_free_bytes=0)
+    ) as box:
+        batch: list[Any] = []
+        for i in range(seconds):
+            in_sos = i % 86400 < 3600
+            rec = fix(
+                i,
+                session=f"day{i // 86400}" if in_sos else None,
+                priority=Priority.LIVE if in_sos else Priority.ROUTINE,
+            )
+            batch.append((in_sos, box.store(rec)))
+            if len(batch) >= 2000:
+                results = await asyncio.gather(*(c for _, c in batch))
+                sos_seqs += [s.seq for (sos, _), s in zip(batch, results, strict=True) if sos]
+                batch = []
+        if batch:
+            results = await asyncio.gather(*(c for _, c in batch))
+            sos_seqs += [s.seq for (sos, _), s in zip(batch, results, strict=True) if sos]
+        with Mosquitto(tmp / "broker", config=DURABLE) as broker:
+            async with contact(broker) as rx:
+                up = Uplink(
+                    config=UplinkConfig(device_id="dev1", batch_count=1, owntracks_topic=""),
+                    broker=BrokerConfig(host="127.0.0.1", port=broker.port, client_id="dev1"),
+                    outbox=box,
+                    clock=MonotonicClock(),
+                )
+                t0 = time.monotonic()
+                task = asyncio.create_task(up.run())
+                await asyncio.wait_for(up.drained(), 600)
+                drain = time.monotonic() - t0
+                last = await box.last_seq()
+                led = await rx.wait_for_seqs(last, within=120)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    sos_missing = [s for s in sos_seqs if s not in led.seen]
+    gaps = [r for r in rx.records if r.kind == "gap"]
+    ranges = [tuple(x) for g in gaps for x in g.data["ranges"]]
+    return verdict(
+        f"{seconds / 86400:.1f} days offline at 1 Hz, outbox capped at {max_rows:,} rows",
+        led,
+        last,
+        **{
+            "SOS records": len(sos_seqs),
+            "SOS records evicted": len(sos_missing),
+            "routine records thinned": len(led.removed),
+            "thinned seq ranges": f"{len(ranges)} (first {ranges[:3]})",
+            "delivery after reconnect (s)": round(drain, 1),
+        },
+    )
+
+
+async def main() -> int:
+    logging.disable(logging.WARNING)
+    results: dict[str, Any] = {}
+    campaigns = [
+        ("sigkill", sigkills, scale(1000)),
+        ("broker_kills", broker_kills, scale(200)),
+        ("black_holes", black_holes, scale(100)),
+        ("week_offline", week_offline, scale(7 * 86400)),
+    ]
+    for name, fn, n in campaigns:
+        with tempfile.TemporaryDirectory(prefix=f"sos-soak-{name}-") as tmp:
+            t0 = time.monotonic()
+            results[name] = await fn(Path(tmp), n)  # type: ignore[operator]
+            results[name]["took (s)"] = round(time.monotonic() - t0)
+    lost = sum(r["lost"] for r in results.values())
+    evicted = results["week_offline"]["SOS records evicted"]
+    say(f"\nsoak: {lost} committed records lost, {evicted} SOS records evicted")
+    return 0 if lost == 0 and evicted == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
