@@ -77,7 +77,11 @@ class Receiver:
                 while True:
                     get = asyncio.ensure_future(conn.messages.get())
                     either: set[asyncio.Future[Any]] = {get, conn.closed}
-                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    try:
+                        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    except BaseException:
+                        get.cancel()  # we are being stopped: leave no waiter behind
+                        raise
                     if not get.done():
                         get.cancel()
                         raise MqttError(conn.closed.result())
