@@ -191,16 +191,26 @@ class Daemon:
         await ctl.resume(s)
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body``; if it fails, log and run it again (after a pause)."""
+        """Run ``body``; if it fails, log and run it again (after a pause). Missing or
+        unreadable hardware (an OSError, whose message says what to check) is logged in
+        one line, once per outage; anything else with its traceback."""
+        outage = False
         while True:
+            started = self.clock.monotonic()
             try:
                 await body()
                 return
             except asyncio.CancelledError:
                 raise
+            except OSError as exc:
+                if self.clock.monotonic() - started > 60:
+                    outage = False  # it had been working: a new outage
+                if not outage:
+                    log.error("%s: %s (retrying every 5 s)", name, exc)
+                outage = True
             except Exception:
                 log.exception("%s failed; restarting it in 5 s", name)
-                await self.clock.sleep(5)
+            await self.clock.sleep(5)
 
     async def _gps_loop(self) -> None:
         assert self.parts is not None and self.controller is not None

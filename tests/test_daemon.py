@@ -177,3 +177,26 @@ def test_purge_asks_for_confirmation(
     assert "nothing deleted" in capsys.readouterr().err
     monkeypatch.setattr("builtins.input", lambda prompt: "purge")  # confirmed: then it asks
     assert sosctl(["--data-dir", str(tmp_path), "purge"]) == 3  # ... the daemon, not running
+
+
+async def test_missing_hardware_is_one_clear_line_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sim.clock import SimClock
+
+    clock = SimClock()
+    cfg = config_mod.load(text='[device]\nid = "t1"\n')
+    daemon = Daemon(cfg, load_backend("sim"), clock=clock, handle_signals=False)
+    attempts = 0
+
+    async def button() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 4:
+            raise OSError("cannot request GPIO line 17: check the chip")
+
+    await clock.run_until(daemon._supervise("button", button))
+    assert attempts == 4  # retried until the hardware answered
+    lines = [r.getMessage() for r in caplog.records if r.name == "sosd"]
+    assert lines == ["button: cannot request GPIO line 17: check the chip (retrying every 5 s)"]
+    assert not any(r.exc_info for r in caplog.records)  # no traceback for missing hardware
