@@ -169,6 +169,8 @@ class Daemon:
                     "drill": s.drill,
                     "started": s.started.isoformat(),
                     "trigger": s.trigger,
+                    "ended": s.ended.isoformat() if s.ended else None,
+                    "points": s.points,
                 }
             )
         await self.outbox.set_meta("active_session", value)
@@ -184,6 +186,8 @@ class Daemon:
                 drill=bool(d["drill"]),
                 started=datetime.fromisoformat(d["started"]),
                 trigger=str(d["trigger"]),
+                ended=datetime.fromisoformat(d["ended"]) if d.get("ended") else None,
+                points=int(d.get("points", 0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.error("the saved SOS session is unreadable (%s); not resumed", exc)

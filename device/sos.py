@@ -362,6 +362,9 @@ class SosController:
 
     async def _end(self, s: Session, *, reason: str) -> None:
         s.ended = self._clock.now()
+        # Saved as ending *before* the end record: a restart in between completes the
+        # end instead of resuming the session (no location after a stop, ever).
+        await self._session_changed(s)
         await self._record(
             RecordKind.SOS_END, {"reason": reason, "points": s.points}, Priority.SOS, s
         )
@@ -382,8 +385,13 @@ class SosController:
     async def resume(self, s: Session) -> None:
         """Carry on with a session that was running when the daemon stopped (a crash, a
         power cut): a restart is not the owner turning the SOS off. Route points continue
-        under the same session id; the GPS and the network are woken again."""
+        under the same session id; the GPS and the network are woken again. A session
+        that was being ended is ended instead (its end record written now)."""
         if self.session is not None:
+            return
+        if s.ended is not None:
+            log.warning("SOS session %s was ending when the daemon stopped; ending it", s.id)
+            await self._end(s, reason="stopped (end completed after a restart)")
             return
         self.session = s
         log.warning(

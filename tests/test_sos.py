@@ -4,6 +4,7 @@ milliseconds."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -333,3 +334,39 @@ async def test_battery_level_sets_the_gps_duty_cycle_outside_sos() -> None:
     await ctl.on_battery(BatterySample(capacity=30.0, status="Charging"))
     await clock.advance(0)
     assert hw.gps[-1] is GpsPowerMode.FULL
+
+
+async def test_a_session_resumes_after_a_restart_unless_it_was_ending() -> None:
+    """The controller saves its session at start and before the end record; a restart
+    resumes a running SOS, and completes (never resumes) one that was being ended."""
+    from device.sos import Session
+
+    clock = SimClock(datetime(2026, 11, 22, 10, tzinfo=UTC))
+    saved: list[Session | None] = []
+
+    async def persist(s: Session | None) -> None:
+        saved.append(None if s is None else replace(s))
+
+    store = MemoryRecorder()
+    ctl = SosController(
+        config=SosConfig(contacts=(Contact("A"),)), recorder=store, clock=clock, on_session=persist
+    )
+    await ctl.start(trigger="cli", now=True)
+    running = saved[-1]
+    assert running is not None and running.ended is None
+    await ctl.stop(trigger="cli")
+    ending = saved[-2]
+    assert ending is not None and ending.ended is not None  # saved as ending first
+    assert saved[-1] is None
+
+    # a new daemon finds the running session: it carries on under the same id
+    ctl2 = SosController(config=SosConfig(contacts=(Contact("A"),)), recorder=store, clock=clock)
+    await ctl2.resume(running)
+    assert ctl2.session is not None and ctl2.session.id == running.id
+    # ... and finds one that was ending: it writes the end, and does not resume
+    store3 = MemoryRecorder()
+    ctl3 = SosController(config=SosConfig(contacts=(Contact("A"),)), recorder=store3, clock=clock)
+    await ctl3.resume(ending)
+    assert ctl3.session is None
+    assert [r.kind for r in store3.records] == [RecordKind.SOS_END]
+    assert store3.records[0].data["reason"] == "stopped (end completed after a restart)"
