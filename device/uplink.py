@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from paho.mqtt.reasoncodes import ReasonCode
+
 from device.backoff import Backoff
 from device.clock import Clock
 from device.commands import CommandHandler
@@ -143,7 +145,7 @@ class Uplink:
     ) -> None:
         self.config = config
         self.topics = Topics.for_device(config.device_id, config.prefix)
-        self.broker = broker if broker.client_id else _with_client_id(broker, config.device_id)
+        self.broker = broker if broker.client_id else replace(broker, client_id=config.device_id)
         self.owntracks_topic = (
             f"owntracks/sosbeacon/{config.device_id}"
             if config.owntracks_topic is None
@@ -416,9 +418,9 @@ class Uplink:
         name = str(rc)
         self.stats.failures[name] = self.stats.failures.get(name, 0) + 1
         self.refused.set()
-        if rc.value == PACKET_TOO_LARGE and len(msg.records) > 1:
-            pass  # _learn_size lowered the cap; the records go again in smaller messages
-        else:
+        # A message too large for the broker needs no backoff: _learn_size lowered the
+        # cap, and its records go again in smaller messages.
+        if not _too_large(msg, rc):
             delay = self._refused.next(self.config.backoff_max_sos if self._sos_active() else None)
             self._pause_until = max(self._pause_until, self._clock.monotonic() + delay)
             self._note_error(
@@ -434,7 +436,7 @@ class Uplink:
         too large", before any task gets to run): halve the message size cap."""
         if fut.cancelled() or fut.exception() is not None:
             return
-        if fut.result().value == PACKET_TOO_LARGE and len(msg.records) > 1:
+        if _too_large(msg, fut.result()):
             self._max_bytes = max(512, min(self._max_bytes, len(msg.payload)) // 2)
             log.warning(
                 "the broker found a %d-byte message too large; sending smaller ones "
@@ -657,8 +659,9 @@ class _Budget:
         self._freed.set()
 
 
-def _with_client_id(broker: BrokerConfig, client_id: str) -> BrokerConfig:
-    return replace(broker, client_id=client_id)
+def _too_large(msg: Message, rc: ReasonCode) -> bool:
+    """The broker refused ``msg`` for its size, and it can be split."""
+    return bool(rc.value == PACKET_TOO_LARGE and len(msg.records) > 1)
 
 
 async def _raise_when_closed(conn: Connection) -> None:

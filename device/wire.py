@@ -109,10 +109,6 @@ def _usable(x: object) -> float | None:
     return None
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _fix_row(fix: dict[str, Any]) -> list[Any]:
     """alt (m), spd (m/s, 0.1), crs (degrees), acc (m); unknown (or unusable) values are
     ``null``, trailing ones left off."""
@@ -160,7 +156,7 @@ def encode_track(box: str, records: Sequence[tuple[int, Record]]) -> bytes:
         if r.session != first.session or r.drill != first.drill:
             raise ValueError("records of one track message must share session and drill")
         fix = r.data.get("fix") if r.kind is RecordKind.FIX else None
-        if fix and _is_number(fix.get("lat")) and _is_number(fix.get("lon")):
+        if fix and _usable(fix.get("lat")) is not None and _usable(fix.get("lon")) is not None:
             cur = (seq, round(epoch(fix_time(r)) * 1000), _micro(fix["lat"]), _micro(fix["lon"]))
             if prev_fix is None:
                 head: list[Any] = [seq, _num(cur[1] / 1000)]
@@ -419,7 +415,3 @@ def seq_ranges_text(seqs: Iterable[int]) -> str:
     if start is not None:
         out.append(str(start) if start == prev else f"{start}-{prev}")
     return ",".join(out)
-
-
-def utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
