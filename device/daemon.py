@@ -37,6 +37,7 @@ from device.gps import Fix
 from device.notify import Notifier
 from device.outbox import Outbox
 from device.parts import Backend, Parts
+from device.records import run_retention
 from device.sos import Session, SosController, SosRefused
 from device.uplink import Uplink
 
@@ -127,7 +128,9 @@ class Daemon:
             intake_tasks = [asyncio.create_task(c) for c in intake]
             up = asyncio.create_task(self._supervise("uplink", uplink.run))
             service = [
-                asyncio.create_task(self._supervise("retention", self._retention_loop)),
+                asyncio.create_task(
+                    self._supervise("retention", lambda: run_retention(outbox, self.clock))
+                ),
                 asyncio.create_task(self._watchdog_loop()),
             ]
             if self._handle_signals:
@@ -245,20 +248,6 @@ class Daemon:
                 self.last_battery = sample
                 await self.controller.on_battery(sample)
             await self.clock.sleep(self.config.battery.poll_interval)
-
-    async def _retention_loop(self) -> None:
-        """Delete what has expired, at its expiry (checked at least hourly)."""
-        assert self.outbox is not None
-        while True:
-            now = self.clock.now()
-            gone = await self.outbox.purge(now)
-            if gone:
-                log.info("retention: %d expired record(s) deleted", gone)
-            nxt = await self.outbox.next_expiry()
-            wait = 3600.0
-            if nxt is not None:
-                wait = min(wait, max(0.0, (nxt - self.clock.now()).total_seconds()) + 0.5)
-            await self.clock.sleep(wait)
 
     async def _watchdog_loop(self) -> None:
         """WATCHDOG=1 while the event loop turns, and a fresh STATUS line."""

@@ -1,19 +1,22 @@
 """What the device stores for upload, and the Protocol of the store.
 
-The durable SQLite outbox (issue 4) implements :class:`Recorder`; :class:`MemoryRecorder`
-is the in-memory implementation the core's tests and the simulator use until then. Both
-honour the same expiry rule: every record of an SOS session expires ``retention`` after
-the session ends (72 h by default), and the store deletes it then.
+The durable SQLite outbox (``device.outbox``) implements :class:`Recorder`;
+:class:`MemoryRecorder` is the in-memory one the core's tests use. Both honour the same
+expiry rule: every record of an SOS session expires ``retention`` after the session ends
+(72 h by default), and :func:`run_retention` deletes it then, from either.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from device.clock import Clock
+
+log = logging.getLogger(__name__)
 
 
 class RecordKind(enum.StrEnum):
@@ -75,25 +78,35 @@ class MemoryRecorder:
         self._session_expiry[session] = at
         self.records = [replace(r, expires=at) if r.session == session else r for r in self.records]
 
-    def purge(self, now: datetime) -> int:
+    async def purge(self, now: datetime) -> int:
         """Delete what has expired; returns how many records went."""
         keep = [r for r in self.records if r.expires is None or r.expires > now]
         gone = len(self.records) - len(keep)
         self.records = keep
         return gone
 
-    def next_expiry(self) -> datetime | None:
+    async def next_expiry(self) -> datetime | None:
         return min((r.expires for r in self.records if r.expires is not None), default=None)
 
     def of(self, kind: RecordKind) -> list[Record]:
         return [r for r in self.records if r.kind is kind]
 
 
-async def run_retention(store: MemoryRecorder, clock: Clock, *, check_every: float = 3600) -> None:
+class Expiring(Protocol):
+    async def purge(self, now: datetime) -> int:
+        """Delete what has expired at ``now``; returns how many records went."""
+        ...
+
+    async def next_expiry(self) -> datetime | None: ...
+
+
+async def run_retention(store: Expiring, clock: Clock, *, check_every: float = 3600) -> None:
     """Delete expired records at their expiry (or at least every ``check_every`` s)."""
     while True:
-        store.purge(clock.now())
-        nxt = store.next_expiry()
+        gone = await store.purge(clock.now())
+        if gone:
+            log.info("retention: %d expired record(s) deleted", gone)
+        nxt = await store.next_expiry()
         wait = check_every
         if nxt is not None:
             wait = min(wait, max(0.0, (nxt - clock.now()).total_seconds()) + 0.001)
