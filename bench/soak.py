@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -37,8 +36,8 @@ from device.wire import SeqLedger, Topics
 from sim.broker import Mosquitto
 from sim.netfault import FaultProxy, LinkMode
 from sim.receiver import Receiver
+from sim.recorder import sigkill_campaign
 
-REPO = Path(__file__).resolve().parents[1]
 DURABLE = "autosave_interval 1\nautosave_on_changes true\nmax_queued_messages 0\n"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -88,48 +87,22 @@ def verdict(name: str, led: SeqLedger, committed: int, **extra: Any) -> dict[str
 
 
 async def sigkills(tmp: Path, n: int) -> dict[str, Any]:
-    rng = random.Random(7)
-    stored: list[int] = []
+    def progress(kills: int, stored: int) -> None:
+        if kills % 100 == 0:
+            say(f"  {kills} SIGKILLs, {stored} records stored")
+
     with Mosquitto(tmp / "broker", config=DURABLE) as broker:
         async with contact(broker) as rx:
-            for k in range(n):
-                proc = await _recorder(tmp / "outbox.db", broker.port, rate=10)
-                reader = asyncio.create_task(_read_stored(proc, stored))
-                await asyncio.sleep(rng.uniform(0.3, 1.2))
-                proc.send_signal(signal.SIGKILL)
-                await proc.wait()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-                if (k + 1) % 100 == 0:
-                    say(f"  {k + 1} SIGKILLs, {len(stored)} records stored")
-            proc = await _recorder(tmp / "outbox.db", broker.port, rate=0)
-            await asyncio.wait_for(proc.communicate(), 300)
+            stored, _ = await sigkill_campaign(
+                tmp / "outbox.db",
+                broker.port,
+                n,
+                rng=random.Random(7),
+                progress=progress,
+                drain_within=300,
+            )
             led = await rx.wait_for_seqs(max(stored), within=300)
     return verdict(f"{n} SIGKILLs", led, max(stored), kills=n)
-
-
-async def _recorder(outbox: Path, port: int, rate: float) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sim.recorder",
-        "--outbox",
-        str(outbox),
-        "--port",
-        str(port),
-        "--rate",
-        str(rate),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-    )
-
-
-async def _read_stored(proc: asyncio.subprocess.Process, stored: list[int]) -> None:
-    assert proc.stdout is not None
-    async for line in proc.stdout:
-        word, _, value = line.decode().partition(" ")
-        if word == "stored":
-            stored.append(int(value))
 
 
 # -- 2 and 3: broker kills, black holes -----------------------------------------------

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from device.clock import MonotonicClock
@@ -70,6 +73,65 @@ async def run(args: argparse.Namespace) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+# -- driving it from outside: the SIGKILL campaign -------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def spawn(outbox: Path, port: int, rate: float) -> asyncio.subprocess.Process:
+    """This module as its own process, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sim.recorder",
+        "--outbox",
+        str(outbox),
+        "--port",
+        str(port),
+        "--rate",
+        str(rate),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def read_stored(proc: asyncio.subprocess.Process, stored: list[int]) -> None:
+    """Collect the seqs the process says it committed, until it dies."""
+    assert proc.stdout is not None
+    async for line in proc.stdout:
+        word, _, value = line.decode().partition(" ")
+        if word == "stored":
+            stored.append(int(value))
+
+
+async def sigkill_campaign(
+    outbox: Path,
+    port: int,
+    kills: int,
+    *,
+    rng: random.Random,
+    progress: Callable[[int, int], None] | None = None,
+    drain_within: float = 60.0,
+) -> tuple[list[int], bytes]:
+    """Start the recorder at 10 Hz and SIGKILL it at a random moment, ``kills`` times;
+    then run it once more to drain what is left. Returns the seqs it said it stored, and
+    the output of the final run (``drained`` when the outbox emptied)."""
+    stored: list[int] = []
+    for k in range(kills):
+        proc = await spawn(outbox, port, rate=10)
+        reader = asyncio.create_task(read_stored(proc, stored))
+        await asyncio.sleep(rng.uniform(0.3, 1.2))  # a random moment, after start-up
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        if progress is not None:
+            progress(k + 1, len(stored))
+    proc = await spawn(outbox, port, rate=0)
+    out, _ = await asyncio.wait_for(proc.communicate(), drain_within)
+    return stored, out
 
 
 def main() -> None:
