@@ -13,12 +13,12 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from device.cli import sosd_command
 from device.control import request
 from sim.broker import Mosquitto
 
@@ -58,17 +58,16 @@ async def _measure(tmp: Path, seconds: float) -> dict[str, Any]:
         data = tmp / "data"
         t0 = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from device.cli import sosd_main; sosd_main()",
-            "run",
-            "--sim",
-            "--data-dir",
-            str(data),
-            "--broker",
-            f"mqtt://127.0.0.1:{broker.port}",
-            "--log-level",
-            "warning",
+            *sosd_command(
+                "run",
+                "--sim",
+                "--data-dir",
+                str(data),
+                "--broker",
+                f"mqtt://127.0.0.1:{broker.port}",
+                "--log-level",
+                "warning",
+            ),
             cwd=REPO,
             env={**os.environ, "NOTIFY_SOCKET": str(tmp / "notify")},
             stdout=asyncio.subprocess.DEVNULL,

@@ -312,6 +312,12 @@ def write_export(answer: dict[str, Any], out: Path) -> str:
     return f"{n} records; wrote {', '.join(written)}\n"
 
 
+def sosd_command(*args: str) -> list[str]:
+    """The command line that runs ``sosd`` with ``args`` in this interpreter (whether or
+    not the console script is on PATH): for drills, benchmarks and tests."""
+    return [sys.executable, "-c", "from device.cli import sosd_main; sosd_main()", *args]
+
+
 def sosd_main() -> None:
     sys.exit(sosd())
 

@@ -29,7 +29,6 @@ import json
 import logging
 import signal
 import statistics
-import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.cli import sosd_command
 from device.control import NotRunning, request
 from device.mqtt import BrokerConfig, Connection, MqttError
 from device.wire import Received, Topics, dumps
@@ -299,15 +299,14 @@ class Drill:
     async def _start_daemon(self, conf: Path) -> None:
         log_fh = self.logfile.open("a")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from device.cli import sosd_main; sosd_main()",
-            "run",
-            "--sim",
-            "--config",
-            str(conf),
-            "--time-scale",
-            str(self.s.time_scale),
+            *sosd_command(
+                "run",
+                "--sim",
+                "--config",
+                str(conf),
+                "--time-scale",
+                str(self.s.time_scale),
+            ),
             stdout=log_fh,
             stderr=log_fh,
             cwd=REPO,

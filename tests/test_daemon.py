@@ -8,14 +8,13 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from device import config as config_mod
-from device.cli import sosctl
+from device.cli import sosctl, sosd_command
 from device.control import NotRunning, request
 from device.daemon import Daemon
 from device.mqtt import BrokerConfig
@@ -128,13 +127,12 @@ async def test_sosd_process_notifies_systemd_and_stops_cleanly(tmp_path: Path) -
             "JOURNAL_STREAM": "8:1",  # as under systemd: journald-style log lines
         }
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from device.cli import sosd_main; sosd_main()",
-            "run",
-            "--sim",
-            "--config",
-            str(conf),
+            *sosd_command(
+                "run",
+                "--sim",
+                "--config",
+                str(conf),
+            ),
             cwd=REPO,
             env=env,
             stderr=asyncio.subprocess.PIPE,
