@@ -36,10 +36,10 @@ from device.clock import MonotonicClock
 from device.gesture import Detected, Gesture
 from device.mqtt import BrokerConfig, Connection
 from device.outbox import Outbox
-from device.records import Priority, Record, RecordKind
+from device.records import Priority, Record, RecordKind, Stored
 from device.sos import Contact, SosConfig, SosController
 from device.uplink import Uplink, UplinkConfig
-from device.wire import Topics, decode_sos, dumps, encode_track, owntracks_location
+from device.wire import Topics, decode_sos, dumps, encode_track, owntracks_location, track_row
 from sim.broker import Mosquitto
 from sim.gps.route import Route
 
@@ -98,7 +98,9 @@ def wire_size() -> dict[str, Any]:
     for batch in (500, 1):
         total = 0
         for i in range(0, len(records), batch):
-            chunk = [(j + 1, r) for j, r in enumerate(records[i : i + batch])]
+            chunk = [
+                Stored(j + 1, None, r, track_row(r)) for j, r in enumerate(records[i : i + batch])
+            ]
             n = len(encode_track(BOX, chunk))
             total += n + framing(track, n, ids=True)
         per_fix = total / len(records)

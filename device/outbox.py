@@ -11,6 +11,11 @@ broker acknowledged it.
 * Upload order: priority (SOS and last gasp, then live positions, then routine), then
   ``seq``. A record leaves only through :meth:`Outbox.ack`; whatever was handed out and
   not acknowledged returns to pending on :meth:`Outbox.requeue` (reconnect) and on open.
+  Which records are in flight is kept in memory, not in the table: after a restart
+  nothing is in flight anyway, and a drain then writes each row once (its message id)
+  before deleting it.
+* A fix is also stored as its ``track`` row (:func:`device.wire.track_row`), so a
+  drain builds messages from a few columns and never decodes the record's JSON.
 * Message ids: the uplink packs records into messages and :meth:`Outbox.bind` stores
   each message's id with its records *before* the message is sent, so a resend after a
   reconnect or a restart carries the same id.
@@ -27,6 +32,7 @@ broker acknowledged it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import json
@@ -41,10 +47,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from device.clock import Clock, MonotonicClock
-from device.records import Priority, Record, RecordKind
+from device.records import Priority, Record, RecordKind, Stored
+from device.wire import track_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +61,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     seq      INTEGER PRIMARY KEY,
-    msg_id   TEXT,
     kind     TEXT NOT NULL,
     priority INTEGER NOT NULL,
     time     TEXT NOT NULL,
@@ -62,30 +68,38 @@ CREATE TABLE IF NOT EXISTS records (
     drill    INTEGER NOT NULL,
     data     TEXT NOT NULL,
     expires  REAL,
-    state    INTEGER NOT NULL DEFAULT 0  -- 0 pending, 1 in flight, 2 delivered (kept)
+    state    INTEGER NOT NULL DEFAULT 0,  -- 0 not delivered, 2 delivered (kept)
+    -- a fix as its track row (device.wire.track_row): time ms, lat and lon micro-degrees,
+    -- the rest as JSON text; NULL for anything else
+    row_t    INTEGER,
+    row_lat  INTEGER,
+    row_lon  INTEGER,
+    row_tail TEXT
 );
 CREATE INDEX IF NOT EXISTS records_order ON records (state, priority, seq);
-CREATE INDEX IF NOT EXISTS records_session ON records (session);
+CREATE INDEX IF NOT EXISTS records_by_session ON records (session) WHERE session IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, expires REAL NOT NULL);
+-- the message id of records first..last (Outbox.bind): one row per message, so naming
+-- a message never rewrites its records
+CREATE TABLE IF NOT EXISTS bindings (
+    first  INTEGER PRIMARY KEY,
+    last   INTEGER NOT NULL,
+    msg_id TEXT NOT NULL
+);
 """
+#: ``PRAGMA user_version`` of the schema above; older outboxes are brought up to it
+SCHEMA_VERSION = 1
 
 
-#: ``records.state``
+#: ``records.state`` (1, in flight, was written by version 0)
 PENDING, IN_FLIGHT, DELIVERED = 0, 1, 2
+_COLUMNS = (
+    "seq, kind, priority, time, session, drill, data, expires, row_t, row_lat, row_lon, row_tail"
+)
 
 
 class OutboxFull(OSError):
     """The record could not be stored: the disk (or the configured cap) is full."""
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """A record as committed: its ``seq`` is kept for life; ``msg_id`` is the id of the
-    message that carries it, set by :meth:`Outbox.bind` before its first sending."""
-
-    seq: int
-    msg_id: str | None
-    record: Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +142,23 @@ class Outbox:
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite3.Connection | None = None
-        self._pending: list[tuple[Record, asyncio.Future[Stored]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        #: adds, and acknowledgements, that arrive while a commit runs go in the next one
+        self._adds: _Grouped[Record, Stored] = _Grouped(
+            lambda rs: self._insert_sync(rs), after=self._notify
+        )
+        self._acks: _Grouped[list[int], None] = _Grouped(lambda acks: self._ack_sync(acks))
         self.outbox_id = ""
         self.commits = 0
         #: rows in the table, counted once at open and kept up to date by every write
         #: (``count(*)`` scans the whole table, too slow for every commit)
         self._rows = 0
         self._watchers: list[asyncio.Event] = []
+        #: handed out by take(), neither acknowledged nor requeued yet (the writer
+        #: thread's alone, like the connection)
+        self._inflight: set[int] = set()
+        #: by priority: every record not delivered up to this seq is in flight, so take()
+        #: starts after it; a requeue moves it back
+        self._taken: dict[int, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -154,8 +177,8 @@ class Outbox:
         await self.close()
 
     async def close(self) -> None:
-        if self._flushing is not None:
-            await self._flushing
+        await self._adds.settled()
+        await self._acks.settled()
         await self._run(self._close_sync)
         self._pool.shutdown(wait=True)
 
@@ -175,15 +198,25 @@ class Outbox:
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and _has_table(db, "records"):
+                _migrate_from_0(db)
             db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             row = db.execute("SELECT value FROM meta WHERE key='outbox_id'").fetchone()
             if row is None:
                 self.outbox_id = uuid.uuid4().hex[:16]  # 64 bits: unique enough per device
                 db.execute("INSERT INTO meta VALUES ('outbox_id', ?)", (self.outbox_id,))
             else:
                 self.outbox_id = row[0]
-            # Whatever was handed to the uplink before a restart was not acknowledged.
+            # Version 0 marked records in flight in the table; after a restart nothing
+            # is in flight.
             db.execute("UPDATE records SET state=0 WHERE state=1")
+            # names of messages whose records are all gone (delivered, expired, purged)
+            db.execute(
+                "DELETE FROM bindings WHERE NOT EXISTS (SELECT 1 FROM records "
+                "WHERE seq BETWEEN bindings.first AND bindings.last AND state<2)"
+            )
             self._rows = db.execute("SELECT count(*) FROM records").fetchone()[0]
         except sqlite3.DatabaseError:
             db.close()
@@ -228,28 +261,7 @@ class Outbox:
 
     async def store(self, record: Record) -> Stored:
         """Commit ``record``; returns once it is on disk, with its seq and message id."""
-        fut: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, fut))
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
-        return await fut
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                stored = await self._run(
-                    functools.partial(self._insert_sync, [r for r, _ in batch])
-                )
-            except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), s in zip(batch, stored, strict=True):
-                if not fut.done():
-                    fut.set_result(s)
-            self._notify()
+        return await self._adds.submit(self._pool, record)
 
     def watch(self) -> asyncio.Event:
         """An event of one's own, set whenever records were added or became pending
@@ -279,9 +291,11 @@ class Outbox:
                     exp_ts = hit[0] if hit else None
                 else:
                     exp_ts = expires.timestamp() if expires else None
+                row = track_row(r)
                 db.execute(
                     "INSERT INTO records (seq, kind, priority, time, session, drill,"
-                    " data, expires) VALUES (?,?,?,?,?,?,?,?)",
+                    " data, expires, row_t, row_lat, row_lon, row_tail)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         seq,
                         r.kind.value,
@@ -291,9 +305,10 @@ class Outbox:
                         int(r.drill),
                         json.dumps(r.data, separators=(",", ":")),
                         exp_ts,
+                        *(row or (None, None, None, None)),
                     ),
                 )
-                out.append(Stored(seq, None, r))
+                out.append(Stored(seq, None, r, row))
             self._set_seq(seq)
             db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -327,14 +342,16 @@ class Outbox:
         # records, rare.
         n = max(excess_rows, -(-excess_bytes // avg) if excess_bytes > 0 else 0) + 1
         n = max(n, lim.max_rows // 100)
+        inflight = self._inflight
         victims = [
             r[0]
             for r in db.execute(
                 "SELECT seq FROM records WHERE session IS NULL AND priority=? AND state=0 "
                 "ORDER BY seq LIMIT ?",
-                (int(Priority.ROUTINE), n),
+                (int(Priority.ROUTINE), n + len(inflight)),
             )
-        ]
+            if r[0] not in inflight
+        ][:n]
         if not victims:
             log.warning(
                 "outbox over its limits but holds no routine records to evict; "
@@ -362,11 +379,11 @@ class Outbox:
         so a long offline spell leaves one gap record, not one per eviction."""
         db = self.db
         old = db.execute(
-            "SELECT seq, data FROM records WHERE kind=? AND state=0 AND msg_id IS NULL "
+            "SELECT seq, data FROM records WHERE kind=? AND state=0 "
             "AND json_extract(data, '$.reason')=? ORDER BY seq DESC LIMIT 1",
             (RecordKind.GAP.value, reason),
         ).fetchone()
-        if old is not None:
+        if old is not None and old[0] not in self._inflight and not self._bound(old[0]):
             named = [(a, b) for a, b in json.loads(old[1])["ranges"]]
             ranges = _merge(named + _ranges(sorted(seqs)))
             data = {"ranges": [list(r) for r in ranges], "reason": reason}
@@ -390,6 +407,13 @@ class Outbox:
         )
         self._set_seq(seq)
         self._rows += 1
+
+    def _bound(self, seq: int) -> bool:
+        """Whether a message was formed with this record (it has a message id)."""
+        row = self.db.execute(
+            "SELECT last FROM bindings WHERE first<=? ORDER BY first DESC LIMIT 1", (seq,)
+        ).fetchone()
+        return row is not None and row[0] >= seq
 
     def _get_seq(self) -> int:
         row = self.db.execute("SELECT value FROM counters WHERE name='seq'").fetchone()
@@ -420,19 +444,40 @@ class Outbox:
 
     def _take_sync(self, limit: int, first: Priority, last: Priority) -> list[Stored]:
         db = self.db
-        rows = db.execute(
-            "SELECT seq, msg_id, kind, priority, time, session, drill, data, expires "
-            "FROM records WHERE state=0 AND priority BETWEEN ? AND ? "
-            "ORDER BY priority, seq LIMIT ?",
-            (int(first), int(last), limit),
+        inflight = self._inflight
+        out: list[_Row] = []
+        for priority in range(first, last + 1):
+            while len(out) < limit:
+                after = self._taken.get(priority, 0)
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM records WHERE state=0 AND priority=? AND seq>? "
+                    "ORDER BY seq LIMIT ?",
+                    (priority, after, limit - len(out)),
+                ).fetchall()
+                if not rows:
+                    break
+                self._taken[priority] = rows[-1][0]
+                # after a requeue, records still in flight may follow the cursor: skip them
+                out.extend(_Row(r) for r in rows if r[0] not in inflight)
+        if out:
+            inflight.update(s.seq for s in out)
+            self._name(out)
+        return list(out)
+
+    def _name(self, rows: list[_Row]) -> None:
+        """Give the records their message ids from ``bindings`` (one lookup per take)."""
+        seqs = [s.seq for s in rows]
+        bound = self.db.execute(
+            "SELECT first, last, msg_id FROM bindings WHERE first<=? AND last>=? ORDER BY first",
+            (max(seqs), min(seqs)),
         ).fetchall()
-        if rows:
-            with self._light():
-                db.executemany(
-                    "UPDATE records SET state=1 WHERE seq BETWEEN ? AND ? AND state=0",
-                    _ranges(sorted(r[0] for r in rows)),
-                )
-        return [_row(r) for r in rows]
+        if not bound:
+            return
+        firsts = [b[0] for b in bound]
+        for s in rows:
+            i = bisect.bisect_right(firsts, s.seq) - 1
+            if i >= 0 and s.seq <= bound[i][1]:
+                s.msg_id = bound[i][2]
 
     @contextlib.contextmanager
     def _light(self) -> Iterator[None]:
@@ -454,42 +499,49 @@ class Outbox:
             db.execute("PRAGMA synchronous=FULL")
 
     async def bind(self, messages: dict[str, list[int]]) -> None:
-        """Store the message id of each group of records, before the message is sent."""
+        """Store the message id of each group of records, before the message is sent.
+        A record named again (its message was too large and is formed anew) takes the
+        new name; a name that no longer covers a record is dropped with it."""
 
         def run() -> None:
+            ranges = [
+                (a, b, mid) for mid, seqs in messages.items() for a, b in _ranges(sorted(seqs))
+            ]
             with self._light():
                 self.db.executemany(
-                    "UPDATE records SET msg_id=? WHERE seq BETWEEN ? AND ?",
-                    [
-                        (mid, a, b)
-                        for mid, seqs in messages.items()
-                        for a, b in _ranges(sorted(seqs))
-                    ],
+                    "DELETE FROM bindings WHERE first BETWEEN ? AND ?",
+                    [(a, b) for a, b, _ in ranges],
                 )
+                self.db.executemany("INSERT INTO bindings VALUES (?,?,?)", ranges)
 
         await self._run(run)
 
     async def pending(self, cap: int = 1_000_000) -> Pending:
-        """Counts of what waits (each at most ``cap``: enough to decide, without counting
-        a whole backlog), and the oldest routine record's time. Index lookups only."""
+        """Counts of what waits to be taken (each at most ``cap``: enough to decide,
+        without counting a whole backlog), and the oldest routine record's time. Index
+        lookups only. Just after a requeue they may include records still in flight,
+        which the next take skips."""
 
         def run() -> Pending:
             db = self.db
+            count = (
+                "SELECT count(*) FROM (SELECT 1 FROM records "
+                "WHERE state=0 AND priority=? AND seq>? LIMIT ?)"
+            )
+            n = {
+                p: db.execute(count, (p, self._taken.get(p, 0), cap)).fetchone()[0]
+                for p in map(int, Priority)
+            }
             routine = int(Priority.ROUTINE)
-            urgent = db.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM records WHERE state=0 AND priority<? LIMIT ?)",
-                (routine, cap),
-            ).fetchone()[0]
-            n_routine = db.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM records WHERE state=0 AND priority=? LIMIT ?)",
-                (routine, cap),
-            ).fetchone()[0]
             oldest = db.execute(
-                "SELECT time FROM records WHERE state=0 AND priority=? ORDER BY seq LIMIT 1",
-                (routine,),
+                "SELECT time FROM records WHERE state=0 AND priority=? AND seq>? "
+                "ORDER BY seq LIMIT 1",
+                (routine, self._taken.get(routine, 0)),
             ).fetchone()
             return Pending(
-                int(urgent), int(n_routine), datetime.fromisoformat(oldest[0]) if oldest else None
+                min(cap, sum(v for p, v in n.items() if p != routine)),
+                n[routine],
+                datetime.fromisoformat(oldest[0]) if oldest else None,
             )
 
         return await self._run(run)
@@ -497,36 +549,44 @@ class Outbox:
     async def ack(self, seqs: list[int]) -> None:
         """The broker acknowledged these: now, and only now, they leave the upload queue.
         Records of an SOS session stay on the device, delivered, until their expiry (the
-        route stays available for export for the 72 hours); the rest are deleted."""
+        route stays available for export for the 72 hours); the rest are deleted.
+        Acknowledgements that arrive together are committed together."""
+        await self._acks.submit(self._pool, seqs)
 
-        def run() -> None:
-            db = self.db
-            ranges = _ranges(sorted(seqs))
-            with self._light():
+    def _ack_sync(self, acks: list[list[int]]) -> list[None]:
+        db = self.db
+        seqs = [s for group in acks for s in group]
+        ranges = _ranges(sorted(set(seqs)))
+        with self._light():
+            cur = db.executemany(
+                "DELETE FROM records WHERE seq BETWEEN ? AND ? AND session IS NULL", ranges
+            )
+            deleted = cur.rowcount
+            db.executemany(
+                "DELETE FROM bindings WHERE first BETWEEN ? AND ? AND last<=?",
+                [(a, b, b) for a, b in ranges],
+            )
+            if deleted < sum(b - a + 1 for a, b in ranges):
                 db.executemany(
                     "UPDATE records SET state=2 WHERE seq BETWEEN ? AND ? AND session IS NOT NULL",
                     ranges,
                 )
-                cur = db.executemany(
-                    "DELETE FROM records WHERE seq BETWEEN ? AND ? AND session IS NULL", ranges
-                )
-            self._rows -= cur.rowcount
-
-        await self._run(run)
+        self._rows -= deleted
+        self._inflight.difference_update(seqs)
+        return [None] * len(acks)
 
     async def requeue(self, seqs: list[int] | None = None) -> None:
         """Back to pending (a failure reason code, or all of them on reconnect)."""
 
         def run() -> None:
-            db = self.db
             if seqs is None:
-                db.execute("UPDATE records SET state=0 WHERE state=1")
-            else:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany(
-                    "UPDATE records SET state=0 WHERE seq=? AND state=1", [(s,) for s in seqs]
-                )
-                db.execute("COMMIT")
+                self._inflight.clear()
+                self._taken.clear()
+            elif seqs:
+                self._inflight.difference_update(seqs)
+                back = min(seqs) - 1
+                for p, after in self._taken.items():
+                    self._taken[p] = min(after, back)
 
         await self._run(run)
         self._notify()
@@ -535,11 +595,8 @@ class Outbox:
         """Everything stored, in seq order, with whether it was delivered."""
 
         def run() -> list[tuple[Stored, bool]]:
-            rows = self.db.execute(
-                "SELECT seq, msg_id, kind, priority, time, session, drill, data, expires, state "
-                "FROM records ORDER BY seq"
-            ).fetchall()
-            return [(_row(r[:9]), r[9] == DELIVERED) for r in rows]
+            rows = self.db.execute(f"SELECT {_COLUMNS}, state FROM records ORDER BY seq")
+            return [(_Row(r[:-1]), r[-1] == DELIVERED) for r in rows]
 
         return await self._run(run)
 
@@ -553,7 +610,10 @@ class Outbox:
             db.execute("BEGIN IMMEDIATE")
             undelivered = [r[0] for r in db.execute("SELECT seq FROM records WHERE state<2")]
             cur = db.execute("DELETE FROM records")
+            db.execute("DELETE FROM bindings")
             self._rows = 0
+            self._inflight.clear()
+            self._taken.clear()
             if undelivered:
                 self._insert_gap_sync(undelivered, "purged", self._clock.now())
             db.execute("COMMIT")
@@ -622,6 +682,7 @@ class Outbox:
             if rows:
                 cur = db.executemany("DELETE FROM records WHERE seq=?", [(r[0],) for r in rows])
                 self._rows -= cur.rowcount
+                self._inflight.difference_update(r[0] for r in rows)
                 undelivered = [seq for seq, state in rows if state != DELIVERED]
                 if undelivered:
                     self._insert_gap_sync(undelivered, "expired", now)
@@ -643,13 +704,13 @@ class Outbox:
     async def stats(self) -> OutboxStats:
         def run() -> OutboxStats:
             db = self.db
-            depth, inflight, oldest, kept = db.execute(
-                "SELECT coalesce(sum(state<2),0), coalesce(sum(state=1),0), "
-                "min(CASE WHEN state<2 THEN time END), coalesce(sum(state=2),0) FROM records"
+            depth, oldest, kept = db.execute(
+                "SELECT coalesce(sum(state<2),0), min(CASE WHEN state<2 THEN time END), "
+                "coalesce(sum(state=2),0) FROM records"
             ).fetchone()
             return OutboxStats(
                 depth,
-                inflight,
+                len(self._inflight),
                 datetime.fromisoformat(oldest) if oldest else None,
                 self._size_sync(),
                 kept,
@@ -662,18 +723,124 @@ _KINDS = {k.value: k for k in RecordKind}
 _PRIORITIES = {int(p): p for p in Priority}
 
 
-def _row(r: tuple[Any, ...]) -> Stored:
-    seq, msg_id, kind, priority, t, session, drill, data, expires = r
-    rec = Record(
-        kind=_KINDS[kind],
-        time=datetime.fromisoformat(t),
-        data=json.loads(data),
-        priority=_PRIORITIES[priority],
-        session=session,
-        drill=bool(drill),
-        expires=datetime.fromtimestamp(expires, UTC) if expires else None,
-    )
-    return Stored(seq, msg_id, rec)
+Item = TypeVar("Item")
+
+
+class _Grouped(Generic[Item, T]):
+    """Group commit: items submitted while a commit runs go together in the next one, so
+    a burst costs one transaction (and one fsync), not one each. ``commit`` runs in the
+    writer thread and returns one result per item."""
+
+    def __init__(
+        self, commit: Callable[[list[Item]], list[T]], *, after: Callable[[], None] | None = None
+    ) -> None:
+        self._commit = commit
+        self._after = after
+        self._waiting: list[tuple[Item, asyncio.Future[T]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, pool: ThreadPoolExecutor, item: Item) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(pool))
+        return await fut
+
+    async def settled(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def _run(self, pool: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                results = await loop.run_in_executor(
+                    pool, functools.partial(self._commit, [item for item, _ in batch])
+                )
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+            if self._after is not None:
+                self._after()
+
+
+class _Row(Stored):
+    """A :class:`Stored` read from the table: the record itself (its time and JSON data)
+    is decoded only when asked for."""
+
+    __slots__ = ("_data", "_time")
+
+    def __init__(self, r: tuple[Any, ...]) -> None:
+        seq, kind, priority, t, session, drill, data, expires, *row = r
+        self.seq = seq
+        self.msg_id = None
+        self.session = session
+        self._time = t
+        self._data = data
+        self.kind = _KINDS[kind]
+        self.priority = _PRIORITIES[priority]
+        self.drill = bool(drill)
+        self.expires = datetime.fromtimestamp(expires, UTC) if expires else None
+        self.row = None if row[0] is None else (row[0], row[1], row[2], row[3])
+        self._record = None
+
+    def _load(self) -> Record:
+        return Record(
+            kind=self.kind,
+            time=datetime.fromisoformat(self._time),
+            data=json.loads(self._data),
+            priority=self.priority,
+            session=self.session,
+            drill=self.drill,
+            expires=self.expires,
+        )
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return bool(db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (name,)).fetchone())
+
+
+def _migrate_from_0(db: sqlite3.Connection) -> None:
+    """Version 0 kept message ids in ``records.msg_id`` and had no track rows. Its
+    records keep their message ids (moved to ``bindings``); they go without precomputed
+    rows (encoded from their data, as before). The emptied column stays: older SQLite
+    versions cannot drop a column."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name, kind in (
+            ("row_t", "INTEGER"),
+            ("row_lat", "INTEGER"),
+            ("row_lon", "INTEGER"),
+            ("row_tail", "TEXT"),
+        ):
+            db.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
+        db.execute("DROP INDEX IF EXISTS records_session")
+        db.execute(
+            "CREATE TABLE bindings (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, "
+            "msg_id TEXT NOT NULL)"
+        )
+        named: dict[str, list[int]] = {}
+        for seq, mid in db.execute(
+            "SELECT seq, msg_id FROM records WHERE msg_id IS NOT NULL ORDER BY seq"
+        ):
+            named.setdefault(mid, []).append(seq)
+        db.executemany(
+            "INSERT INTO bindings VALUES (?,?,?)",
+            [(a, b, mid) for mid, seqs in named.items() for a, b in _ranges(seqs)],
+        )
+        db.execute("UPDATE records SET msg_id=NULL WHERE msg_id IS NOT NULL")
+        db.execute("PRAGMA user_version=1")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.info("outbox schema brought up to version 1 (message ids moved to 'bindings')")
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -52,6 +52,58 @@ class Record:
     expires: datetime | None = None
 
 
+#: a fix as a ``track`` row, worked out once when it is stored (:func:`device.wire.track_row`):
+#: time (ms since the epoch), latitude and longitude (micro-degrees), and the rest of the
+#: row as JSON text
+TrackRow = tuple[int, int, int, str]
+
+
+class Stored:
+    """A record as committed: its ``seq`` is kept for life; ``msg_id`` is the id of the
+    message that carries it, set by :meth:`device.outbox.Outbox.bind` before its first
+    sending. What the uplink groups messages by (kind, priority, session, drill, expiry)
+    is at hand without decoding the record; the store may decode :attr:`record` only
+    when it is asked for (:meth:`_load`), so draining a backlog of fixes, which go as
+    their :attr:`row`, never decodes them."""
+
+    __slots__ = (
+        "_record",
+        "drill",
+        "expires",
+        "kind",
+        "msg_id",
+        "priority",
+        "row",
+        "seq",
+        "session",
+    )
+
+    def __init__(
+        self, seq: int, msg_id: str | None, record: Record, row: TrackRow | None = None
+    ) -> None:
+        self.seq = seq
+        self.msg_id = msg_id
+        self.kind = record.kind
+        self.priority = record.priority
+        self.session = record.session
+        self.drill = record.drill
+        self.expires = record.expires
+        self.row = row
+        self._record: Record | None = record
+
+    @property
+    def record(self) -> Record:
+        if self._record is None:
+            self._record = self._load()
+        return self._record
+
+    def _load(self) -> Record:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"Stored(seq={self.seq}, msg_id={self.msg_id!r}, kind={self.kind.value})"
+
+
 class Recorder(Protocol):
     async def add(self, record: Record) -> None:
         """Store durably; returns once the record is committed."""

@@ -40,8 +40,8 @@ from device.backoff import Backoff
 from device.clock import Clock
 from device.commands import CommandHandler
 from device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, Inbound, MqttError, Will
-from device.outbox import Outbox, Pending, Stored
-from device.records import Priority, RecordKind
+from device.outbox import Outbox, Pending
+from device.records import Priority, RecordKind, Stored
 from device.wire import (
     RETAINED_KINDS,
     SOS_KINDS,
@@ -449,25 +449,24 @@ class Uplink:
         """Group records into messages: those already bound keep their message; new ones
         form ``sos`` messages (one each) and ``track`` batches (one session, one expiry)."""
         now = self._clock.now()
-        expired = {s.seq for s in stored if s.record.expires and s.record.expires <= now}
+        expired = {s.seq for s in stored if s.expires and s.expires <= now}
         if expired:
             await self._outbox.purge(now)  # replaced by a gap record; never sent
             stored = [s for s in stored if s.seq not in expired]
         bound: OrderedDict[str, list[Stored]] = OrderedDict()
         fresh: list[list[Stored]] = []
         for s in stored:
-            r = s.record
             if s.msg_id is not None:
                 bound.setdefault(s.msg_id, []).append(s)
-            elif r.kind in SOS_KINDS:
+            elif s.kind in SOS_KINDS:
                 fresh.append([s])
             else:
                 cur = fresh[-1] if fresh else None
                 if (
                     cur is not None
-                    and cur[0].record.kind not in SOS_KINDS
-                    and (cur[0].record.session, cur[0].record.drill, cur[0].record.expires)
-                    == (r.session, r.drill, r.expires)
+                    and cur[0].kind not in SOS_KINDS
+                    and (cur[0].session, cur[0].drill, cur[0].expires)
+                    == (s.session, s.drill, s.expires)
                     and len(cur) < self.config.max_batch
                 ):
                     cur.append(s)
@@ -485,7 +484,7 @@ class Uplink:
             new.extend(self._split(group))
         if new:
             await self._outbox.bind({m.msg_id: m.seqs for m in new})
-        return sorted(messages + new, key=lambda m: (m.records[0].record.priority, m.seqs[0]))
+        return sorted(messages + new, key=lambda m: (m.records[0].priority, m.records[0].seq))
 
     def _split(self, group: list[Stored]) -> list[Message]:
         msg = self._message(uuid.uuid4().hex[:20], group)
@@ -496,45 +495,43 @@ class Uplink:
 
     def _message(self, msg_id: str, group: list[Stored]) -> Message:
         first = group[0]
-        r = first.record
         box = self._outbox.outbox_id
-        if r.kind in SOS_KINDS:
-            topic, payload = self.topics.sos, encode_sos(box, first.seq, r)
-            retain = r.kind in RETAINED_KINDS and first.seq > self._retained_seq
+        if first.kind in SOS_KINDS:
+            topic, payload = self.topics.sos, encode_sos(box, first.seq, first.record)
+            retain = first.kind in RETAINED_KINDS and first.seq > self._retained_seq
         else:
-            topic, payload = (
-                self.topics.track,
-                encode_track(box, [(s.seq, s.record) for s in group]),
-            )
+            topic, payload = self.topics.track, encode_track(box, group)
             retain = False
         return Message(msg_id, topic, payload, tuple(group), retain, self._expiry(first))
 
     def _expiry(self, s: Stored) -> int | None:
         """MQTT message expiry: a session's records until 72 h after it ended; during an
         active SOS none (the end is not known yet); routine telemetry as configured."""
-        r = s.record
-        if r.expires is not None:
-            return max(1, math.ceil((r.expires - self._clock.now()).total_seconds()))
-        if r.session is not None:
+        if s.expires is not None:
+            return max(1, math.ceil((s.expires - self._clock.now()).total_seconds()))
+        if s.session is not None:
             return None
         return self.config.routine_expiry
 
     async def _after_delivery(self, conn: Connection, msg: Message) -> None:
         """Keep the retained views up to date: ``sos`` order, OwnTracks position."""
         for s in msg.records:
-            b = s.record.data.get("battery")
-            if isinstance(b, dict):
-                self._battery = b
+            if s.kind is not RecordKind.FIX:  # a fix carries no battery reading
+                b = s.record.data.get("battery")
+                if isinstance(b, dict):
+                    self._battery = b
         first = msg.records[0]
         if msg.retain:
             self._retained_seq = max(self._retained_seq, first.seq)
             await self._outbox.set_meta("sos_retained_seq", str(self._retained_seq))
         if not self.owntracks_topic:
             return
-        if first.record.kind is RecordKind.SOS_END and msg.expiry is not None:
-            await self._owntracks_expire(conn, first.record.session, msg.expiry)
+        if first.kind is RecordKind.SOS_END and msg.expiry is not None:
+            await self._owntracks_expire(conn, first.session, msg.expiry)
         fixes = [
-            s for s in msg.records if s.record.kind is RecordKind.FIX and s.record.data.get("fix")
+            s
+            for s in msg.records
+            if s.kind is RecordKind.FIX and (s.row is not None or s.record.data.get("fix"))
         ]
         if fixes:
             await self._owntracks(conn, fixes[-1], msg.expiry)

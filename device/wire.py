@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from device.records import Record, RecordKind
+from device.records import Record, RecordKind, Stored, TrackRow
 
 WIRE_VERSION = 1
 #: kinds published one per message on the ``sos`` topic; every other kind goes in ``track``
@@ -109,7 +109,7 @@ def _usable(x: object) -> float | None:
     return None
 
 
-def _fix_row(fix: dict[str, Any]) -> list[Any]:
+def _fix_tail(fix: dict[str, Any]) -> list[Any]:
     """alt (m), spd (m/s, 0.1), crs (degrees), acc (m); unknown (or unusable) values are
     ``null``, trailing ones left off."""
 
@@ -128,17 +128,50 @@ def _fix_row(fix: dict[str, Any]) -> list[Any]:
 _BATTERY_KEYS = ("pct", "status", "v", "a", "temp")
 
 
-def encode_track(box: str, records: Sequence[tuple[int, Record]]) -> bytes:
+def track_row(record: Record) -> TrackRow | None:
+    """A fix with a usable position as a ``track`` row (absolute values; the message
+    turns them into differences): ``None`` for anything else."""
+    if record.kind is not RecordKind.FIX:
+        return None
+    fix = record.data.get("fix")
+    if not fix or _usable(fix.get("lat")) is None or _usable(fix.get("lon")) is None:
+        return None
+    tail = dumps(_fix_tail(fix))[1:-1].decode()
+    return round(epoch(fix_time(record)) * 1000), _micro(fix["lat"]), _micro(fix["lon"]), tail
+
+
+def _seconds(ms: int) -> str:
+    """Milliseconds as JSON seconds, as short as JSON allows (``_num(ms / 1000)``)."""
+    return str(ms // 1000) if ms % 1000 == 0 else repr(ms / 1000)
+
+
+def _fix_rows(rows: list[tuple[int, TrackRow]]) -> str:
+    """The ``fix`` array as JSON text, straight from the rows: the hot path of a drain."""
+    seq0, (t0, lat0, lon0, tail0) = rows[0]
+    first = f"{seq0},{_seconds(t0)},{_num(lat0 / MICRO)!r},{_num(lon0 / MICRO)!r}"
+    out = [f"[{first},{tail0}]" if tail0 else f"[{first}]"]
+    ps, pt, plat, plon = seq0, t0, lat0, lon0
+    for seq, (t, lat, lon, tail) in rows[1:]:
+        head = f"{seq - ps},{_seconds(t - pt)},{lat - plat},{lon - plon}"
+        out.append(f"[{head},{tail}]" if tail else f"[{head}]")
+        ps, pt, plat, plon = seq, t, lat, lon
+    return f"[{','.join(out)}]"
+
+
+def encode_track(box: str, records: Sequence[Stored]) -> bytes:
     """One ``track`` message: records of one session (or none), in seq order.
 
     Fix rows: ``[seq, t, lat, lon, alt, spd, crs, acc]``; in every row after the first,
     ``seq``, ``t`` (s), ``lat`` and ``lon`` (micro-degrees) are differences from the row
     before. Battery rows: ``[seq, t, pct, status, v, a, temp]``, ``seq`` and ``t`` as
     differences likewise. Gap records and anything else are listed as objects.
+
+    A fix's row comes from :attr:`Stored.row` when the store worked it out already, so
+    the records of a drained backlog are never decoded.
     """
     if not records:
         raise ValueError("a track message needs at least one record")
-    first = records[0][1]
+    first = records[0]
     msg: dict[str, Any] = {"v": WIRE_VERSION, "box": box}
     if first.session:
         msg["sess"] = first.session
@@ -146,48 +179,46 @@ def encode_track(box: str, records: Sequence[tuple[int, Record]]) -> bytes:
         msg["drill"] = True
     if first.expires is not None:
         msg["exp"] = int(first.expires.timestamp())
-    fixes: list[list[Any]] = []
+    fixes: list[tuple[int, TrackRow]] = []
     batts: list[list[Any]] = []
     gaps: list[dict[str, Any]] = []
     other: list[dict[str, Any]] = []
-    prev_fix: tuple[int, int, int, int] | None = None  # seq, t ms, lat µ°, lon µ°
     prev_bat: tuple[int, int] | None = None
-    for seq, r in records:
-        if r.session != first.session or r.drill != first.drill:
+    for s in records:
+        if s.session != first.session or s.drill != first.drill:
             raise ValueError("records of one track message must share session and drill")
-        fix = r.data.get("fix") if r.kind is RecordKind.FIX else None
-        if fix and _usable(fix.get("lat")) is not None and _usable(fix.get("lon")) is not None:
-            cur = (seq, round(epoch(fix_time(r)) * 1000), _micro(fix["lat"]), _micro(fix["lon"]))
-            if prev_fix is None:
-                head: list[Any] = [seq, _num(cur[1] / 1000)]
-                head += [_num(cur[2] / MICRO), _num(cur[3] / MICRO)]
-            else:
-                head = [cur[0] - prev_fix[0], _num((cur[1] - prev_fix[1]) / 1000)]
-                head += [cur[2] - prev_fix[2], cur[3] - prev_fix[3]]
-            prev_fix = cur
-            fixes.append(head + _fix_row(fix))
-        elif r.kind is RecordKind.BATTERY and isinstance(r.data.get("battery"), dict):
+        row = s.row
+        if row is None and s.kind is RecordKind.FIX:
+            row = track_row(s.record)
+        if row is not None:
+            fixes.append((s.seq, row))
+            continue
+        r = s.record
+        if r.kind is RecordKind.BATTERY and isinstance(r.data.get("battery"), dict):
             b = r.data["battery"]
             tms = round(epoch(r.time) * 1000)
             if prev_bat is None:
-                row: list[Any] = [seq, _num(tms / 1000)]
+                brow: list[Any] = [s.seq, _num(tms / 1000)]
             else:
-                row = [seq - prev_bat[0], _num((tms - prev_bat[1]) / 1000)]
-            prev_bat = (seq, tms)
-            row += [b.get(k) for k in _BATTERY_KEYS]
-            while len(row) > 2 and row[-1] is None:
-                row.pop()
-            batts.append(row)
+                brow = [s.seq - prev_bat[0], _num((tms - prev_bat[1]) / 1000)]
+            prev_bat = (s.seq, tms)
+            brow += [b.get(k) for k in _BATTERY_KEYS]
+            while len(brow) > 2 and brow[-1] is None:
+                brow.pop()
+            batts.append(brow)
         elif r.kind is RecordKind.GAP:
-            gaps.append({"seq": seq, "t": _num(epoch(r.time)), **r.data})
+            gaps.append({"seq": s.seq, "t": _num(epoch(r.time)), **r.data})
         else:
             # anything else, including a record whose fields do not fit a row: sent as it
             # is, never dropped (its seq must reach the receiver)
-            other.append({"seq": seq, "t": _num(epoch(r.time)), "kind": r.kind.value, **r.data})
-    for key, rows in (("fix", fixes), ("bat", batts), ("gap", gaps), ("ev", other)):
+            other.append({"seq": s.seq, "t": _num(epoch(r.time)), "kind": r.kind.value, **r.data})
+    parts = [dumps(msg)[:-1].decode()]
+    if fixes:
+        parts.append(f'"fix":{_fix_rows(fixes)}')
+    for key, rows in (("bat", batts), ("gap", gaps), ("ev", other)):
         if rows:
-            msg[key] = rows
-    return dumps(msg)
+            parts.append(f'"{key}":{dumps(rows).decode()}')
+    return (",".join(parts) + "}").encode()
 
 
 def encode_sos(box: str, seq: int, r: Record) -> bytes:

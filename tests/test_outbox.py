@@ -274,3 +274,86 @@ async def test_delivered_sos_records_stay_until_expiry_and_export_and_purge(
         assert await box.wipe() == 1
         left = await box.take()  # the undelivered one is announced as purged
         assert [s.record.data for s in left] == [{"ranges": [[2, 2]], "reason": "purged"}]
+
+
+async def test_message_ids_survive_a_restart_and_a_message_formed_anew_takes_new_ones(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as box:
+        for i in range(6):
+            await box.store(rec(i))
+        await box.take()
+        await box.bind({"m-a": [1, 2, 3], "m-b": [4, 5, 6]})
+    async with await Outbox.open(path) as box:  # a restart: all pending again, names kept
+        taken = await box.take()
+        assert [(s.seq, s.msg_id) for s in taken] == [
+            (1, "m-a"), (2, "m-a"), (3, "m-a"), (4, "m-b"), (5, "m-b"), (6, "m-b")
+        ]  # fmt: skip
+        await box.bind({"m-a1": [1, 2], "m-a2": [3]})  # too large for the broker: split
+        await box.requeue()
+        assert [s.msg_id for s in await box.take()] == ["m-a1", "m-a1", "m-a2"] + ["m-b"] * 3
+        await box.ack([1, 2, 3])
+        await box.requeue()
+        assert [(s.seq, s.msg_id) for s in await box.take()] == [(4, "m-b"), (5, "m-b"), (6, "m-b")]
+        names = await box._run(lambda: box.db.execute("SELECT msg_id FROM bindings").fetchall())
+        assert names == [("m-b",)]  # the delivered message's names went with it
+
+
+#: the schema of the first release (version 0), to check that its outboxes open
+SCHEMA_0 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE records (
+    seq      INTEGER PRIMARY KEY,
+    msg_id   TEXT,
+    kind     TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    time     TEXT NOT NULL,
+    session  TEXT,
+    drill    INTEGER NOT NULL,
+    data     TEXT NOT NULL,
+    expires  REAL,
+    state    INTEGER NOT NULL DEFAULT 0  -- 0 pending, 1 in flight, 2 delivered (kept)
+);
+CREATE INDEX records_order ON records (state, priority, seq);
+CREATE INDEX records_session ON records (session);
+CREATE TABLE sessions (session TEXT PRIMARY KEY, expires REAL NOT NULL);
+INSERT INTO meta VALUES ('outbox_id', '00112233aabbccdd');
+INSERT INTO counters VALUES ('seq', 4);
+INSERT INTO records VALUES
+  (1, 'm-old', 'fix', 2, '2026-11-22T10:00:00+00:00', NULL, 0,
+   '{"fix":{"t":"2026-11-22T10:00:00Z","lat":48.1,"lon":11.5,"alt":520.4}}', NULL, 1),
+  (2, 'm-old', 'fix', 2, '2026-11-22T10:00:01+00:00', NULL, 0,
+   '{"fix":{"t":"2026-11-22T10:00:01Z","lat":48.1001,"lon":11.5002}}', NULL, 1),
+  (3, NULL, 'battery', 2, '2026-11-22T10:00:02+00:00', NULL, 0,
+   '{"battery":{"pct":80}}', NULL, 0),
+  (4, NULL, 'fix', 1, '2026-11-22T10:00:03+00:00', 's1', 0,
+   '{"fix":{"t":"2026-11-22T10:00:03Z","lat":48.2,"lon":11.6}}', NULL, 2);
+"""
+
+
+async def test_an_outbox_of_the_first_release_opens_with_nothing_lost(tmp_path: Path) -> None:
+    import sqlite3
+
+    from device.wire import decode_track, encode_track
+
+    path = tmp_path / "o.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA_0)
+    old.close()
+    async with await Outbox.open(path) as box:
+        assert box.outbox_id == "00112233aabbccdd"
+        taken = await box.take()
+        assert [(s.seq, s.msg_id, s.row) for s in taken] == [
+            (1, "m-old", None), (2, "m-old", None), (3, None, None)
+        ]  # fmt: skip
+        got = decode_track(encode_track(box.outbox_id, taken))
+        assert [g.seq for g in got] == [1, 2, 3]
+        assert got[1].data["fix"] == {"lat": 48.1001, "lon": 11.5002}
+        assert (await box.stats()).kept == 1  # the delivered SOS point is still kept
+        fix = {"t": "2026-11-22T10:00:05Z", "lat": 48.3, "lon": 11.7}
+        new = await box.store(Record(RecordKind.FIX, T0, {"fix": fix}))
+        assert new.seq == 5 and new.row is not None  # new fixes get their track rows
+        version = await box._run(lambda: box.db.execute("PRAGMA user_version").fetchone()[0])
+        assert version == 1

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device.records import Priority, Record, RecordKind
+from device.records import Priority, Record, RecordKind, Stored
 from device.wire import (
     CommandError,
     CommandName,
@@ -28,8 +28,29 @@ from device.wire import (
     owntracks_location,
     parse_command,
     seq_ranges_text,
+    track_row,
 )
 from tests.mqtt_env import T0, fix_record
+
+
+def stored(pairs: list[tuple[int, Record]], *, rows: bool = False) -> list[Stored]:
+    """As the outbox hands records out: with their track rows worked out at storing
+    (``rows``), or without, for records stored before the rows were kept."""
+    return [Stored(seq, None, r, track_row(r) if rows else None) for seq, r in pairs]
+
+
+class Undecodable(Stored):
+    """A stored record whose JSON must not be decoded (the drain's promise)."""
+
+    __slots__ = ()
+
+    def __init__(self, seq: int, r: Record) -> None:
+        super().__init__(seq, None, r, track_row(r))
+        self._record = None
+
+    def _load(self) -> Record:
+        raise AssertionError(f"record {self.seq} was decoded")
+
 
 fixes = st.fixed_dictionaries(
     {
@@ -57,7 +78,11 @@ def test_track_round_trip(rows: list[dict[str, Any]], seq0: int) -> None:
         records.append(
             (seq0 + 2 * i, Record(RecordKind.FIX, t, {"fix": fix}, Priority.LIVE, "s", True))
         )
-    got = decode_track(encode_track("box1", records))
+    payload = encode_track("box1", stored(records))
+    assert encode_track("box1", stored(records, rows=True)) == payload
+    assert encode_track("box1", [Undecodable(seq, r) for seq, r in records]) == payload
+    assert dumps(json.loads(payload)) == payload  # compact JSON, as json.dumps writes it
+    got = decode_track(payload)
     assert [g.seq for g in got] == [s for s, _ in records]
     for g, (_, r) in zip(got, records, strict=True):
         want = r.data["fix"]
@@ -79,7 +104,9 @@ def test_battery_gap_and_other_records_round_trip() -> None:
         (9, Record(RecordKind.GAP, T0, {"ranges": [[2, 5]], "reason": "evicted"})),
         (10, Record(RecordKind.BATTERY, T0 + timedelta(seconds=60), {"battery": {"pct": 80}})),
     ]
-    got = {g.seq: g for g in decode_track(encode_track("b", records))}
+    payload = encode_track("b", stored(records, rows=True))
+    assert payload == encode_track("b", stored(records))
+    got = {g.seq: g for g in decode_track(payload)}
     assert got[8].data == {"battery": {"pct": 81, "status": "discharging"}}
     assert got[10].data == {"battery": {"pct": 80}} and got[10].t == T0.timestamp() + 60
     assert got[9].kind == "gap" and got[9].data == {"ranges": [[2, 5]], "reason": "evicted"}
@@ -88,7 +115,7 @@ def test_battery_gap_and_other_records_round_trip() -> None:
 
 def test_a_fix_costs_under_30_percent_of_an_owntracks_location() -> None:
     records = [(i + 1, fix_record(i)) for i in range(200)]
-    track = len(encode_track("0123456789abcdef0123456789abcdef", records))
+    track = len(encode_track("0123456789abcdef0123456789abcdef", stored(records, rows=True)))
     owntracks = sum(
         len(dumps(owntracks_location(r.data["fix"], at=r.time, tid="d1", battery={"pct": 80})))
         for _, r in records
@@ -191,7 +218,8 @@ def test_a_record_that_does_not_fit_a_row_is_still_sent_whole() -> None:
         (3, Record(RecordKind.BATTERY, T0, {"battery": "n/a"})),
         (4, Record(RecordKind.FIX, T0, {"fix": None})),
     ]
-    got = {g.seq: g for g in decode_track(encode_track("b", odd))}
+    assert [track_row(r) is None for _, r in odd] == [True, False, True, True]
+    got = {g.seq: g for g in decode_track(encode_track("b", stored(odd)))}
     assert sorted(got) == [1, 2, 3, 4]  # every seq reaches the receiver
     assert got[1].data == {"fix": {"lat": None, "lon": 3.0}}
     assert got[2].data["fix"] == {"lat": 1.0, "lon": 2.0}  # the unusable altitude dropped
