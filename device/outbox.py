@@ -51,7 +51,7 @@ from typing import Any, Generic, TypeVar
 
 from device.clock import Clock, MonotonicClock
 from device.records import Priority, Record, RecordKind, Stored
-from device.wire import track_row
+from device.wire import seq_ranges, track_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -385,7 +385,7 @@ class Outbox:
         ).fetchone()
         if old is not None and old[0] not in self._inflight and not self._bound(old[0]):
             named = [(a, b) for a, b in json.loads(old[1])["ranges"]]
-            ranges = _merge(named + _ranges(sorted(seqs)))
+            ranges = _merge(named + seq_ranges(seqs))
             data = {"ranges": [list(r) for r in ranges], "reason": reason}
             db.execute(
                 "UPDATE records SET data=?, time=? WHERE seq=?",
@@ -393,7 +393,7 @@ class Outbox:
             )
             return
         seq = self._get_seq() + 1
-        data = {"ranges": [list(r) for r in _ranges(sorted(seqs))], "reason": reason}
+        data = {"ranges": [list(r) for r in seq_ranges(seqs)], "reason": reason}
         db.execute(
             "INSERT INTO records (seq, kind, priority, time, session, drill, data) "
             "VALUES (?,?,?,?,NULL,0,?)",
@@ -504,9 +504,7 @@ class Outbox:
         new name; a name that no longer covers a record is dropped with it."""
 
         def run() -> None:
-            ranges = [
-                (a, b, mid) for mid, seqs in messages.items() for a, b in _ranges(sorted(seqs))
-            ]
+            ranges = [(a, b, mid) for mid, seqs in messages.items() for a, b in seq_ranges(seqs)]
             with self._light():
                 self.db.executemany(
                     "DELETE FROM bindings WHERE first BETWEEN ? AND ?",
@@ -556,7 +554,7 @@ class Outbox:
     def _ack_sync(self, acks: list[list[int]]) -> list[None]:
         db = self.db
         seqs = [s for group in acks for s in group]
-        ranges = _ranges(sorted(set(seqs)))
+        ranges = seq_ranges(seqs)
         with self._light():
             cur = db.executemany(
                 "DELETE FROM records WHERE seq BETWEEN ? AND ? AND session IS NULL", ranges
@@ -777,7 +775,7 @@ class _Row(Stored):
     __slots__ = ("_data", "_time")
 
     def __init__(self, r: tuple[Any, ...]) -> None:
-        seq, kind, priority, t, session, drill, data, expires, *row = r
+        seq, kind, priority, t, session, drill, data, expires, row_t = r[:9]
         self.seq = seq
         self.msg_id = None
         self.session = session
@@ -787,7 +785,7 @@ class _Row(Stored):
         self.priority = _PRIORITIES[priority]
         self.drill = bool(drill)
         self.expires = datetime.fromtimestamp(expires, UTC) if expires else None
-        self.row = None if row[0] is None else (row[0], row[1], row[2], row[3])
+        self.row = None if row_t is None else (row_t, r[9], r[10], r[11])
         self._record = None
 
     def _load(self) -> Record:
@@ -832,7 +830,7 @@ def _migrate_from_0(db: sqlite3.Connection) -> None:
             named.setdefault(mid, []).append(seq)
         db.executemany(
             "INSERT INTO bindings VALUES (?,?,?)",
-            [(a, b, mid) for mid, seqs in named.items() for a, b in _ranges(seqs)],
+            [(a, b, mid) for mid, seqs in named.items() for a, b in seq_ranges(seqs)],
         )
         db.execute("UPDATE records SET msg_id=NULL WHERE msg_id IS NOT NULL")
         db.execute("PRAGMA user_version=1")
@@ -851,14 +849,4 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
             out[-1] = (out[-1][0], max(b, out[-1][1]))
         else:
             out.append((a, b))
-    return out
-
-
-def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for s in seqs:
-        if out and s == out[-1][1] + 1:
-            out[-1] = (out[-1][0], s)
-        else:
-            out.append((s, s))
     return out

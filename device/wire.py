@@ -432,17 +432,23 @@ def parse_command(payload: bytes) -> Command:
     return Command(cmd, texts["id"], texts["by"], texts["session"])
 
 
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive seqs, inclusive: ``[5, 3, 4, 9]`` gives ``[(3, 5), (9, 9)]``
+    (any order, repeats ignored)."""
+    ordered = sorted(set(seqs))
+    if not ordered:
+        return []
+    if ordered[-1] - ordered[0] == len(ordered) - 1:  # the common case: one run
+        return [(ordered[0], ordered[-1])]
+    out = [(ordered[0], ordered[0])]
+    for s in ordered[1:]:
+        if s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
 def seq_ranges_text(seqs: Iterable[int]) -> str:
     """``"3-7,9"``: the seqs of a message, for its ``seq`` user property."""
-    out: list[str] = []
-    start = prev = None
-    for s in sorted(seqs):
-        if prev is not None and s == prev + 1:
-            prev = s
-            continue
-        if start is not None:
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = s
-    if start is not None:
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-    return ",".join(out)
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in seq_ranges(seqs))
