@@ -365,11 +365,13 @@ class SosController:
         # Saved as ending *before* the end record: a restart in between completes the
         # end instead of resuming the session (no location after a stop, ever).
         await self._session_changed(s)
+        # The expiry first: the end record is stored with it, so it is never sent
+        # without one (the uplink may read it the moment it is committed).
+        expires = s.ended + timedelta(seconds=self.config.retention)
+        await self._recorder.expire_session(s.id, expires)
         await self._record(
             RecordKind.SOS_END, {"reason": reason, "points": s.points}, Priority.SOS, s
         )
-        expires = s.ended + timedelta(seconds=self.config.retention)
-        await self._recorder.expire_session(s.id, expires)
         await self._session_changed(None)
         log.warning(
             "%s ended (session %s: %s); its route expires at %s",

@@ -177,7 +177,8 @@ class Uplink:
         self.disconnected = asyncio.Event()
         #: set when the broker answered a message with a failure reason code
         self.refused = asyncio.Event()
-        self._acked = asyncio.Event()
+        #: set whenever the broker acknowledged records (clear it, look, then wait)
+        self.acked = asyncio.Event()
 
     # -- the connection's life ---------------------------------------------------------
 
@@ -222,10 +223,10 @@ class Uplink:
     async def drained(self) -> None:
         """Wait until the outbox is empty: everything stored was acknowledged."""
         while True:
-            self._acked.clear()
+            self.acked.clear()
             if not await self._outbox.has_undelivered():
                 return
-            await self._acked.wait()
+            await self.acked.wait()
 
     def _will(self) -> Will:
         return Will(
@@ -408,11 +409,8 @@ class Uplink:
             if budget is not None:
                 budget.release(len(msg.payload))
         if not rc.is_failure:
-            await self._outbox.ack(msg.seqs)
-            self.stats.records_acked += len(msg.records)
-            self._acked.set()
-            self._conn_acks += 1
-            self._refused.reset()
+            # shielded: a connection lost meanwhile must not cut the bookkeeping short
+            await asyncio.shield(self._delivered(msg))
             await self._after_delivery(conn, msg)
             return
         name = str(rc)
@@ -430,6 +428,13 @@ class Uplink:
                 log.error,
             )
         await self._outbox.requeue(msg.seqs)
+
+    async def _delivered(self, msg: Message) -> None:
+        await self._outbox.ack(msg.seqs)
+        self.stats.records_acked += len(msg.records)
+        self.acked.set()
+        self._conn_acks += 1
+        self._refused.reset()
 
     def _learn_size(self, msg: Message, fut: asyncio.Future[Any]) -> None:
         """At the PUBACK itself (Mosquitto may drop the connection right after a "packet

@@ -182,6 +182,12 @@ async def test_acl_denial_keeps_records_until_the_acl_allows(tmp_path: Path) -> 
         await r.receiver.wait_until(lambda: any(x.kind == "sos-start" for x in r.receiver.records))
         await r.uplink.refused.wait()
         assert "Not authorized" in " ".join(r.uplink.stats.failures)
+        async with asyncio.timeout(10):
+            while True:  # until the SOS is acknowledged (and so deleted)
+                r.uplink.acked.clear()
+                if r.uplink.stats.records_acked >= 1:
+                    break
+                await r.uplink.acked.wait()
         assert (await r.outbox.stats()).depth == 5  # denied: kept, none lost
         r.broker.reload(acl(True))
         led = await r.receiver.wait_for_seqs(6)
