@@ -177,8 +177,10 @@ class Uplink:
         self.disconnected = asyncio.Event()
         #: set when the broker answered a message with a failure reason code
         self.refused = asyncio.Event()
-        #: set whenever the broker acknowledged records (clear it, look, then wait)
+        #: set whenever the broker answered a message (clear it, look, then wait)
         self.acked = asyncio.Event()
+        #: messages published and not yet answered, on the current connection
+        self._settling: set[asyncio.Task[None]] = set()
 
     # -- the connection's life ---------------------------------------------------------
 
@@ -224,7 +226,8 @@ class Uplink:
         """Wait until the outbox is empty: everything stored was acknowledged."""
         while True:
             self.acked.clear()
-            if not await self._outbox.has_undelivered():
+            # while messages are out, something is undelivered: no need to ask the outbox
+            if not self._settling and not await self._outbox.has_undelivered():
                 return
             await self.acked.wait()
 
@@ -299,7 +302,7 @@ class Uplink:
         log.info("connected to the broker %s:%d", self.broker.host, self.broker.port)
         self.disconnected.clear()
         self.connected.set()
-        settling: set[asyncio.Task[None]] = set()
+        settling = self._settling
         window = max(1, min(self.config.window, connack.receive_maximum - 2))
         budget = _Budget(self.config.inflight_bytes, window)
         tasks = [
@@ -354,30 +357,31 @@ class Uplink:
         cfg = self.config
         watch = self._outbox.watch()
         last_sent = -math.inf
+        first, last = (
+            (Priority.SOS, Priority.LIVE) if urgent else (Priority.ROUTINE, Priority.ROUTINE)
+        )
+        # urgent: everything waiting; routine: two messages' worth at a time
+        limit = cfg.max_batch * (4 if urgent else 2)
+        more = False  # the last take was full: a backlog drains, no need to ask if due
         while True:
             watch.clear()
             pause = self._pause_until - self._clock.monotonic()
             if pause > 0:
                 await self._clock.sleep(pause)
                 continue
-            p = await self._outbox.pending(cfg.batch_count)
-            if urgent:
-                wait: float | None = None
-                if p.urgent:
-                    wait = max(0.0, last_sent + cfg.sos_interval - self._clock.monotonic())
-            else:
-                wait = routine_due(p, self._clock.now(), cfg)
-            if wait is None or wait > 0:
-                await self._wait(watch, wait)
-                continue
-            first, last = (
-                (Priority.SOS, Priority.LIVE) if urgent else (Priority.ROUTINE, Priority.ROUTINE)
-            )
-            # urgent: everything waiting; routine: two messages' worth, so a routine take
-            # never holds the outbox's writer long while an SOS waits behind it
-            stored = await self._outbox.take(
-                cfg.max_batch * (4 if urgent else 2), first=first, last=last
-            )
+            if not (more and not urgent):
+                p = await self._outbox.pending(cfg.batch_count)
+                if urgent:
+                    wait: float | None = None
+                    if p.urgent:
+                        wait = max(0.0, last_sent + cfg.sos_interval - self._clock.monotonic())
+                else:
+                    wait = routine_due(p, self._clock.now(), cfg)
+                if wait is None or wait > 0:
+                    await self._wait(watch, wait)
+                    continue
+            stored = await self._outbox.take(limit, first=first, last=last)
+            more = len(stored) == limit
             if not stored:
                 continue
             last_sent = self._clock.monotonic()
@@ -396,7 +400,7 @@ class Uplink:
                 fut.add_done_callback(functools.partial(self._learn_size, msg))
                 task = asyncio.create_task(self._settle(conn, msg, fut, budget))
                 settling.add(task)
-                task.add_done_callback(settling.discard)
+                task.add_done_callback(self._answered)
 
     async def _settle(
         self, conn: Connection, msg: Message, fut: asyncio.Future[Any], budget: _Budget | None
@@ -428,6 +432,10 @@ class Uplink:
                 log.error,
             )
         await self._outbox.requeue(msg.seqs)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        self.acked.set()
 
     async def _delivered(self, msg: Message) -> None:
         await self._outbox.ack(msg.seqs)
