@@ -93,8 +93,6 @@ CREATE TABLE IF NOT EXISTS bindings (
     msg_id TEXT NOT NULL
 );
 """
-WAL_CHECKPOINT_PAGES = 8000
-WAL_KEEP_BYTES = 4 * 1024 * 1024
 #: ``PRAGMA user_version`` of the schema above; older outboxes are brought up to it
 SCHEMA_VERSION = 1
 
@@ -211,13 +209,6 @@ class Outbox:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            # Checkpoint every 8,000 pages (32 MiB) of WAL rather than SQLite's 1,000:
-            # a drain rewrites the same pages over and over, and each checkpoint copies
-            # (and syncs) them into the database again; fewer checkpoints halve the cost
-            # of an acknowledgement and the writes to flash. The WAL file is cut back to
-            # 4 MiB once checkpointed.
-            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
