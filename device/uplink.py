@@ -115,10 +115,11 @@ class Message:
     records: tuple[Stored, ...]
     retain: bool
     expiry: int | None
+    #: the records' seqs, in order
+    seqs: list[int] = field(init=False)
 
-    @property
-    def seqs(self) -> list[int]:
-        return [s.seq for s in self.records]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seqs", [s.seq for s in self.records])
 
 
 def routine_due(p: Pending, now: datetime, cfg: UplinkConfig) -> float | None:
@@ -468,23 +469,26 @@ class Uplink:
             stored = [s for s in stored if s.seq not in expired]
         bound: OrderedDict[str, list[Stored]] = OrderedDict()
         fresh: list[list[Stored]] = []
+        cur: list[Stored] | None = None  # the track batch being formed, and its first
+        head: Stored | None = None
         for s in stored:
             if s.msg_id is not None:
                 bound.setdefault(s.msg_id, []).append(s)
             elif s.kind in SOS_KINDS:
                 fresh.append([s])
+                cur = None
+            elif (
+                cur is not None
+                and head is not None
+                and s.session == head.session
+                and s.drill == head.drill
+                and s.expires == head.expires
+                and len(cur) < self.config.max_batch
+            ):
+                cur.append(s)
             else:
-                cur = fresh[-1] if fresh else None
-                if (
-                    cur is not None
-                    and cur[0].kind not in SOS_KINDS
-                    and (cur[0].session, cur[0].drill, cur[0].expires)
-                    == (s.session, s.drill, s.expires)
-                    and len(cur) < self.config.max_batch
-                ):
-                    cur.append(s)
-                else:
-                    fresh.append([s])
+                cur, head = [s], s
+                fresh.append(cur)
         messages: list[Message] = []
         for mid, group in bound.items():
             msg = self._message(mid, group)
@@ -529,7 +533,7 @@ class Uplink:
     async def _after_delivery(self, conn: Connection, msg: Message) -> None:
         """Keep the retained views up to date: ``sos`` order, OwnTracks position."""
         for s in msg.records:
-            if s.kind is not RecordKind.FIX:  # a fix carries no battery reading
+            if s.row is None and s.kind is not RecordKind.FIX:  # fixes carry no battery
                 b = s.record.data.get("battery")
                 if isinstance(b, dict):
                     self._battery = b
@@ -541,13 +545,16 @@ class Uplink:
             return
         if first.kind is RecordKind.SOS_END and msg.expiry is not None:
             await self._owntracks_expire(conn, first.session, msg.expiry)
-        fixes = [
-            s
-            for s in msg.records
-            if s.kind is RecordKind.FIX and (s.row is not None or s.record.data.get("fix"))
-        ]
-        if fixes:
-            await self._owntracks(conn, fixes[-1], msg.expiry)
+        newest = next(
+            (
+                s
+                for s in reversed(msg.records)
+                if s.row is not None or (s.kind is RecordKind.FIX and s.record.data.get("fix"))
+            ),
+            None,
+        )
+        if newest is not None:
+            await self._owntracks(conn, newest, msg.expiry)
 
     async def _owntracks(self, conn: Connection, s: Stored, expiry: int | None) -> None:
         """Note the newest position; it is published (and remembered in the outbox) at
