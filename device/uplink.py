@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -120,6 +121,12 @@ class Message:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seqs", [s.seq for s in self.records])
+
+
+def sos_message_id(box: str, seq: int) -> str:
+    """The message id of an SOS lifecycle record's message (it is always alone in it):
+    the same at every resend, without storing it."""
+    return hashlib.blake2b(f"{box}:{seq}".encode(), digest_size=10).hexdigest()
 
 
 def routine_due(p: Pending, now: datetime, cfg: UplinkConfig) -> float | None:
@@ -363,14 +370,17 @@ class Uplink:
         )
         # urgent: everything waiting; routine: two messages' worth at a time
         limit = cfg.max_batch * (4 if urgent else 2)
-        more = False  # the last take was full: a backlog drains, no need to ask if due
+        # no need to ask the outbox whether records are due when SOS records go at once,
+        # or when the last take was full (a backlog drains): one step less on the way
+        at_once = urgent and not cfg.sos_interval
+        more = False
         while True:
             watch.clear()
             pause = self._pause_until - self._clock.monotonic()
             if pause > 0:
                 await self._clock.sleep(pause)
                 continue
-            if not (more and not urgent):
+            if not (at_once or (more and not urgent)):
                 p = await self._outbox.pending(cfg.batch_count)
                 if urgent:
                     wait: float | None = None
@@ -384,6 +394,8 @@ class Uplink:
             stored = await self._outbox.take(limit, first=first, last=last)
             more = len(stored) == limit
             if not stored:
+                if at_once:
+                    await self._wait(watch, None)
                 continue
             last_sent = self._clock.monotonic()
             for msg in await self._pack(stored):
@@ -469,13 +481,15 @@ class Uplink:
             stored = [s for s in stored if s.seq not in expired]
         bound: OrderedDict[str, list[Stored]] = OrderedDict()
         fresh: list[list[Stored]] = []
+        messages: list[Message] = []
         cur: list[Stored] | None = None  # the track batch being formed, and its first
         head: Stored | None = None
         for s in stored:
             if s.msg_id is not None:
                 bound.setdefault(s.msg_id, []).append(s)
             elif s.kind in SOS_KINDS:
-                fresh.append([s])
+                # one record per message: its id comes from the record, nothing to bind
+                messages.append(self._message(sos_message_id(self._outbox.outbox_id, s.seq), [s]))
                 cur = None
             elif (
                 cur is not None
@@ -489,7 +503,6 @@ class Uplink:
             else:
                 cur, head = [s], s
                 fresh.append(cur)
-        messages: list[Message] = []
         for mid, group in bound.items():
             msg = self._message(mid, group)
             if len(msg.payload) <= self._max_bytes or len(group) == 1:
@@ -700,4 +713,4 @@ async def _first_failure(coros: list[Coroutine[Any, Any, None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["Message", "Uplink", "UplinkConfig", "UplinkStats", "routine_due"]
+__all__ = ["Message", "Uplink", "UplinkConfig", "UplinkStats", "routine_due", "sos_message_id"]

@@ -21,7 +21,7 @@ from device.outbox import Limits
 from device.privacy import PrivacyConfig
 from device.records import Priority, Record, RecordKind
 from device.sos import Contact, SosConfig, SosController
-from device.uplink import UplinkConfig
+from device.uplink import UplinkConfig, sos_message_id
 from sim.netfault import FaultProxy
 from sim.receiver import Receiver
 from tests.mqtt_env import T0, fix_record, rig
@@ -81,6 +81,9 @@ async def test_an_sos_reaches_the_contacts_with_its_route_and_retained_views(
         await r.receiver.wait_until(lambda: (r.receiver.json(topics.sos) or {}).get("seq") == 1)
         start = r.receiver.latest[topics.sos]
         assert start.expiry is None  # active: the end (and so the expiry) is not known yet
+        # an SOS record is alone in its message, whose id follows from the record: the
+        # same at every resend, with nothing stored first
+        assert dict(start.user_properties)["msg_id"] == sos_message_id(r.outbox.outbox_id, 1)
         for i in range(1, 4):
             ctl.session.last_point_at = None  # every fix is due
             await ctl.on_fix(a_fix(i))
