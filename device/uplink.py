@@ -310,12 +310,11 @@ class Uplink:
         log.info("connected to the broker %s:%d", self.broker.host, self.broker.port)
         self.disconnected.clear()
         self.connected.set()
-        settling = self._settling
         window = max(1, min(self.config.window, connack.receive_maximum - 2))
         budget = _Budget(self.config.inflight_bytes, window)
         tasks = [
-            self._send_loop(conn, urgent=True, settling=settling, budget=None),
-            self._send_loop(conn, urgent=False, settling=settling, budget=budget),
+            self._send_loop(conn, urgent=True, budget=None),
+            self._send_loop(conn, urgent=False, budget=budget),
             self._command_loop(conn),
             _raise_when_closed(conn),
         ]
@@ -328,9 +327,9 @@ class Uplink:
         finally:
             if self._ot_flush is not None:
                 self._ot_flush.cancel()
-            for t in settling:
+            for t in self._settling:
                 t.cancel()
-            await asyncio.gather(*settling, return_exceptions=True)
+            await asyncio.gather(*self._settling, return_exceptions=True)
             self._note_stall()
 
     def _note_stall(self) -> None:
@@ -359,7 +358,6 @@ class Uplink:
         conn: Connection,
         *,
         urgent: bool,
-        settling: set[asyncio.Task[None]],
         budget: _Budget | None,
     ) -> None:
         cfg = self.config
@@ -412,7 +410,7 @@ class Uplink:
                 self._conn_largest = max(self._conn_largest, len(msg.payload))
                 fut.add_done_callback(functools.partial(self._learn_size, msg))
                 task = asyncio.create_task(self._settle(conn, msg, fut, budget))
-                settling.add(task)
+                self._settling.add(task)
                 task.add_done_callback(self._answered)
 
     async def _settle(
@@ -482,8 +480,7 @@ class Uplink:
         bound: OrderedDict[str, list[Stored]] = OrderedDict()
         fresh: list[list[Stored]] = []
         messages: list[Message] = []
-        cur: list[Stored] | None = None  # the track batch being formed, and its first
-        head: Stored | None = None
+        cur: list[Stored] | None = None  # the track batch being formed
         for s in stored:
             if s.msg_id is not None:
                 bound.setdefault(s.msg_id, []).append(s)
@@ -493,15 +490,14 @@ class Uplink:
                 cur = None
             elif (
                 cur is not None
-                and head is not None
-                and s.session == head.session
-                and s.drill == head.drill
-                and s.expires == head.expires
+                and s.session == cur[0].session
+                and s.drill == cur[0].drill
+                and s.expires == cur[0].expires
                 and len(cur) < self.config.max_batch
             ):
                 cur.append(s)
             else:
-                cur, head = [s], s
+                cur = [s]
                 fresh.append(cur)
         for mid, group in bound.items():
             msg = self._message(mid, group)
@@ -546,7 +542,7 @@ class Uplink:
     async def _after_delivery(self, conn: Connection, msg: Message) -> None:
         """Keep the retained views up to date: ``sos`` order, OwnTracks position."""
         for s in msg.records:
-            if s.row is None and s.kind is not RecordKind.FIX:  # fixes carry no battery
+            if s.kind is not RecordKind.FIX:  # fixes carry no battery
                 b = s.record.data.get("battery")
                 if isinstance(b, dict):
                     self._battery = b

@@ -152,8 +152,7 @@ def _fix_rows(rows: list[tuple[int, TrackRow]]) -> str:
     out = [f"[{first},{tail0}]" if tail0 else f"[{first}]"]
     ps, pt, plat, plon = seq0, t0, lat0, lon0
     for seq, (t, lat, lon, tail) in rows[1:]:
-        dt = t - pt  # _seconds(dt), inline: this loop runs once per fix of a drain
-        secs = str(dt // 1000) if dt % 1000 == 0 else repr(dt / 1000)
+        secs = _seconds(t - pt)
         out.append(
             f"[{seq - ps},{secs},{lat - plat},{lon - plon},{tail}]"
             if tail
