@@ -62,7 +62,16 @@ from device.wire import seq_ranges, track_row
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA = """
+#: the message id of records first..last (Outbox.bind): one row per message, so naming a
+#: message never rewrites its records
+_BINDINGS = """
+CREATE TABLE IF NOT EXISTS bindings (
+    first  INTEGER PRIMARY KEY,
+    last   INTEGER NOT NULL,
+    msg_id TEXT NOT NULL
+);
+"""
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
@@ -85,14 +94,7 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_order ON records (state, priority, seq);
 CREATE INDEX IF NOT EXISTS records_by_session ON records (session) WHERE session IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, expires REAL NOT NULL);
--- the message id of records first..last (Outbox.bind): one row per message, so naming
--- a message never rewrites its records
-CREATE TABLE IF NOT EXISTS bindings (
-    first  INTEGER PRIMARY KEY,
-    last   INTEGER NOT NULL,
-    msg_id TEXT NOT NULL
-);
-"""
+{_BINDINGS}"""
 #: ``PRAGMA user_version`` of the schema above; older outboxes are brought up to it
 SCHEMA_VERSION = 1
 
@@ -152,9 +154,11 @@ class Outbox:
         self._reader: sqlite3.Connection | None = None
         #: adds, and acknowledgements, that arrive while a commit runs go in the next one
         self._adds: _Grouped[Record, Stored] = _Grouped(
-            lambda rs: self._insert_sync(rs), after=self._notify
+            self._pool, lambda rs: self._insert_sync(rs), after=self._notify
         )
-        self._acks: _Grouped[list[int], None] = _Grouped(lambda acks: self._ack_sync(acks))
+        self._acks: _Grouped[list[int], None] = _Grouped(
+            self._pool, lambda acks: self._ack_sync(acks)
+        )
         self.outbox_id = ""
         self.commits = 0
         #: rows in the table, counted once at open and kept up to date by every write
@@ -225,7 +229,7 @@ class Outbox:
                 self.outbox_id = row[0]
             # Version 0 marked records in flight in the table; after a restart nothing
             # is in flight.
-            db.execute("UPDATE records SET state=0 WHERE state=1")
+            db.execute(f"UPDATE records SET state={PENDING} WHERE state={IN_FLIGHT}")
             # names of messages whose records are all gone (delivered, expired, purged)
             db.execute(
                 "DELETE FROM bindings WHERE NOT EXISTS (SELECT 1 FROM records "
@@ -295,7 +299,7 @@ class Outbox:
 
     async def store(self, record: Record) -> Stored:
         """Commit ``record``; returns once it is on disk, with its seq and message id."""
-        return await self._adds.submit(self._pool, record)
+        return await self._adds.submit(record)
 
     def watch(self) -> asyncio.Event:
         """An event of one's own, set whenever records were added or became pending
@@ -487,7 +491,7 @@ class Outbox:
     def _hand_out(self, limit: int, first: Priority, last: Priority) -> list[Stored]:
         db = self.reader
         inflight = self._inflight
-        out: list[_Row] = []
+        out: list[Stored] = []
         for priority in range(first, last + 1):
             while len(out) < limit:
                 after = self._taken.get(priority, 0)
@@ -504,9 +508,9 @@ class Outbox:
         if out:
             inflight.update(s.seq for s in out)
             self._name(out)
-        return list(out)
+        return out
 
-    def _name(self, rows: list[_Row]) -> None:
+    def _name(self, rows: list[Stored]) -> None:
         """Give the records their message ids from ``bindings`` (one lookup per take)."""
         seqs = [s.seq for s in rows]
         bound = self.reader.execute(
@@ -593,7 +597,7 @@ class Outbox:
         Records of an SOS session stay on the device, delivered, until their expiry (the
         route stays available for export for the 72 hours); the rest are deleted.
         Acknowledgements that arrive together are committed together."""
-        await self._acks.submit(self._pool, seqs)
+        await self._acks.submit(seqs)
 
     def _ack_sync(self, acks: list[list[int]]) -> list[None]:
         db = self.db
@@ -780,31 +784,36 @@ class _Grouped(Generic[Item, T]):
     writer thread and returns one result per item."""
 
     def __init__(
-        self, commit: Callable[[list[Item]], list[T]], *, after: Callable[[], None] | None = None
+        self,
+        pool: ThreadPoolExecutor,
+        commit: Callable[[list[Item]], list[T]],
+        *,
+        after: Callable[[], None] | None = None,
     ) -> None:
+        self._pool = pool
         self._commit = commit
         self._after = after
         self._waiting: list[tuple[Item, asyncio.Future[T]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, pool: ThreadPoolExecutor, item: Item) -> T:
+    async def submit(self, item: Item) -> T:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, fut))
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(pool))
+            self._task = asyncio.create_task(self._run())
         return await fut
 
     async def settled(self) -> None:
         if self._task is not None:
             await self._task
 
-    async def _run(self, pool: ThreadPoolExecutor) -> None:
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
                 results = await loop.run_in_executor(
-                    pool, functools.partial(self._commit, [item for item, _ in batch])
+                    self._pool, functools.partial(self._commit, [item for item, _ in batch])
                 )
             except Exception as exc:
                 for _, fut in batch:
@@ -869,10 +878,7 @@ def _migrate_from_0(db: sqlite3.Connection) -> None:
         ):
             db.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
         db.execute("DROP INDEX IF EXISTS records_session")
-        db.execute(
-            "CREATE TABLE bindings (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, "
-            "msg_id TEXT NOT NULL)"
-        )
+        db.execute(_BINDINGS)
         named: dict[str, list[int]] = {}
         for seq, mid in db.execute(
             "SELECT seq, msg_id FROM records WHERE msg_id IS NOT NULL ORDER BY seq"
