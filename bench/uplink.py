@@ -42,6 +42,7 @@ from device.sos import Contact, SosConfig, SosController
 from device.uplink import Uplink, UplinkConfig
 from device.wire import Topics, decode_sos, dumps, encode_track, owntracks_location, track_row
 from sim.broker import Mosquitto
+from sim.fleet import percentile
 from sim.gps.route import Route
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -205,8 +206,7 @@ async def raw_round_trips(port: int, n: int) -> list[float]:
 
 
 def _ms(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(q * len(v)))] * 1000, 2)
+    return round(percentile(values, q) * 1000, 2)
 
 
 async def _latency(tmp: Path, port: int, triggers: int, backlog: int) -> dict[str, Any]:

@@ -65,7 +65,8 @@ class Monitor:
             conn.ack(m)
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0..1) of ``values``; NaN when there are none."""
     if not values:
         return float("nan")
     values = sorted(values)
@@ -130,8 +131,8 @@ async def run_fleet(
             lat = [x[1] * 1000 for x in batch]
             per_second.append(len(batch))
             out(
-                f"{sec:>4}  {len(batch):>9}  {_pct(lat, 0.5):>7.1f}  {_pct(lat, 0.95):>7.1f}  "
-                f"{_pct(lat, 0.99):>7.1f}"
+                f"{sec:>4}  {len(batch):>9}  {percentile(lat, 0.5):>7.1f}  "
+                f"{percentile(lat, 0.95):>7.1f}  {percentile(lat, 0.99):>7.1f}"
             )
         for d in daemons:
             assert d.controller is not None
@@ -155,8 +156,8 @@ async def run_fleet(
         out(
             f"\n{len(monitor.ledgers)} outboxes, {total} records received, {lost} lost, "
             f"{dup} duplicates; {statistics.median(per_second) if per_second else 0:.0f} "
-            f"records/s (median second); latency p50 {_pct(lat, 0.5):.1f} ms, "
-            f"p95 {_pct(lat, 0.95):.1f} ms, p99 {_pct(lat, 0.99):.1f} ms"
+            f"records/s (median second); latency p50 {percentile(lat, 0.5):.1f} ms, "
+            f"p95 {percentile(lat, 0.95):.1f} ms, p99 {percentile(lat, 0.99):.1f} ms"
         )
         return 0 if lost == 0 and len(monitor.ledgers) == devices else 1
     finally:
