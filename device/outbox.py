@@ -56,8 +56,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from device.clock import Clock, MonotonicClock
-from device.records import Priority, Record, RecordKind, Stored
-from device.wire import seq_ranges, track_row
+from device.records import FixRun, Item, Priority, Record, RecordKind, Stored, TrackRow
+from device.wire import row_delta, seq_ranges, track_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,18 +89,25 @@ CREATE TABLE IF NOT EXISTS records (
     row_t    INTEGER,
     row_lat  INTEGER,
     row_lon  INTEGER,
-    row_tail TEXT
+    row_tail TEXT,
+    -- the fix before it in its stream (priority, session, drill, expiry), when stored,
+    -- and this row as its difference from that one (device.wire.row_delta)
+    row_prev  INTEGER,
+    row_delta TEXT
 );
 CREATE INDEX IF NOT EXISTS records_order ON records (state, priority, seq);
 CREATE INDEX IF NOT EXISTS records_by_session ON records (session) WHERE session IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, expires REAL NOT NULL);
 {_BINDINGS}"""
 #: ``PRAGMA user_version`` of the schema above; older outboxes are brought up to it
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 #: ``records.state`` (1, in flight, was written by version 0)
 PENDING, IN_FLIGHT, DELIVERED = 0, 1, 2
+#: a chain of fixes: priority, session, drill, expiry (what a track message shares)
+_Stream = tuple[int, str | None, bool, float | None]
+_MAX_STREAMS = 64
 _COLUMNS = (
     "seq, kind, priority, time, session, drill, data, expires, row_t, row_lat, row_lon, row_tail"
 )
@@ -170,6 +177,9 @@ class Outbox:
         #: by priority: every record not delivered up to this seq is in flight, so take()
         #: starts after it; a requeue moves it back
         self._taken: dict[int, int] = {}
+        #: the last fix stored in each stream, which the next one's row difference is
+        #: from (writer thread only)
+        self._chain: dict[_Stream, tuple[int, TrackRow]] = {}
         #: held over a take (its read included) and over anything else that reads or
         #: changes what is in flight, eviction included: the reader and the writer
         #: threads then never hand out a record twice, or evict one being handed out
@@ -219,6 +229,9 @@ class Outbox:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0 and _has_table(db, "records"):
                 _migrate_from_0(db)
+                version = 1
+            if version == 1:
+                _migrate_from_1(db)
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             row = db.execute("SELECT value FROM meta WHERE key='outbox_id'").fetchone()
@@ -319,6 +332,7 @@ class Outbox:
         try:
             db.execute("BEGIN IMMEDIATE")
             seq = self._get_seq()
+            chained: dict[_Stream, tuple[int, TrackRow]] = {}
             for r in records:
                 seq += 1
                 expires = r.expires
@@ -330,10 +344,17 @@ class Outbox:
                 else:
                     exp_ts = expires.timestamp() if expires else None
                 row = track_row(r)
+                prev_seq = delta = None
+                if row is not None:
+                    stream = (int(r.priority), r.session, r.drill, exp_ts)
+                    prev = chained.get(stream) or self._chain.get(stream)
+                    if prev is not None:
+                        prev_seq, delta = prev[0], row_delta(*prev, seq, row)
+                    chained[stream] = seq, row
                 db.execute(
                     "INSERT INTO records (seq, kind, priority, time, session, drill,"
-                    " data, expires, row_t, row_lat, row_lon, row_tail)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " data, expires, row_t, row_lat, row_lon, row_tail, row_prev, row_delta)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         seq,
                         r.kind.value,
@@ -344,11 +365,16 @@ class Outbox:
                         json.dumps(r.data, separators=(",", ":")),
                         exp_ts,
                         *(row or (None, None, None, None)),
+                        prev_seq,
+                        delta,
                     ),
                 )
                 out.append(Stored(seq, None, r, row))
             self._set_seq(seq)
             db.execute("COMMIT")
+            if len(self._chain) + len(chained) > _MAX_STREAMS:
+                self._chain.clear()  # ended sessions' streams: their next fix starts a run
+            self._chain.update(chained)
         except sqlite3.OperationalError as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -479,51 +505,114 @@ class Outbox:
         *,
         first: Priority = Priority.SOS,
         last: Priority = Priority.ROUTINE,
-    ) -> list[Stored]:
+        run: int = 1,
+    ) -> list[Item]:
         """The next records to upload with a priority from ``first`` to ``last``, by
-        priority then seq; they become in flight."""
-        return await self._read(lambda: self._take_sync(limit, first, last))
+        priority then seq; they become in flight. With ``run`` above 1, fixes of one
+        stream that follow one another (and would share a message) come as one
+        :class:`FixRun` of at most ``run`` records."""
+        return await self._read(lambda: self._take_sync(limit, first, last, run))
 
-    def _take_sync(self, limit: int, first: Priority, last: Priority) -> list[Stored]:
+    def _take_sync(self, limit: int, first: Priority, last: Priority, run: int) -> list[Item]:
         with self._handout:
-            return self._hand_out(limit, first, last)
+            return self._hand_out(limit, first, last, run)
 
-    def _hand_out(self, limit: int, first: Priority, last: Priority) -> list[Stored]:
+    def _hand_out(self, limit: int, first: Priority, last: Priority, run: int) -> list[Item]:
         db = self.reader
         inflight = self._inflight
-        out: list[Stored] = []
-        for priority in range(first, last + 1):
-            while len(out) < limit:
-                after = self._taken.get(priority, 0)
-                rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM records WHERE state=0 AND priority=? AND seq>? "
-                    "ORDER BY seq LIMIT ?",
-                    (priority, after, limit - len(out)),
-                ).fetchall()
-                if not rows:
-                    break
-                self._taken[priority] = rows[-1][0]
-                # after a requeue, records still in flight may follow the cursor: skip them
-                out.extend(_Row(r) for r in rows if r[0] not in inflight)
-        if out:
-            inflight.update(s.seq for s in out)
-            self._name(out)
+        picked: list[tuple[int, int | None, str | None, int]] = []
+        db.execute("BEGIN")  # one snapshot for the reads below
+        try:
+            for priority in range(first, last + 1):
+                while len(picked) < limit:
+                    after = self._taken.get(priority, 0)
+                    rows = db.execute(
+                        "SELECT seq, row_prev, row_delta, row_t IS NOT NULL FROM records "
+                        "WHERE state=0 AND priority=? AND seq>? ORDER BY seq LIMIT ?",
+                        (priority, after, limit - len(picked)),
+                    ).fetchall()
+                    if not rows:
+                        break
+                    self._taken[priority] = rows[-1][0]
+                    # after a requeue, records still in flight may follow the cursor
+                    picked += [r for r in rows if r[0] not in inflight]
+            out = self._group(picked, run) if picked else []
+        finally:
+            db.execute("COMMIT")
+        inflight.update(r[0] for r in picked)
         return out
 
-    def _name(self, rows: list[Stored]) -> None:
-        """Give the records their message ids from ``bindings`` (one lookup per take)."""
-        seqs = [s.seq for s in rows]
+    def _group(self, picked: list[tuple[int, int | None, str | None, int]], run: int) -> list[Item]:
+        """Fixes whose stored difference is from the fix just before them in the run (no
+        record of the chain deleted, in flight, or named by another message) join it;
+        everything else stands alone. Only the records at the runs' ends are read whole,
+        with their message ids from ``bindings``."""
+        seqs = [r[0] for r in picked]
         bound = self.reader.execute(
             "SELECT first, last, msg_id FROM bindings WHERE first<=? AND last>=? ORDER BY first",
             (max(seqs), min(seqs)),
         ).fetchall()
-        if not bound:
-            return
         firsts = [b[0] for b in bound]
-        for s in rows:
-            i = bisect.bisect_right(firsts, s.seq) - 1
-            if i >= 0 and s.seq <= bound[i][1]:
-                s.msg_id = bound[i][2]
+
+        def name(seq: int) -> str | None:
+            i = bisect.bisect_right(firsts, seq) - 1
+            return bound[i][2] if i >= 0 and seq <= bound[i][1] else None
+
+        plan: list[tuple[list[int], list[str], str | None]] = []
+        current: tuple[list[int], list[str], str | None] | None = None
+        for seq, prev, delta, has_row in picked:
+            mid = name(seq) if bound else None
+            if (
+                current is not None
+                and prev == current[0][-1]
+                and mid == current[2]
+                and len(current[0]) < run
+            ):
+                current[0].append(seq)
+                current[1].append(delta)  # type: ignore[arg-type]  # set with row_prev
+                continue
+            entry: tuple[list[int], list[str], str | None] = ([seq], [], mid)
+            plan.append(entry)
+            if has_row:
+                current = entry  # anything else leaves the current run open
+        loaded = self._load({e[0][0] for e in plan} | {e[0][-1] for e in plan})
+        out: list[Item] = []
+        for run_seqs, deltas, mid in plan:
+            head = loaded[run_seqs[0]]
+            head.msg_id = mid
+            if len(run_seqs) == 1:
+                out.append(head)
+            else:
+                tail = loaded[run_seqs[-1]]
+                tail.msg_id = mid
+                out.append(FixRun(head, tail, run_seqs, deltas))
+        return out
+
+    def _load(self, seqs: set[int]) -> dict[int, Stored]:
+        """Whole records by seq (reader thread)."""
+        out: dict[int, Stored] = {}
+        wanted = sorted(seqs)
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self.reader.execute(
+                f"SELECT {_COLUMNS} FROM records WHERE seq IN ({marks})", chunk
+            ):
+                out[r[0]] = _Row(r)
+        return out
+
+    async def cut(self, run: FixRun) -> tuple[Item, Item]:
+        """A run of fixes too large for one message, in two: the records at the cut are
+        read back whole to become the halves' ends."""
+        k = len(run.seqs) // 2
+
+        def read() -> tuple[Item, Item]:
+            ends = self._load({run.seqs[k - 1], run.seqs[k]})
+            for s in ends.values():
+                s.msg_id = run.msg_id
+            return run.halves(ends[run.seqs[k - 1]], ends[run.seqs[k]])
+
+        return await self._read(read)
 
     @contextlib.contextmanager
     def _light(self) -> Iterator[None]:
@@ -775,10 +864,10 @@ _KINDS = {k.value: k for k in RecordKind}
 _PRIORITIES = {int(p): p for p in Priority}
 
 
-Item = TypeVar("Item")
+In = TypeVar("In")
 
 
-class _Grouped(Generic[Item, T]):
+class _Grouped(Generic[In, T]):
     """Group commit: items submitted while a commit runs go together in the next one, so
     a burst costs one transaction (and one fsync), not one each. ``commit`` runs in the
     writer thread and returns one result per item."""
@@ -786,17 +875,17 @@ class _Grouped(Generic[Item, T]):
     def __init__(
         self,
         pool: ThreadPoolExecutor,
-        commit: Callable[[list[Item]], list[T]],
+        commit: Callable[[list[In]], list[T]],
         *,
         after: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._commit = commit
         self._after = after
-        self._waiting: list[tuple[Item, asyncio.Future[T]]] = []
+        self._waiting: list[tuple[In, asyncio.Future[T]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, item: Item) -> T:
+    async def submit(self, item: In) -> T:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, fut))
         if self._task is None or self._task.done():
@@ -895,6 +984,21 @@ def _migrate_from_0(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
         raise
     log.info("outbox schema brought up to version 1 (message ids moved to 'bindings')")
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Version 1 stored no row differences: its fixes go as they did (each a run's
+    start); fixes stored from now on are chained."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE records ADD COLUMN row_prev INTEGER")
+        db.execute("ALTER TABLE records ADD COLUMN row_delta TEXT")
+        db.execute("PRAGMA user_version=2")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.info("outbox schema brought up to version 2 (fixes stored with their row differences)")
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

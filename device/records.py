@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -102,6 +103,85 @@ class Stored:
 
     def __repr__(self) -> str:
         return f"Stored(seq={self.seq}, msg_id={self.msg_id!r}, kind={self.kind.value})"
+
+
+class FixRun:
+    """Fixes of one stream (priority, session, drill, expiry) that follow one another in
+    the outbox, handed out together for a drain: the first and the last as
+    :class:`Stored`, and each fix after the first as the text of its ``track`` row's
+    difference from the fix before (:func:`device.wire.row_delta`, worked out when it
+    was stored). A track message is then joined from these texts: a drain makes no
+    object per fix. Grouping attributes are the first record's; ``msg_id`` is the one
+    message id all of them carry (a run never straddles two messages)."""
+
+    __slots__ = ("deltas", "first", "last", "msg_id", "seqs")
+
+    kind = RecordKind.FIX
+
+    def __init__(self, first: Stored, last: Stored, seqs: list[int], deltas: list[str]) -> None:
+        if first.row is None or last.row is None or len(deltas) != len(seqs) - 1:
+            raise ValueError("a run of fixes needs track rows and one difference per fix")
+        self.first = first
+        self.last = last
+        self.seqs = seqs
+        self.deltas = deltas
+        self.msg_id = first.msg_id
+
+    @property
+    def seq(self) -> int:
+        return self.first.seq
+
+    @property
+    def priority(self) -> Priority:
+        return self.first.priority
+
+    @property
+    def session(self) -> str | None:
+        return self.first.session
+
+    @property
+    def drill(self) -> bool:
+        return self.first.drill
+
+    @property
+    def expires(self) -> datetime | None:
+        return self.first.expires
+
+    def halves(self, before: Stored, at: Stored) -> tuple[Stored | FixRun, Stored | FixRun]:
+        """Cut in two before ``at`` (``before`` is the fix just ahead of it): the records
+        at the cut, read from the store, become the halves' ends."""
+        k = self.seqs.index(at.seq)
+        if k == 0 or self.seqs[k - 1] != before.seq:
+            raise ValueError(f"cannot cut run {self.seqs[0]}..{self.seqs[-1]} at {at.seq}")
+        return (
+            _run_or_one(self.first, before, self.seqs[:k], self.deltas[: k - 1]),
+            _run_or_one(at, self.last, self.seqs[k:], self.deltas[k:]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __repr__(self) -> str:
+        return f"FixRun(seq={self.seqs[0]}..{self.seqs[-1]}, n={len(self.seqs)})"
+
+
+def _run_or_one(first: Stored, last: Stored, seqs: list[int], deltas: list[str]) -> Stored | FixRun:
+    return first if len(seqs) == 1 else FixRun(first, last, seqs, deltas)
+
+
+#: what a take hands out: a record, or a run of fixes
+Item = Stored | FixRun
+
+
+def seqs_of(items: Iterable[Item]) -> list[int]:
+    """Every record's seq, in the order given."""
+    out: list[int] = []
+    for s in items:
+        if isinstance(s, FixRun):
+            out += s.seqs
+        else:
+            out.append(s.seq)
+    return out
 
 
 class Recorder(Protocol):

@@ -42,7 +42,7 @@ from device.clock import Clock
 from device.commands import CommandHandler
 from device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, Inbound, MqttError, Will
 from device.outbox import Outbox, Pending
-from device.records import Priority, RecordKind, Stored
+from device.records import FixRun, Item, Priority, RecordKind, Stored, seqs_of
 from device.wire import (
     RETAINED_KINDS,
     SOS_KINDS,
@@ -113,14 +113,14 @@ class Message:
     msg_id: str
     topic: str
     payload: bytes
-    records: tuple[Stored, ...]
+    records: tuple[Item, ...]
     retain: bool
     expiry: int | None
     #: the records' seqs, in order
     seqs: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seqs", [s.seq for s in self.records])
+        object.__setattr__(self, "seqs", seqs_of(self.records))
 
 
 def sos_message_id(box: str, seq: int) -> str:
@@ -389,8 +389,8 @@ class Uplink:
                 if wait is None or wait > 0:
                     await self._wait(watch, wait)
                     continue
-            stored = await self._outbox.take(limit, first=first, last=last)
-            more = len(stored) == limit
+            stored = await self._outbox.take(limit, first=first, last=last, run=cfg.max_batch)
+            more = len(seqs_of(stored)) == limit
             if not stored:
                 if at_once:
                     await self._wait(watch, None)
@@ -450,7 +450,7 @@ class Uplink:
 
     async def _delivered(self, msg: Message) -> None:
         await self._outbox.ack(msg.seqs)
-        self.stats.records_acked += len(msg.records)
+        self.stats.records_acked += len(msg.seqs)
         self.acked.set()
         self._conn_acks += 1
         self._refused.reset()
@@ -469,22 +469,24 @@ class Uplink:
                 self._max_bytes,
             )
 
-    async def _pack(self, stored: list[Stored]) -> list[Message]:
+    async def _pack(self, stored: list[Item]) -> list[Message]:
         """Group records into messages: those already bound keep their message; new ones
-        form ``sos`` messages (one each) and ``track`` batches (one session, one expiry)."""
+        form ``sos`` messages (one each) and ``track`` batches (one session, one expiry,
+        at most ``max_batch`` records)."""
         now = self._clock.now()
-        expired = {s.seq for s in stored if s.expires and s.expires <= now}
-        if expired:
+        if any(s.expires and s.expires <= now for s in stored):
             await self._outbox.purge(now)  # replaced by a gap record; never sent
-            stored = [s for s in stored if s.seq not in expired]
-        bound: OrderedDict[str, list[Stored]] = OrderedDict()
-        fresh: list[list[Stored]] = []
+            stored = [s for s in stored if not (s.expires and s.expires <= now)]
+        bound: OrderedDict[str, list[Item]] = OrderedDict()
+        fresh: list[list[Item]] = []
         messages: list[Message] = []
-        cur: list[Stored] | None = None  # the track batch being formed
+        cur: list[Item] | None = None  # the track batch being formed ...
+        n = 0  # ... and how many records it holds
         for s in stored:
+            size = len(s) if isinstance(s, FixRun) else 1
             if s.msg_id is not None:
                 bound.setdefault(s.msg_id, []).append(s)
-            elif s.kind in SOS_KINDS:
+            elif isinstance(s, Stored) and s.kind in SOS_KINDS:
                 # one record per message: its id comes from the record, nothing to bind
                 messages.append(self._message(sos_message_id(self._outbox.outbox_id, s.seq), [s]))
                 cur = None
@@ -493,36 +495,40 @@ class Uplink:
                 and s.session == cur[0].session
                 and s.drill == cur[0].drill
                 and s.expires == cur[0].expires
-                and len(cur) < self.config.max_batch
+                and n + size <= self.config.max_batch
             ):
                 cur.append(s)
+                n += size
             else:
                 cur = [s]
+                n = size
                 fresh.append(cur)
         for mid, group in bound.items():
             msg = self._message(mid, group)
-            if len(msg.payload) <= self._max_bytes or len(group) == 1:
+            if len(msg.payload) <= self._max_bytes or len(msg.seqs) == 1:
                 messages.append(msg)
             else:
                 fresh.append(group)  # too large for this broker: formed again, smaller
         new: list[Message] = []
         for group in fresh:
-            new.extend(self._split(group))
+            new += await self._split(group)
         if new:
             await self._outbox.bind({m.msg_id: m.seqs for m in new})
         return sorted(messages + new, key=lambda m: (m.records[0].priority, m.records[0].seq))
 
-    def _split(self, group: list[Stored]) -> list[Message]:
+    async def _split(self, group: list[Item]) -> list[Message]:
         msg = self._message(uuid.uuid4().hex[:20], group)
-        if len(msg.payload) <= self._max_bytes or len(group) == 1:
+        if len(msg.payload) <= self._max_bytes or len(msg.seqs) == 1:
             return [msg]
+        if len(group) == 1 and isinstance(group[0], FixRun):
+            group = list(await self._outbox.cut(group[0]))
         half = len(group) // 2
-        return self._split(group[:half]) + self._split(group[half:])
+        return await self._split(group[:half]) + await self._split(group[half:])
 
-    def _message(self, msg_id: str, group: list[Stored]) -> Message:
+    def _message(self, msg_id: str, group: list[Item]) -> Message:
         first = group[0]
         box = self._outbox.outbox_id
-        if first.kind in SOS_KINDS:
+        if isinstance(first, Stored) and first.kind in SOS_KINDS:
             topic, payload = self.topics.sos, encode_sos(box, first.seq, first.record)
             retain = first.kind in RETAINED_KINDS and first.seq > self._retained_seq
         else:
@@ -530,7 +536,7 @@ class Uplink:
             retain = False
         return Message(msg_id, topic, payload, tuple(group), retain, self._expiry(first))
 
-    def _expiry(self, s: Stored) -> int | None:
+    def _expiry(self, s: Item) -> int | None:
         """MQTT message expiry: a session's records until 72 h after it ended; during an
         active SOS none (the end is not known yet); routine telemetry as configured."""
         if s.expires is not None:
@@ -542,7 +548,7 @@ class Uplink:
     async def _after_delivery(self, conn: Connection, msg: Message) -> None:
         """Keep the retained views up to date: ``sos`` order, OwnTracks position."""
         for s in msg.records:
-            if s.kind is not RecordKind.FIX:  # fixes carry no battery
+            if isinstance(s, Stored) and s.kind is not RecordKind.FIX:  # fixes carry none
                 b = s.record.data.get("battery")
                 if isinstance(b, dict):
                     self._battery = b
@@ -556,9 +562,11 @@ class Uplink:
             await self._owntracks_expire(conn, first.session, msg.expiry)
         newest = next(
             (
-                s
+                s.last if isinstance(s, FixRun) else s
                 for s in reversed(msg.records)
-                if s.row is not None or (s.kind is RecordKind.FIX and s.record.data.get("fix"))
+                if isinstance(s, FixRun)
+                or s.row is not None
+                or (s.kind is RecordKind.FIX and s.record.data.get("fix"))
             ),
             None,
         )
@@ -687,7 +695,7 @@ class _Budget:
 
 def _too_large(msg: Message, rc: ReasonCode) -> bool:
     """The broker refused ``msg`` for its size, and it can be split."""
-    return bool(rc.value == PACKET_TOO_LARGE and len(msg.records) > 1)
+    return bool(rc.value == PACKET_TOO_LARGE and len(msg.seqs) > 1)
 
 
 async def _raise_when_closed(conn: Connection) -> None:

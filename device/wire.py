@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from device.records import Record, RecordKind, Stored, TrackRow
+from device.records import FixRun, Item, Record, RecordKind, TrackRow
 
 WIRE_VERSION = 1
 #: kinds published one per message on the ``sos`` topic; every other kind goes in ``track``
@@ -145,24 +145,38 @@ def _seconds(ms: int) -> str:
     return str(ms // 1000) if ms % 1000 == 0 else repr(ms / 1000)
 
 
-def _fix_rows(rows: list[tuple[int, TrackRow]]) -> str:
-    """The ``fix`` array as JSON text, straight from the rows: the hot path of a drain."""
-    seq0, (t0, lat0, lon0, tail0) = rows[0]
-    first = f"{seq0},{_seconds(t0)},{_num(lat0 / MICRO)!r},{_num(lon0 / MICRO)!r}"
-    out = [f"[{first},{tail0}]" if tail0 else f"[{first}]"]
-    ps, pt, plat, plon = seq0, t0, lat0, lon0
-    for seq, (t, lat, lon, tail) in rows[1:]:
-        secs = _seconds(t - pt)
-        out.append(
-            f"[{seq - ps},{secs},{lat - plat},{lon - plon},{tail}]"
-            if tail
-            else f"[{seq - ps},{secs},{lat - plat},{lon - plon}]"
-        )
-        ps, pt, plat, plon = seq, t, lat, lon
-    return f"[{','.join(out)}]"
+def row_delta(prev_seq: int, prev: TrackRow, seq: int, row: TrackRow) -> str:
+    """A fix's ``track`` row after the first of a message, as JSON text without its
+    brackets: seq, time, latitude and longitude as differences from the row before."""
+    t, lat, lon, tail = row
+    head = f"{seq - prev_seq},{_seconds(t - prev[0])},{lat - prev[1]},{lon - prev[2]}"
+    return f"{head},{tail}" if tail else head
 
 
-def encode_track(box: str, records: Sequence[Stored]) -> bytes:
+def _row_first(seq: int, row: TrackRow) -> str:
+    t, lat, lon, tail = row
+    head = f"{seq},{_seconds(t)},{_num(lat / MICRO)!r},{_num(lon / MICRO)!r}"
+    return f"{head},{tail}" if tail else head
+
+
+#: fixes that follow one another in a message: the first (seq, row), the last, and the
+#: text of every row after the first (:func:`row_delta`)
+_Segment = tuple[int, TrackRow, int, TrackRow, Sequence[str]]
+
+
+def _fix_rows(segments: list[_Segment]) -> str:
+    """The ``fix`` array as JSON text, joined from the rows' texts: the hot path of a
+    drain. A segment's first row is worked out here; the rest come ready."""
+    parts: list[str] = []
+    prev: tuple[int, TrackRow] | None = None
+    for seq, row, last_seq, last_row, deltas in segments:
+        parts.append(_row_first(seq, row) if prev is None else row_delta(*prev, seq, row))
+        parts += deltas
+        prev = last_seq, last_row
+    return f"[[{'],['.join(parts)}]]"
+
+
+def encode_track(box: str, records: Sequence[Item]) -> bytes:
     """One ``track`` message: records of one session (or none), in seq order.
 
     Fix rows: ``[seq, t, lat, lon, alt, spd, crs, acc]``; in every row after the first,
@@ -171,7 +185,8 @@ def encode_track(box: str, records: Sequence[Stored]) -> bytes:
     differences likewise. Gap records and anything else are listed as objects.
 
     A fix's row comes from :attr:`Stored.row` when the store worked it out already, so
-    the records of a drained backlog are never decoded.
+    the records of a drained backlog are never decoded; a :class:`FixRun` brings the
+    text of every row after its first, and the message is joined from it.
     """
     if not records:
         raise ValueError("a track message needs at least one record")
@@ -183,7 +198,7 @@ def encode_track(box: str, records: Sequence[Stored]) -> bytes:
         msg["drill"] = True
     if first.expires is not None:
         msg["exp"] = int(first.expires.timestamp())
-    fixes: list[tuple[int, TrackRow]] = []
+    fixes: list[_Segment] = []
     batts: list[list[Any]] = []
     gaps: list[dict[str, Any]] = []
     other: list[dict[str, Any]] = []
@@ -191,11 +206,16 @@ def encode_track(box: str, records: Sequence[Stored]) -> bytes:
     for s in records:
         if s.session != first.session or s.drill != first.drill:
             raise ValueError("records of one track message must share session and drill")
+        if isinstance(s, FixRun):
+            f, last = s.first, s.last
+            assert f.row is not None and last.row is not None  # FixRun checks it
+            fixes.append((f.seq, f.row, last.seq, last.row, s.deltas))
+            continue
         row = s.row
         if row is None and s.kind is RecordKind.FIX:
             row = track_row(s.record)
         if row is not None:
-            fixes.append((s.seq, row))
+            fixes.append((s.seq, row, s.seq, row, ()))
             continue
         r = s.record
         if r.kind is RecordKind.BATTERY and isinstance(r.data.get("battery"), dict):

@@ -7,10 +7,11 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from device.outbox import Limits, Outbox, OutboxFull
+from device.outbox import SCHEMA_VERSION, Limits, Outbox, OutboxFull
 from device.records import Priority, Record, RecordKind
 
 T0 = datetime(2026, 11, 22, 10, tzinfo=UTC)
@@ -356,4 +357,65 @@ async def test_an_outbox_of_the_first_release_opens_with_nothing_lost(tmp_path: 
         new = await box.store(Record(RecordKind.FIX, T0, {"fix": fix}))
         assert new.seq == 5 and new.row is not None  # new fixes get their track rows
         version = await box._run(lambda: box.db.execute("PRAGMA user_version").fetchone()[0])
-        assert version == 1
+        assert version == SCHEMA_VERSION == 2
+        await box.store(Record(RecordKind.FIX, T0, {"fix": {**fix, "lat": 48.31}}))
+        chain = await box._run(
+            lambda: box.db.execute("SELECT seq, row_prev FROM records WHERE seq>=5").fetchall()
+        )
+        assert chain == [(5, None), (6, 5)]  # fixes stored after the upgrade are chained
+
+
+async def test_a_drain_takes_fixes_as_runs_of_their_stored_differences(tmp_path: Path) -> None:
+    from device.records import FixRun, seqs_of
+    from device.wire import encode_track
+    from tests.mqtt_env import fix_record
+
+    routine = {"first": Priority.ROUTINE, "last": Priority.ROUTINE}
+    path = tmp_path / "o.db"
+    battery = Record(RecordKind.BATTERY, T0, {"battery": {"pct": 80}})
+    async with await Outbox.open(path) as box:
+        for i in range(3):
+            await box.store(fix_record(i, priority=Priority.ROUTINE))  # 1-3
+        await box.store(battery)  # 4: not a fix; the fixes' chain goes on past it
+        for i in range(3, 6):
+            await box.store(fix_record(i, priority=Priority.ROUTINE))  # 5-7
+        await box.store(fix_record(6, session="s1"))  # 8: a live fix, another stream
+    async with await Outbox.open(path) as box:  # after a restart the chain starts anew
+        for i in range(7, 10):
+            await box.store(fix_record(i, priority=Priority.ROUTINE))  # 9-11
+
+        def shape(items: list[Any]) -> list[tuple[bool, list[int], str | None]]:
+            return [(isinstance(s, FixRun), seqs_of([s]), s.msg_id) for s in items]
+
+        taken = await box.take(run=100, **routine)
+        assert shape(taken) == [
+            (True, [1, 2, 3, 5, 6, 7], None), (False, [4], None), (True, [9, 10, 11], None)
+        ]  # fmt: skip
+        await box.requeue()
+        one_by_one = await box.take(**routine)
+        assert all(not isinstance(s, FixRun) for s in one_by_one)  # run=1: none
+        assert encode_track("b", taken) == encode_track("b", one_by_one)
+
+        await box.requeue()
+        assert [seqs_of([s]) for s in await box.take(run=4, **routine)] == [
+            [1, 2, 3, 5], [4], [6, 7], [9, 10, 11]
+        ]  # fmt: skip
+        await box.requeue()
+        assert [seqs_of([s]) for s in await box.take(2, run=100, **routine)] == [[1, 2]]
+        # 3's difference is from 2, which is in flight: 3 starts a run of its own
+        rest = await box.take(run=100, **routine)
+        assert [seqs_of([s]) for s in rest] == [[3, 5, 6, 7], [4], [9, 10, 11]]
+
+        await box.bind({"m-a": [1, 2], "m-b": [3, 5, 6]})  # a run never spans two messages
+        await box.requeue()
+        assert shape(await box.take(run=100, **routine)) == [
+            (True, [1, 2], "m-a"), (True, [3, 5, 6], "m-b"), (False, [4], None),
+            (False, [7], None), (True, [9, 10, 11], None),
+        ]  # fmt: skip
+        await box.ack([1, 2, 3, 4, 5, 6, 7])
+        await box.requeue()
+        run = (await box.take(run=100, **routine))[0]
+        assert isinstance(run, FixRun) and run.seqs == [9, 10, 11]
+        front, back = await box.cut(run)  # too large for one message: two halves
+        assert (seqs_of([front]), seqs_of([back])) == ([9], [10, 11])
+        assert encode_track("b", [front, back]) == encode_track("b", [run])

@@ -3,6 +3,7 @@ validate against the real schema, commands are validated, the ledger finds gaps.
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device.records import Priority, Record, RecordKind, Stored
+from device.records import FixRun, Item, Priority, Record, RecordKind, Stored
 from device.wire import (
     CommandError,
     CommandName,
@@ -27,6 +28,7 @@ from device.wire import (
     encode_track,
     owntracks_location,
     parse_command,
+    row_delta,
     seq_ranges_text,
     track_row,
 )
@@ -52,6 +54,23 @@ class Undecodable(Stored):
         raise AssertionError(f"record {self.seq} was decoded")
 
 
+def runs(pairs: list[tuple[int, Record]], size: int) -> list[Item]:
+    """As a drain hands fixes out: runs of ``size`` (the last may be shorter), each fix
+    after a run's first as its stored row difference; only the ends can be decoded."""
+    out: list[Item] = []
+    for i in range(0, len(pairs), size):
+        chunk = [Undecodable(seq, r) for seq, r in pairs[i : i + size]]
+        if len(chunk) == 1:
+            out.append(chunk[0])
+            continue
+        deltas = []
+        for a, b in itertools.pairwise(chunk):
+            assert a.row is not None and b.row is not None
+            deltas.append(row_delta(a.seq, a.row, b.seq, b.row))
+        out.append(FixRun(chunk[0], chunk[-1], [s.seq for s in chunk], deltas))
+    return out
+
+
 fixes = st.fixed_dictionaries(
     {
         "lat": st.floats(-90, 90),
@@ -67,8 +86,8 @@ fixes = st.fixed_dictionaries(
 )
 
 
-@given(st.lists(fixes, min_size=1, max_size=40), st.integers(1, 10**9))
-def test_track_round_trip(rows: list[dict[str, Any]], seq0: int) -> None:
+@given(st.lists(fixes, min_size=1, max_size=40), st.integers(1, 10**9), st.integers(1, 9))
+def test_track_round_trip(rows: list[dict[str, Any]], seq0: int, run: int) -> None:
     records: list[tuple[int, Record]] = []
     t = T0
     for i, row in enumerate(rows):
@@ -81,6 +100,12 @@ def test_track_round_trip(rows: list[dict[str, Any]], seq0: int) -> None:
     payload = encode_track("box1", stored(records))
     assert encode_track("box1", stored(records, rows=True)) == payload
     assert encode_track("box1", [Undecodable(seq, r) for seq, r in records]) == payload
+    in_runs = runs(records, run)
+    assert encode_track("box1", in_runs) == payload  # joined from the stored differences
+    if isinstance(in_runs[0], FixRun):  # cut in two (too large for the broker): the same
+        k = len(in_runs[0].seqs) // 2
+        ends = [Undecodable(seq, r) for seq, r in records[k - 1 : k + 1]]
+        assert encode_track("box1", [*in_runs[0].halves(*ends), *in_runs[1:]]) == payload
     assert dumps(json.loads(payload)) == payload  # compact JSON, as json.dumps writes it
     got = decode_track(payload)
     assert [g.seq for g in got] == [s for s, _ in records]
