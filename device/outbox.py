@@ -19,8 +19,11 @@ broker acknowledged it.
   Which records are in flight is kept in memory, not in the table: after a restart
   nothing is in flight anyway, and a drain then writes each row once (its message id)
   before deleting it.
-* A fix is also stored as its ``track`` row (:func:`device.wire.track_row`), so a
-  drain builds messages from a few columns and never decodes the record's JSON.
+* A fix is also stored as its ``track`` row (:func:`device.wire.track_row`), and as
+  that row's difference from the fix before it in its stream
+  (:func:`device.wire.row_delta`): a drain takes runs of fixes (:class:`FixRun`) and
+  joins their messages from stored text, never decoding the records' JSON.
+* Checkpoints run in a thread of their own, never inside a commit (:class:`_Checkpoints`).
 * Message ids: the uplink packs records into messages and :meth:`Outbox.bind` stores
   each message's id with its records *before* the message is sent, so a resend after a
   reconnect or a restart carries the same id.
@@ -105,6 +108,8 @@ SCHEMA_VERSION = 2
 
 #: ``records.state`` (1, in flight, was written by version 0)
 PENDING, IN_FLIGHT, DELIVERED = 0, 1, 2
+#: the WAL is copied back into the database once it holds this much (SQLite's default)
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: a chain of fixes: priority, session, drill, expiry (what a track message shares)
 _Stream = tuple[int, str | None, bool, float | None]
 _MAX_STREAMS = 64
@@ -159,12 +164,13 @@ class Outbox:
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._checkpoints: _Checkpoints | None = None
         #: adds, and acknowledgements, that arrive while a commit runs go in the next one
         self._adds: _Grouped[Record, Stored] = _Grouped(
-            self._pool, lambda rs: self._insert_sync(rs), after=self._notify
+            self._pool, lambda rs: self._wrote(lambda: self._insert_sync(rs))(), after=self._notify
         )
         self._acks: _Grouped[list[int], None] = _Grouped(
-            self._pool, lambda acks: self._ack_sync(acks)
+            self._pool, lambda acks: self._wrote(lambda: self._ack_sync(acks))()
         )
         self.outbox_id = ""
         self.commits = 0
@@ -223,6 +229,9 @@ class Outbox:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # checkpoints run in a thread of their own (_Checkpoints), never in a commit
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
@@ -253,6 +262,7 @@ class Outbox:
             db.close()
             raise
         self._db = db
+        self._checkpoints = _Checkpoints(self.path)
 
     def _move_aside(self, why: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -271,6 +281,9 @@ class Outbox:
         )
 
     def _close_sync(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+            self._checkpoints = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -286,7 +299,19 @@ class Outbox:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._wrote(fn))
+
+    def _wrote(self, fn: Callable[[], T]) -> Callable[[], T]:
+        """``fn``, then a checkpoint if the WAL has grown enough (writer thread)."""
+
+        def run() -> T:
+            try:
+                return fn()
+            finally:
+                if self._checkpoints is not None:
+                    self._checkpoints.poke(self.db)
+
+        return run
 
     async def _read(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the reader thread."""
@@ -914,6 +939,64 @@ class _Grouped(Generic[In, T]):
                     fut.set_result(result)
             if self._after is not None:
                 self._after()
+
+
+class _Checkpoints:
+    """Copies the WAL back into the database file in a thread of its own, with a
+    connection of its own (a passive checkpoint: it waits for no reader and no writer).
+    With SQLite's automatic checkpoints, the commit that crosses the mark does the
+    checkpoint itself: an SOS record's commit could wait tens of milliseconds behind it,
+    and a draining backlog paid for every checkpoint on its way. The writer calls
+    :meth:`poke` after each job; past :data:`WAL_CHECKPOINT_BYTES` (the WAL file is cut
+    back to that size when it starts over) a checkpoint runs. The WAL can only start
+    over once everything in it was copied while no commit came in between, which a
+    drain, committing all the time, never allows: so after each pass of the thread the
+    writer copies what was committed meanwhile (little) itself."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wal = f"{path}-wal"
+        self._wake = threading.Event()
+        self._stop = False
+        #: a pass is done: the writer copies the rest
+        self._tail = False
+        self._thread = threading.Thread(target=self._loop, name="outbox-checkpoint", daemon=True)
+        self._thread.start()
+
+    def poke(self, db: sqlite3.Connection) -> None:
+        if self._tail:
+            self._tail = False
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return
+        if self._wake.is_set():
+            return
+        try:
+            grown = os.stat(self._wal).st_size > WAL_CHECKPOINT_BYTES
+        except OSError:
+            return
+        if grown:
+            self._wake.set()
+
+    def _loop(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stop:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self._tail = True
+                except sqlite3.Error as exc:  # e.g. disk full: the WAL keeps the data
+                    log.warning("outbox checkpoint failed (the WAL keeps the records): %s", exc)
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
 
 
 class _Row(Stored):
