@@ -232,6 +232,7 @@ class Outbox:
             # checkpoints run in a thread of their own (_Checkpoints), never in a commit
             db.execute("PRAGMA wal_autocheckpoint=0")
             db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
+            db.execute("PRAGMA busy_timeout=5000")  # a checkpoint of its own may wait
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
@@ -451,25 +452,23 @@ class Outbox:
                 "SOS records are never evicted"
             )
             return
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             cur = db.executemany("DELETE FROM records WHERE seq=?", [(v,) for v in victims])
-            self._rows -= cur.rowcount
-            self._insert_gap_sync(victims, "evicted", self._clock.now())
-            db.execute("COMMIT")
-        except sqlite3.OperationalError:
-            db.execute("ROLLBACK")
-            raise
+            change = self._insert_gap_sync(victims, "evicted", self._clock.now()) - cur.rowcount
+        self._rows += change
         log.warning(
             "outbox full: evicted %d routine records (oldest first); the evicted "
             "seq ranges will be published",
             len(victims),
         )
 
-    def _insert_gap_sync(self, seqs: list[int], reason: str, at: datetime) -> None:
+    def _insert_gap_sync(self, seqs: list[int], reason: str, at: datetime) -> int:
         """Inside the caller's transaction: a ``gap`` record naming ``seqs``. A gap record
         of the same reason that waits unsent (no message formed yet) is extended instead,
-        so a long offline spell leaves one gap record, not one per eviction."""
+        so a long offline spell leaves one gap record, not one per eviction. Returns the
+        rows it added (0 or 1), for the caller to count once its transaction commits."""
+        if not seqs:
+            return 0
         db = self.db
         old = db.execute(
             "SELECT seq, data FROM records WHERE kind=? AND state=0 "
@@ -484,7 +483,7 @@ class Outbox:
                 "UPDATE records SET data=?, time=? WHERE seq=?",
                 (json.dumps(data, separators=(",", ":")), at.isoformat(), old[0]),
             )
-            return
+            return 0
         seq = self._get_seq() + 1
         data = {"ranges": [list(r) for r in seq_ranges(seqs)], "reason": reason}
         db.execute(
@@ -499,7 +498,7 @@ class Outbox:
             ),
         )
         self._set_seq(seq)
-        self._rows += 1
+        return 1
 
     def _bound(self, seq: int) -> bool:
         """Whether a message was formed with this record (it has a message id)."""
@@ -648,13 +647,8 @@ class Outbox:
         db = self.db
         db.execute("PRAGMA synchronous=NORMAL")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 yield
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         finally:
             db.execute("PRAGMA synchronous=FULL")
 
@@ -769,17 +763,14 @@ class Outbox:
 
         def run() -> int:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            undelivered = [r[0] for r in db.execute("SELECT seq FROM records WHERE state<2")]
-            cur = db.execute("DELETE FROM records")
-            db.execute("DELETE FROM bindings")
-            self._rows = 0
-            with self._handout:
+            with self._handout, _transaction(db):  # no take sees the records meanwhile
+                undelivered = [r[0] for r in db.execute("SELECT seq FROM records WHERE state<2")]
+                cur = db.execute("DELETE FROM records")
+                db.execute("DELETE FROM bindings")
+                added = self._insert_gap_sync(undelivered, "purged", self._clock.now())
+                self._rows = added
                 self._inflight.clear()
                 self._taken.clear()
-            if undelivered:
-                self._insert_gap_sync(undelivered, "purged", self._clock.now())
-            db.execute("COMMIT")
             return cur.rowcount
 
         n = await self._run(run)
@@ -822,14 +813,15 @@ class Outbox:
     async def expire_session(self, session: str, at: datetime) -> None:
         def run() -> None:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "INSERT INTO sessions VALUES (?, ?) ON CONFLICT(session) DO UPDATE "
-                "SET expires=excluded.expires",
-                (session, at.timestamp()),
-            )
-            db.execute("UPDATE records SET expires=? WHERE session=?", (at.timestamp(), session))
-            db.execute("COMMIT")
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO sessions VALUES (?, ?) ON CONFLICT(session) DO UPDATE "
+                    "SET expires=excluded.expires",
+                    (session, at.timestamp()),
+                )
+                db.execute(
+                    "UPDATE records SET expires=? WHERE session=?", (at.timestamp(), session)
+                )
 
         await self._run(run)
 
@@ -839,20 +831,19 @@ class Outbox:
 
         def run() -> int:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            rows = db.execute(
-                "SELECT seq, state FROM records WHERE expires IS NOT NULL AND expires<=?",
-                (now.timestamp(),),
-            ).fetchall()
-            if rows:
+            with _transaction(db):
+                rows = db.execute(
+                    "SELECT seq, state FROM records WHERE expires IS NOT NULL AND expires<=?",
+                    (now.timestamp(),),
+                ).fetchall()
+                if not rows:
+                    return 0
                 cur = db.executemany("DELETE FROM records WHERE seq=?", [(r[0],) for r in rows])
-                self._rows -= cur.rowcount
-                with self._handout:
-                    self._inflight.difference_update(r[0] for r in rows)
                 undelivered = [seq for seq, state in rows if state != DELIVERED]
-                if undelivered:
-                    self._insert_gap_sync(undelivered, "expired", now)
-            db.execute("COMMIT")
+                change = self._insert_gap_sync(undelivered, "expired", now) - cur.rowcount
+            self._rows += change
+            with self._handout:
+                self._inflight.difference_update(r[0] for r in rows)
             return len(rows)
 
         n = await self._run(run)
@@ -951,7 +942,8 @@ class _Checkpoints:
     back to that size when it starts over) a checkpoint runs. The WAL can only start
     over once everything in it was copied while no commit came in between, which a
     drain, committing all the time, never allows: so after each pass of the thread the
-    writer copies what was committed meanwhile (little) itself."""
+    writer copies what was committed meanwhile (little) itself. Should the thread fall
+    four checkpoints behind, the writer does a whole checkpoint itself."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -960,21 +952,30 @@ class _Checkpoints:
         self._stop = False
         #: a pass is done: the writer copies the rest
         self._tail = False
+        #: held over every checkpoint (SQLite runs one at a time, and refuses a second)
+        self._running = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="outbox-checkpoint", daemon=True)
         self._thread.start()
 
     def poke(self, db: sqlite3.Connection) -> None:
-        if self._tail:
-            self._tail = False
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            return
-        if self._wake.is_set():
-            return
         try:
-            grown = os.stat(self._wal).st_size > WAL_CHECKPOINT_BYTES
+            size = os.stat(self._wal).st_size
         except OSError:
             return
-        if grown:
+        if size > 4 * WAL_CHECKPOINT_BYTES:
+            # The thread fell behind (a slow card, a busy machine): the writer waits for
+            # its pass, then does a whole checkpoint, as SQLite's own would. A drain slows
+            # down rather than let the WAL grow without bound.
+            with self._running:
+                self._tail = False
+                db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+        elif self._tail and self._running.acquire(blocking=False):
+            try:
+                self._tail = False
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                self._running.release()
+        elif size > WAL_CHECKPOINT_BYTES:
             self._wake.set()
 
     def _loop(self) -> None:
@@ -986,8 +987,9 @@ class _Checkpoints:
                 if self._stop:
                     return
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self._tail = True
+                    with self._running:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        self._tail = True
                 except sqlite3.Error as exc:  # e.g. disk full: the WAL keeps the data
                     log.warning("outbox checkpoint failed (the WAL keeps the records): %s", exc)
         finally:
@@ -1031,6 +1033,19 @@ class _Row(Stored):
         )
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction: committed if the block ends normally, else rolled back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
     return bool(db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (name,)).fetchone())
 
@@ -1040,8 +1055,7 @@ def _migrate_from_0(db: sqlite3.Connection) -> None:
     records keep their message ids (moved to ``bindings``); they go without precomputed
     rows (encoded from their data, as before). The emptied column stays: older SQLite
     versions cannot drop a column."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(db):
         for name, kind in (
             ("row_t", "INTEGER"),
             ("row_lat", "INTEGER"),
@@ -1062,25 +1076,16 @@ def _migrate_from_0(db: sqlite3.Connection) -> None:
         )
         db.execute("UPDATE records SET msg_id=NULL WHERE msg_id IS NOT NULL")
         db.execute("PRAGMA user_version=1")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     log.info("outbox schema brought up to version 1 (message ids moved to 'bindings')")
 
 
 def _migrate_from_1(db: sqlite3.Connection) -> None:
     """Version 1 stored no row differences: its fixes go as they did (each a run's
     start); fixes stored from now on are chained."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(db):
         db.execute("ALTER TABLE records ADD COLUMN row_prev INTEGER")
         db.execute("ALTER TABLE records ADD COLUMN row_delta TEXT")
         db.execute("PRAGMA user_version=2")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     log.info("outbox schema brought up to version 2 (fixes stored with their row differences)")
 
 

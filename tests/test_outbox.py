@@ -254,6 +254,38 @@ async def test_the_kept_row_count_matches_the_table(tmp_path: Path) -> None:
         assert box._rows == (await box.stats()).depth
 
 
+async def test_a_write_that_fails_halfway_leaves_nothing_half_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error in the middle of an expiry, an eviction or a wipe rolls the whole of
+    it back: the records are all still there, counted, and the next write works (an
+    open transaction left behind would refuse every later store)."""
+    import sqlite3
+
+    async with await Outbox.open(tmp_path / "o.db", Limits(min_free_bytes=0)) as box:
+        for i in range(20):
+            await box.store(rec(i, session="s" if i < 10 else None))
+        await box.expire_session("s", T0)
+        real = box._insert_gap_sync
+
+        def full(*args: Any) -> int:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(box, "_insert_gap_sync", full)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await box.purge(T0)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await box.wipe()
+        box.limits = Limits(max_rows=15, min_free_bytes=0)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await box.store(rec(20))  # its eviction fails first: the record is not stored
+        assert box._rows == (await box.stats()).depth == 20
+        monkeypatch.setattr(box, "_insert_gap_sync", real)
+        assert (await box.store(rec(21))).seq == 22  # evicted to make room: 21 is the gap
+        assert await box.purge(T0) == 10
+        assert box._rows == (await box.stats()).depth
+
+
 async def test_delivered_sos_records_stay_until_expiry_and_export_and_purge(
     tmp_path: Path,
 ) -> None:
