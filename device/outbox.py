@@ -113,6 +113,8 @@ WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: a chain of fixes: priority, session, drill, expiry (what a track message shares)
 _Stream = tuple[int, str | None, bool, float | None]
 _MAX_STREAMS = 64
+#: beyond any seq
+_END = 2**63 - 1
 _COLUMNS = (
     "seq, kind, priority, time, session, drill, data, expires, row_t, row_lat, row_lon, row_tail"
 )
@@ -545,26 +547,51 @@ class Outbox:
         db = self.reader
         inflight = self._inflight
         picked: list[tuple[int, int | None, str | None, int]] = []
+
+        def read(priority: int, upto: int, n: int) -> int:
+            rows = db.execute(
+                "SELECT seq, row_prev, row_delta, row_t IS NOT NULL FROM records "
+                "WHERE state=0 AND priority=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+                (priority, self._taken.get(priority, 0), upto, n),
+            ).fetchall()
+            if rows:
+                self._taken[priority] = rows[-1][0]
+                # after a requeue, records still in flight may follow the cursor
+                picked.extend(r for r in rows if r[0] not in inflight)
+            return len(rows)
+
         db.execute("BEGIN")  # one snapshot for the reads below
         try:
             for priority in range(first, last + 1):
-                while len(picked) < limit:
-                    after = self._taken.get(priority, 0)
-                    rows = db.execute(
-                        "SELECT seq, row_prev, row_delta, row_t IS NOT NULL FROM records "
-                        "WHERE state=0 AND priority=? AND seq>? ORDER BY seq LIMIT ?",
-                        (priority, after, limit - len(picked)),
-                    ).fetchall()
-                    if not rows:
-                        break
-                    self._taken[priority] = rows[-1][0]
-                    # after a requeue, records still in flight may follow the cursor
-                    picked += [r for r in rows if r[0] not in inflight]
+                while len(picked) < limit and read(priority, _END, limit - len(picked)):
+                    pass
+            if len(picked) >= limit:
+                # a message formed before goes out whole, with the same records under the
+                # same id, even when the limit falls inside it
+                rest = self._rest_of_message(picked[-1][0])
+                if rest is not None:
+                    read(*rest)
             out = self._group(picked, run) if picked else []
         finally:
             db.execute("COMMIT")
         inflight.update(r[0] for r in picked)
         return out
+
+    def _rest_of_message(self, seq: int) -> tuple[int, int, int] | None:
+        """If ``seq`` was bound to a message that goes on after it: its priority, its
+        last seq, and how many seqs lie between (for :meth:`_hand_out`'s ``read``)."""
+        db = self.reader
+        hit = db.execute(
+            "SELECT last, msg_id FROM bindings WHERE first<=? ORDER BY first DESC LIMIT 1",
+            (seq,),
+        ).fetchone()
+        if hit is None or hit[0] < seq:
+            return None
+        end = db.execute("SELECT max(last) FROM bindings WHERE msg_id=?", (hit[1],)).fetchone()[0]
+        if end <= seq:
+            return None
+        priority = db.execute("SELECT priority FROM records WHERE seq=?", (seq,)).fetchone()[0]
+        return priority, end, end - seq
 
     def _group(self, picked: list[tuple[int, int | None, str | None, int]], run: int) -> list[Item]:
         """Fixes whose stored difference is from the fix just before them in the run (no

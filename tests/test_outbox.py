@@ -333,6 +333,24 @@ async def test_message_ids_survive_a_restart_and_a_message_formed_anew_takes_new
         assert names == [("m-b",)]  # the delivered message's names went with it
 
 
+async def test_a_message_formed_before_is_handed_out_whole_whatever_the_limit(
+    tmp_path: Path,
+) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        for i in range(10):
+            await box.store(rec(i))
+        await box.take()
+        await box.bind({"m-a": [1, 2, 3], "m-b": [4, 5, 6, 7], "m-c": [8, 9, 10]})
+        await box.requeue()  # a reconnect: they go again, as the same messages
+        first = await box.take(5)
+        assert [(s.seq, s.msg_id) for s in first][-3:] == [(5, "m-b"), (6, "m-b"), (7, "m-b")]
+        assert [s.seq for s in await box.take(5)] == [8, 9, 10]
+        await box.requeue()
+        await box.bind({"m-d": [1, 2, 3, 8]})  # a message in two ranges (4-7 went apart)
+        await box.requeue()
+        assert [s.seq for s in await box.take(2)] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
 #: the schema of the first release (version 0), to check that its outboxes open
 SCHEMA_0 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
