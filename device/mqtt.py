@@ -325,6 +325,8 @@ class Connection:
         )
 
     def _finish(self, why: str) -> None:
+        if self._loop.is_closed():
+            return  # paho closing its socket as it is garbage-collected: nobody waits
         if not self.closed.done():
             self.closed.set_result(why)
         err = MqttError(f"connection lost ({why})")

@@ -289,3 +289,18 @@ async def test_a_broker_with_a_small_size_limit_gets_smaller_batches(
         assert led.missing() == []
         track = [d for d in r.receiver.history if d.topic == r.uplink.topics.track]
         assert max(len(d.payload) for d in track) <= 3000
+
+
+def test_a_connection_collected_after_its_event_loop_closed_stays_quiet() -> None:
+    """paho closes its socket when its client is garbage-collected, which may be after
+    the event loop ended (seen at the end of a soak campaign): the connection must not
+    try to wake anyone on the closed loop."""
+
+    async def connecting() -> Connection:
+        conn = Connection(BrokerConfig(host="127.0.0.1", port=free_port()))
+        conn._connack.add_done_callback(lambda _: None)  # as a connect() waiting would
+        return conn
+
+    conn = asyncio.run(connecting())
+    conn._on_socket_close(conn._client, None, None)  # what paho's __del__ ends in
+    assert not conn.closed.done()  # nothing was set on the closed loop
