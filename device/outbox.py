@@ -169,10 +169,10 @@ class Outbox:
         self._checkpoints: _Checkpoints | None = None
         #: adds, and acknowledgements, that arrive while a commit runs go in the next one
         self._adds: _Grouped[Record, Stored] = _Grouped(
-            self._pool, lambda rs: self._wrote(lambda: self._insert_sync(rs))(), after=self._notify
+            self._pool, lambda rs: self._writing(self._insert_sync, rs), after=self._notify
         )
         self._acks: _Grouped[list[int], None] = _Grouped(
-            self._pool, lambda acks: self._wrote(lambda: self._ack_sync(acks))()
+            self._pool, lambda acks: self._writing(self._ack_sync, acks)
         )
         self.outbox_id = ""
         self.commits = 0
@@ -302,19 +302,16 @@ class Outbox:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._wrote(fn))
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._writing, fn)
 
-    def _wrote(self, fn: Callable[[], T]) -> Callable[[], T]:
-        """``fn``, then a checkpoint if the WAL has grown enough (writer thread)."""
-
-        def run() -> T:
-            try:
-                return fn()
-            finally:
-                if self._checkpoints is not None:
-                    self._checkpoints.poke(self.db)
-
-        return run
+    def _writing(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the writer thread, then a checkpoint if the WAL has grown
+        enough."""
+        try:
+            return fn(*args)
+        finally:
+            if self._checkpoints is not None:
+                self._checkpoints.poke(self.db)
 
     async def _read(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the reader thread."""
@@ -356,56 +353,13 @@ class Outbox:
     def _insert_sync(self, records: list[Record]) -> list[Stored]:
         db = self.db
         self._make_room_sync(len(records))
-        out: list[Stored] = []
+        chained: dict[_Stream, tuple[int, TrackRow]] = {}
         try:
-            db.execute("BEGIN IMMEDIATE")
-            seq = self._get_seq()
-            chained: dict[_Stream, tuple[int, TrackRow]] = {}
-            for r in records:
-                seq += 1
-                expires = r.expires
-                if expires is None and r.session is not None:
-                    hit = db.execute(
-                        "SELECT expires FROM sessions WHERE session=?", (r.session,)
-                    ).fetchone()
-                    exp_ts = hit[0] if hit else None
-                else:
-                    exp_ts = expires.timestamp() if expires else None
-                row = track_row(r)
-                prev_seq = delta = None
-                if row is not None:
-                    stream = (int(r.priority), r.session, r.drill, exp_ts)
-                    prev = chained.get(stream) or self._chain.get(stream)
-                    if prev is not None:
-                        prev_seq, delta = prev[0], row_delta(*prev, seq, row)
-                    chained[stream] = seq, row
-                db.execute(
-                    "INSERT INTO records (seq, kind, priority, time, session, drill,"
-                    " data, expires, row_t, row_lat, row_lon, row_tail, row_prev, row_delta)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        seq,
-                        r.kind.value,
-                        int(r.priority),
-                        r.time.isoformat(),
-                        r.session,
-                        int(r.drill),
-                        json.dumps(r.data, separators=(",", ":")),
-                        exp_ts,
-                        *(row or (None, None, None, None)),
-                        prev_seq,
-                        delta,
-                    ),
-                )
-                out.append(Stored(seq, None, r, row))
-            self._set_seq(seq)
-            db.execute("COMMIT")
-            if len(self._chain) + len(chained) > _MAX_STREAMS:
-                self._chain.clear()  # ended sessions' streams: their next fix starts a run
-            self._chain.update(chained)
+            with _transaction(db):
+                first = self._get_seq() + 1
+                out = [self._insert(seq, r, chained) for seq, r in enumerate(records, first)]
+                self._set_seq(first + len(records) - 1)
         except sqlite3.OperationalError as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             if "full" in str(exc).lower():
                 raise OutboxFull(
                     f"cannot store {len(records)} record(s): {exc}. Free space on the "
@@ -413,9 +367,51 @@ class Outbox:
                     "stored are safe."
                 ) from exc
             raise
+        if len(self._chain) + len(chained) > _MAX_STREAMS:
+            self._chain.clear()  # ended sessions' streams: their next fix starts a run
+        self._chain.update(chained)
         self.commits += 1
         self._rows += len(out)
         return out
+
+    def _insert(self, seq: int, r: Record, chained: dict[_Stream, tuple[int, TrackRow]]) -> Stored:
+        """One record, inside :meth:`_insert_sync`'s transaction; a fix's row difference
+        is from the last fix of its stream (stored in this transaction, or before)."""
+        db = self.db
+        if r.expires is None and r.session is not None:
+            hit = db.execute(
+                "SELECT expires FROM sessions WHERE session=?", (r.session,)
+            ).fetchone()
+            exp_ts = hit[0] if hit else None
+        else:
+            exp_ts = r.expires.timestamp() if r.expires else None
+        row = track_row(r)
+        prev_seq = delta = None
+        if row is not None:
+            stream = (int(r.priority), r.session, r.drill, exp_ts)
+            prev = chained.get(stream) or self._chain.get(stream)
+            if prev is not None:
+                prev_seq, delta = prev[0], row_delta(*prev, seq, row)
+            chained[stream] = seq, row
+        db.execute(
+            "INSERT INTO records (seq, kind, priority, time, session, drill,"
+            " data, expires, row_t, row_lat, row_lon, row_tail, row_prev, row_delta)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                seq,
+                r.kind.value,
+                int(r.priority),
+                r.time.isoformat(),
+                r.session,
+                int(r.drill),
+                json.dumps(r.data, separators=(",", ":")),
+                exp_ts,
+                *(row or (None, None, None, None)),
+                prev_seq,
+                delta,
+            ),
+        )
+        return Stored(seq, None, r, row)
 
     def _make_room_sync(self, incoming: int) -> None:
         """Evict routine records (never SOS) to stay within rows, bytes and free disk."""
@@ -477,7 +473,7 @@ class Outbox:
             "AND json_extract(data, '$.reason')=? ORDER BY seq DESC LIMIT 1",
             (RecordKind.GAP.value, reason),
         ).fetchone()
-        if old is not None and old[0] not in self._inflight and not self._bound(old[0]):
+        if old is not None and old[0] not in self._inflight and _message_id(db, old[0]) is None:
             named = [(a, b) for a, b in json.loads(old[1])["ranges"]]
             ranges = _merge(named + seq_ranges(seqs))
             data = {"ranges": [list(r) for r in ranges], "reason": reason}
@@ -501,13 +497,6 @@ class Outbox:
         )
         self._set_seq(seq)
         return 1
-
-    def _bound(self, seq: int) -> bool:
-        """Whether a message was formed with this record (it has a message id)."""
-        row = self.db.execute(
-            "SELECT last FROM bindings WHERE first<=? ORDER BY first DESC LIMIT 1", (seq,)
-        ).fetchone()
-        return row is not None and row[0] >= seq
 
     def _get_seq(self) -> int:
         row = self.db.execute("SELECT value FROM counters WHERE name='seq'").fetchone()
@@ -581,13 +570,10 @@ class Outbox:
         """If ``seq`` was bound to a message that goes on after it: its priority, its
         last seq, and how many seqs lie between (for :meth:`_hand_out`'s ``read``)."""
         db = self.reader
-        hit = db.execute(
-            "SELECT last, msg_id FROM bindings WHERE first<=? ORDER BY first DESC LIMIT 1",
-            (seq,),
-        ).fetchone()
-        if hit is None or hit[0] < seq:
+        mid = _message_id(db, seq)
+        if mid is None:
             return None
-        end = db.execute("SELECT max(last) FROM bindings WHERE msg_id=?", (hit[1],)).fetchone()[0]
+        end = db.execute("SELECT max(last) FROM bindings WHERE msg_id=?", (mid,)).fetchone()[0]
         if end <= seq:
             return None
         priority = db.execute("SELECT priority FROM records WHERE seq=?", (seq,)).fetchone()[0]
@@ -1071,6 +1057,14 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
             db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _message_id(db: sqlite3.Connection, seq: int) -> str | None:
+    """The id of the message formed with this record, if one was (``bindings``)."""
+    hit = db.execute(
+        "SELECT last, msg_id FROM bindings WHERE first<=? ORDER BY first DESC LIMIT 1", (seq,)
+    ).fetchone()
+    return str(hit[1]) if hit is not None and hit[0] >= seq else None
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:

@@ -257,7 +257,7 @@ async def test_the_kept_row_count_matches_the_table(tmp_path: Path) -> None:
 async def test_a_write_that_fails_halfway_leaves_nothing_half_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A disk error in the middle of an expiry, an eviction or a wipe rolls the whole of
+    """An error in the middle of an expiry, an eviction, a wipe or a store rolls the whole of
     it back: the records are all still there, counted, and the next write works (an
     open transaction left behind would refuse every later store)."""
     import sqlite3
@@ -276,6 +276,8 @@ async def test_a_write_that_fails_halfway_leaves_nothing_half_done(
             await box.purge(T0)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             await box.wipe()
+        with pytest.raises(TypeError):  # a record that cannot be stored at all
+            await box.store(Record(RecordKind.BATTERY, T0, {"battery": object()}))
         box.limits = Limits(max_rows=15, min_free_bytes=0)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             await box.store(rec(20))  # its eviction fails first: the record is not stored
