@@ -390,7 +390,7 @@ class Uplink:
                     await self._wait(watch, wait)
                     continue
             stored = await self._outbox.take(limit, first=first, last=last, run=cfg.max_batch)
-            more = len(seqs_of(stored)) == limit
+            more = len(seqs_of(stored)) >= limit  # more when a whole message came along
             if not stored:
                 if at_once:
                     await self._wait(watch, None)
@@ -505,7 +505,7 @@ class Uplink:
                 fresh.append(cur)
         for mid, group in bound.items():
             msg = self._message(mid, group)
-            if len(msg.payload) <= self._max_bytes or len(msg.seqs) == 1:
+            if self._fits(msg):
                 messages.append(msg)
             else:
                 fresh.append(group)  # too large for this broker: formed again, smaller
@@ -518,12 +518,16 @@ class Uplink:
 
     async def _split(self, group: list[Item]) -> list[Message]:
         msg = self._message(uuid.uuid4().hex[:20], group)
-        if len(msg.payload) <= self._max_bytes or len(msg.seqs) == 1:
+        if self._fits(msg):
             return [msg]
         if len(group) == 1 and isinstance(group[0], FixRun):
             group = list(await self._outbox.cut(group[0]))
         half = len(group) // 2
         return await self._split(group[:half]) + await self._split(group[half:])
+
+    def _fits(self, msg: Message) -> bool:
+        """Within the message size cap, or a single record (which cannot be split)."""
+        return len(msg.payload) <= self._max_bytes or len(msg.seqs) == 1
 
     def _message(self, msg_id: str, group: list[Item]) -> Message:
         first = group[0]
