@@ -12,6 +12,8 @@ declare -A NEED=(
     [mosquitto]=mosquitto
     [gpsd]=gpsd
     [gpsfake]=gpsd-clients
+    # libfaketime: part of the suite runs with the clock moved (make test, timeshift)
+    [faketime]=faketime
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }

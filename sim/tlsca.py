@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,23 +37,34 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 
 
 class TestCA:
-    """``TestCA(dir, "name")`` writes ``<name>-ca.pem``; :meth:`issue` signs leaf certs."""
+    """``TestCA(dir, "name")`` writes ``<name>-ca.pem``; :meth:`issue` signs leaf certs.
+
+    Certificates are valid from five minutes before ``now()`` (by default the process's
+    own clock, libfaketime's included, which the broker it starts shares) for a day or
+    two: pass the clock a test runs under, never a fixed date."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, directory: Path, name: str = "sosbeacon test CA") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str = "sosbeacon test CA",
+        *,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._now = now
         self._key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
+        now_ = now()
         self._cert = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
             .issuer_name(_name(name))
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=2))
+            .not_valid_before(now_ - dt.timedelta(minutes=5))
+            .not_valid_after(now_ + dt.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -78,7 +90,7 @@ class TestCA:
         """A leaf certificate: a server one valid for ``hosts`` (names or IPs), or a
         client one (``client=True``) whose common name is the MQTT user."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
+        now = self._now()
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))

@@ -52,3 +52,23 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def gpsd_logs(shared_dir: Path) -> Path:
     return shared_dir / "gpsd-logs"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``make timeshift`` runs part of the suite under libfaketime with the clock moved
+    ahead; it says how far (``SOSBEACON_CLOCK_SHIFT_DAYS``) and what the real time was
+    (``SOSBEACON_REAL_EPOCH``). A run whose clock did not move would prove nothing, so
+    it stops at once instead of passing."""
+    days = os.environ.get("SOSBEACON_CLOCK_SHIFT_DAYS")
+    real = os.environ.get("SOSBEACON_REAL_EPOCH")
+    if days is None or real is None:
+        return
+    import time
+
+    moved = (time.time() - float(real)) / 86400
+    if abs(moved - float(days)) > 1:
+        pytest.exit(
+            f"the clock was meant to be {days} days ahead but is {moved:.1f}: is libfaketime "
+            "installed (Debian package faketime) and does LD_PRELOAD reach this process?",
+            returncode=3,
+        )
