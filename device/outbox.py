@@ -96,14 +96,17 @@ CREATE TABLE IF NOT EXISTS records (
     -- the fix before it in its stream (priority, session, drill, expiry), when stored,
     -- and this row as its difference from that one (device.wire.row_delta)
     row_prev  INTEGER,
-    row_delta TEXT
+    row_delta TEXT,
+    -- when this outbox committed it, by the device's clock (seconds since the epoch):
+    -- what batching and expiry countdowns measure ages from, never the receiver's time
+    committed REAL
 );
 CREATE INDEX IF NOT EXISTS records_order ON records (state, priority, seq);
 CREATE INDEX IF NOT EXISTS records_by_session ON records (session) WHERE session IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, expires REAL NOT NULL);
 {_BINDINGS}"""
 #: ``PRAGMA user_version`` of the schema above; older outboxes are brought up to it
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 #: ``records.state`` (1, in flight, was written by version 0)
@@ -116,7 +119,8 @@ _MAX_STREAMS = 64
 #: beyond any seq
 _END = 2**63 - 1
 _COLUMNS = (
-    "seq, kind, priority, time, session, drill, data, expires, row_t, row_lat, row_lon, row_tail"
+    "seq, kind, priority, time, session, drill, data, expires, row_t, row_lat, row_lon, row_tail,"
+    " committed"
 )
 
 
@@ -137,7 +141,7 @@ class OutboxStats:
     #: records waiting for the broker's acknowledgement (pending or in flight)
     depth: int
     inflight: int
-    #: the oldest of them
+    #: when the oldest of them was committed (the device's clock)
     oldest: datetime | None
     bytes: int
     #: delivered records of SOS sessions, kept on the device until they expire
@@ -151,7 +155,7 @@ class Pending:
     #: SOS events, last gasp and live positions: sent at once
     urgent: int
     routine: int
-    #: the time of the oldest routine record waiting, if any
+    #: when the oldest routine record waiting was committed (the device's clock), if any
     oldest_routine: datetime | None
 
 
@@ -192,6 +196,8 @@ class Outbox:
         #: changes what is in flight, eviction included: the reader and the writer
         #: threads then never hand out a record twice, or evict one being handed out
         self._handout = threading.RLock()
+        #: inside :meth:`_withdrawing` (writer thread only)
+        self._withdrawals = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -244,6 +250,9 @@ class Outbox:
                 version = 1
             if version == 1:
                 _migrate_from_1(db)
+                version = 2
+            if version == 2:
+                _migrate_from_2(db, self._clock.now())
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             row = db.execute("SELECT value FROM meta WHERE key='outbox_id'").fetchone()
@@ -357,7 +366,8 @@ class Outbox:
         try:
             with _transaction(db):
                 first = self._get_seq() + 1
-                out = [self._insert(seq, r, chained) for seq, r in enumerate(records, first)]
+                at = self._clock.now().timestamp()
+                out = [self._insert(seq, r, at, chained) for seq, r in enumerate(records, first)]
                 self._set_seq(first + len(records) - 1)
         except sqlite3.OperationalError as exc:
             if "full" in str(exc).lower():
@@ -374,9 +384,12 @@ class Outbox:
         self._rows += len(out)
         return out
 
-    def _insert(self, seq: int, r: Record, chained: dict[_Stream, tuple[int, TrackRow]]) -> Stored:
-        """One record, inside :meth:`_insert_sync`'s transaction; a fix's row difference
-        is from the last fix of its stream (stored in this transaction, or before)."""
+    def _insert(
+        self, seq: int, r: Record, at: float, chained: dict[_Stream, tuple[int, TrackRow]]
+    ) -> Stored:
+        """One record, committed at ``at``, inside :meth:`_insert_sync`'s transaction; a
+        fix's row difference is from the last fix of its stream (stored in this
+        transaction, or before)."""
         db = self.db
         if r.expires is None and r.session is not None:
             hit = db.execute(
@@ -394,9 +407,9 @@ class Outbox:
                 prev_seq, delta = prev[0], row_delta(*prev, seq, row)
             chained[stream] = seq, row
         db.execute(
-            "INSERT INTO records (seq, kind, priority, time, session, drill,"
-            " data, expires, row_t, row_lat, row_lon, row_tail, row_prev, row_delta)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO records (seq, kind, priority, time, session, drill, data, expires,"
+            " row_t, row_lat, row_lon, row_tail, row_prev, row_delta, committed)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 seq,
                 r.kind.value,
@@ -409,9 +422,10 @@ class Outbox:
                 *(row or (None, None, None, None)),
                 prev_seq,
                 delta,
+                at,
             ),
         )
-        return Stored(seq, None, r, row)
+        return Stored(seq, None, r, row, at)
 
     def _make_room_sync(self, incoming: int) -> None:
         """Evict routine records (never SOS) to stay within rows, bytes and free disk."""
@@ -429,28 +443,26 @@ class Outbox:
         # records, rare.
         n = max(excess_rows, -(-excess_bytes // avg) if excess_bytes > 0 else 0) + 1
         n = max(n, lim.max_rows // 100)
-        with self._handout:
-            self._evict(n)
+        self._evict(n)
 
     def _evict(self, n: int) -> None:
-        db = self.db
-        inflight = self._inflight
-        victims = [
-            r[0]
-            for r in db.execute(
-                "SELECT seq FROM records WHERE session IS NULL AND priority=? AND state=0 "
-                "ORDER BY seq LIMIT ?",
-                (int(Priority.ROUTINE), n + len(inflight)),
-            )
-            if r[0] not in inflight
-        ][:n]
-        if not victims:
-            log.warning(
-                "outbox over its limits but holds no routine records to evict; "
-                "SOS records are never evicted"
-            )
-            return
-        with _transaction(db):
+        with self._withdrawing() as db:
+            inflight = self._inflight
+            victims = [
+                r[0]
+                for r in db.execute(
+                    "SELECT seq FROM records WHERE session IS NULL AND priority=? AND state=0 "
+                    "ORDER BY seq LIMIT ?",
+                    (int(Priority.ROUTINE), n + len(inflight)),
+                )
+                if r[0] not in inflight
+            ][:n]
+            if not victims:
+                log.warning(
+                    "outbox over its limits but holds no routine records to evict; "
+                    "SOS records are never evicted"
+                )
+                return
             cur = db.executemany("DELETE FROM records WHERE seq=?", [(v,) for v in victims])
             change = self._insert_gap_sync(victims, "evicted", self._clock.now()) - cur.rowcount
         self._rows += change
@@ -460,11 +472,30 @@ class Outbox:
             len(victims),
         )
 
+    @contextlib.contextmanager
+    def _withdrawing(self) -> Iterator[sqlite3.Connection]:
+        """The transaction of a write that takes records away undelivered (eviction,
+        expiry, wipe) and names them in a ``gap`` record (:meth:`_insert_gap_sync`).
+        It holds the hand-out lock from its first read to its commit: such a write may
+        rewrite a gap record that waits to be sent, and a take beside it would hand out
+        that record's old ranges (deleted at their PUBACK, the new ones with them: a
+        loss at the receiver). So a take sees the table wholly before such a write or
+        wholly after it."""
+        with self._handout, _transaction(self.db):
+            self._withdrawals += 1
+            try:
+                yield self.db
+            finally:
+                self._withdrawals -= 1
+
     def _insert_gap_sync(self, seqs: list[int], reason: str, at: datetime) -> int:
-        """Inside the caller's transaction: a ``gap`` record naming ``seqs``. A gap record
-        of the same reason that waits unsent (no message formed yet) is extended instead,
-        so a long offline spell leaves one gap record, not one per eviction. Returns the
-        rows it added (0 or 1), for the caller to count once its transaction commits."""
+        """Inside :meth:`_withdrawing`: a ``gap`` record naming ``seqs``. A gap record of
+        the same reason that waits unsent (not in flight, no message formed yet) is
+        extended instead, so a long offline spell leaves one gap record, not one per
+        eviction. Returns the rows it added (0 or 1), for the caller to count once its
+        transaction commits."""
+        if not self._withdrawals:
+            raise RuntimeError("a gap record is written only inside _withdrawing()")
         if not seqs:
             return 0
         db = self.db
@@ -485,14 +516,15 @@ class Outbox:
         seq = self._get_seq() + 1
         data = {"ranges": [list(r) for r in seq_ranges(seqs)], "reason": reason}
         db.execute(
-            "INSERT INTO records (seq, kind, priority, time, session, drill, data) "
-            "VALUES (?,?,?,?,NULL,0,?)",
+            "INSERT INTO records (seq, kind, priority, time, session, drill, data, committed) "
+            "VALUES (?,?,?,?,NULL,0,?,?)",
             (
                 seq,
                 RecordKind.GAP.value,
                 int(Priority.LIVE),
                 at.isoformat(),
                 json.dumps(data, separators=(",", ":")),
+                self._clock.now().timestamp(),
             ),
         )
         self._set_seq(seq)
@@ -683,9 +715,9 @@ class Outbox:
 
     async def pending(self, cap: int = 1_000_000) -> Pending:
         """Counts of what waits to be taken (each at most ``cap``: enough to decide,
-        without counting a whole backlog), and the oldest routine record's time. Index
-        lookups only. Just after a requeue they may include records still in flight,
-        which the next take skips."""
+        without counting a whole backlog), and when the oldest routine record was
+        committed. Index lookups only. Just after a requeue they may include records
+        still in flight, which the next take skips."""
 
         def run() -> Pending:
             db = self.reader
@@ -701,14 +733,14 @@ class Outbox:
             }
             routine = int(Priority.ROUTINE)
             oldest = db.execute(
-                "SELECT time FROM records WHERE state=0 AND priority=? AND seq>? "
+                "SELECT committed FROM records WHERE state=0 AND priority=? AND seq>? "
                 "ORDER BY seq LIMIT 1",
                 (routine, taken.get(routine, 0)),
             ).fetchone()
             return Pending(
                 min(cap, sum(v for p, v in n.items() if p != routine)),
                 n[routine],
-                datetime.fromisoformat(oldest[0]) if oldest else None,
+                _moment(oldest[0]) if oldest else None,
             )
 
         return await self._read(run)
@@ -775,12 +807,12 @@ class Outbox:
         a deliberate deletion, not a loss; the seq counter is kept."""
 
         def run() -> int:
-            db = self.db
-            with self._handout, _transaction(db):  # no take sees the records meanwhile
+            with self._withdrawing() as db:  # no take sees the records meanwhile
                 undelivered = [r[0] for r in db.execute("SELECT seq FROM records WHERE state<2")]
                 cur = db.execute("DELETE FROM records")
                 db.execute("DELETE FROM bindings")
                 added = self._insert_gap_sync(undelivered, "purged", self._clock.now())
+            with self._handout:  # after the commit, as every write
                 self._rows = added
                 self._inflight.clear()
                 self._taken.clear()
@@ -843,8 +875,7 @@ class Outbox:
         Those that never reached the broker are named by a ``gap`` record."""
 
         def run() -> int:
-            db = self.db
-            with _transaction(db):
+            with self._withdrawing() as db:
                 rows = db.execute(
                     "SELECT seq, state FROM records WHERE expires IS NOT NULL AND expires<=?",
                     (now.timestamp(),),
@@ -875,13 +906,13 @@ class Outbox:
         def run() -> OutboxStats:
             db = self.reader
             depth, oldest, kept = db.execute(
-                "SELECT coalesce(sum(state<2),0), min(CASE WHEN state<2 THEN time END), "
+                "SELECT coalesce(sum(state<2),0), min(CASE WHEN state<2 THEN committed END), "
                 "coalesce(sum(state=2),0) FROM records"
             ).fetchone()
             return OutboxStats(
                 depth,
                 len(self._inflight),
-                datetime.fromisoformat(oldest) if oldest else None,
+                _moment(oldest),
                 self._size_sync(),
                 kept,
             )
@@ -1031,6 +1062,7 @@ class _Row(Stored):
         self.drill = r[5] == 1
         self.expires = None if r[7] is None else datetime.fromtimestamp(r[7], UTC)
         self.row = None if r[8] is None else r[8:12]
+        self.committed = r[12]
         self._record = None
 
     def _load(self) -> Record:
@@ -1108,6 +1140,22 @@ def _migrate_from_1(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE records ADD COLUMN row_delta TEXT")
         db.execute("PRAGMA user_version=2")
     log.info("outbox schema brought up to version 2 (fixes stored with their row differences)")
+
+
+def _migrate_from_2(db: sqlite3.Connection, now: datetime) -> None:
+    """Version 2 kept no commit time: its records count as committed now, so a routine
+    backlog waits at most one ``batch_interval`` more, never less, and its routine
+    message expiry starts afresh."""
+    with _transaction(db):
+        db.execute("ALTER TABLE records ADD COLUMN committed REAL")
+        db.execute("UPDATE records SET committed=?", (now.timestamp(),))
+        db.execute("PRAGMA user_version=3")
+    log.info("outbox schema brought up to version 3 (records keep their commit time)")
+
+
+def _moment(ts: float | None) -> datetime | None:
+    """A ``committed`` column as a time (UTC)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -61,4 +61,7 @@ def fix_payload(fix: Fix, privacy: PrivacyConfig) -> dict[str, Any] | None:
     ):
         if value is not None:
             out[key] = value
+    if fix.time_issue is not None:
+        # the receiver's date is not to be trusted (a week rollover, no date yet): say so
+        out["time_issue"] = fix.time_issue.value
     return out

@@ -65,10 +65,17 @@ class Stored:
     sending. What the uplink groups messages by (kind, priority, session, drill, expiry)
     is at hand without decoding the record; the store may decode :attr:`record` only
     when it is asked for (:meth:`_load`), so draining a backlog of fixes, which go as
-    their :attr:`row`, never decodes them."""
+    their :attr:`row`, never decodes them.
+
+    ``committed`` is when the store committed it, by the device's clock (seconds since
+    the epoch): what batching and message-expiry countdowns measure ages from. A
+    record's own :attr:`Record.time`, and a fix's time from the receiver, are data to
+    report, never a schedule: a receiver's date can be decades off (a GPS week
+    rollover, a cold start that reports 1980)."""
 
     __slots__ = (
         "_record",
+        "committed",
         "drill",
         "expires",
         "kind",
@@ -80,7 +87,12 @@ class Stored:
     )
 
     def __init__(
-        self, seq: int, msg_id: str | None, record: Record, row: TrackRow | None = None
+        self,
+        seq: int,
+        msg_id: str | None,
+        record: Record,
+        row: TrackRow | None = None,
+        committed: float | None = None,
     ) -> None:
         self.seq = seq
         self.msg_id = msg_id
@@ -90,6 +102,7 @@ class Stored:
         self.drill = record.drill
         self.expires = record.expires
         self.row = row
+        self.committed = committed
         self._record: Record | None = record
 
     @property
@@ -146,6 +159,10 @@ class FixRun:
     @property
     def expires(self) -> datetime | None:
         return self.first.expires
+
+    @property
+    def committed(self) -> float | None:
+        return self.first.committed
 
     def halves(self, before: Stored, at: Stored) -> tuple[Stored | FixRun, Stored | FixRun]:
         """Cut in two before ``at`` (``before`` is the fix just ahead of it): the records

@@ -51,10 +51,10 @@ from device.wire import (
     dumps,
     encode_sos,
     encode_track,
-    fix_time,
     owntracks_location,
     parse_command,
     seq_ranges_text,
+    shown_time,
     status_payload,
 )
 
@@ -130,12 +130,18 @@ def sos_message_id(box: str, seq: int) -> str:
 
 
 def routine_due(p: Pending, now: datetime, cfg: UplinkConfig) -> float | None:
-    """Seconds until the routine backlog should go (0: now), or ``None`` if empty."""
+    """Seconds until the routine backlog should go (0: now), or ``None`` if empty. Ages
+    are from when the oldest record was committed, by the device's clock (``now`` is
+    that clock too), never from a receiver's fix time. A commit time ahead of ``now``
+    means the system clock was set back since: the backlog goes now rather than wait
+    for the clock to catch up."""
     if p.routine == 0:
         return None
     if p.routine >= cfg.batch_count or p.oldest_routine is None:
         return 0.0
     age = (now - p.oldest_routine).total_seconds()
+    if age < 0:
+        return 0.0
     return max(0.0, cfg.batch_interval - age)
 
 
@@ -541,13 +547,19 @@ class Uplink:
         return Message(msg_id, topic, payload, tuple(group), retain, self._expiry(first))
 
     def _expiry(self, s: Item) -> int | None:
-        """MQTT message expiry: a session's records until 72 h after it ended; during an
-        active SOS none (the end is not known yet); routine telemetry as configured."""
+        """MQTT message expiry, counted down on the device's clock: a session's records
+        until 72 h after it ended; during an active SOS none (the end is not known yet);
+        routine telemetry ``routine_expiry`` after the first record was committed (a
+        backlog that waited offline keeps only what is left of its week)."""
+        now = self._clock.now().timestamp()
         if s.expires is not None:
-            return max(1, math.ceil((s.expires - self._clock.now()).total_seconds()))
+            return max(1, math.ceil(s.expires.timestamp() - now))
         if s.session is not None:
             return None
-        return self.config.routine_expiry
+        life = self.config.routine_expiry
+        if s.committed is None:
+            return life
+        return max(1, math.ceil(min(life, life - (now - s.committed))))
 
     async def _after_delivery(self, conn: Connection, msg: Message) -> None:
         """Keep the retained views up to date: ``sos`` order, OwnTracks position."""
@@ -586,7 +598,7 @@ class Uplink:
         r = s.record
         tag = ("DRILL" if r.drill else "SOS") if r.session else None
         loc = owntracks_location(
-            r.data["fix"], at=fix_time(r), tid=self.tid, battery=self._battery, tag=tag
+            r.data["fix"], at=shown_time(r), tid=self.tid, battery=self._battery, tag=tag
         )
         self._ot_last = {"seq": s.seq, "session": r.session, "loc": loc, "expiry": expiry}
         self._ot_dirty = True

@@ -88,7 +88,8 @@ def _micro(deg: float) -> int:
 
 
 def fix_time(record: Record) -> datetime:
-    """The fix's own time (from the receiver) when it has one, else when it was recorded."""
+    """The fix's own time (from the receiver) when it has one, else when it was recorded.
+    Data to report, never a schedule (see :func:`shown_time`)."""
     fix = record.data.get("fix") or {}
     t = fix.get("t")
     if isinstance(t, str):
@@ -98,6 +99,21 @@ def fix_time(record: Record) -> datetime:
             return record.time
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     return record.time
+
+
+def time_suspect(record: Record) -> bool:
+    """The receiver flagged the fix's date as not to be trusted (``time_issue``: a GPS
+    week rollover, a date before ``gps.date_floor``, no date seen yet)."""
+    fix = record.data.get("fix")
+    return isinstance(fix, dict) and fix.get("time_issue") is not None
+
+
+def shown_time(record: Record) -> datetime:
+    """The time to show a person for a fix: the receiver's own, unless it flagged it as
+    suspect; then when the device recorded it (by the device's clock), so a receiver
+    19.6 years behind after a week rollover does not show a position as "19 years
+    old"."""
+    return record.time if time_suspect(record) else fix_time(record)
 
 
 def _usable(x: object) -> float | None:
@@ -130,8 +146,10 @@ _BATTERY_KEYS = ("pct", "status", "v", "a", "temp")
 
 def track_row(record: Record) -> TrackRow | None:
     """A fix with a usable position as a ``track`` row (absolute values; the message
-    turns them into differences): ``None`` for anything else."""
-    if record.kind is not RecordKind.FIX:
+    turns them into differences): ``None`` for anything else. A fix whose time the
+    receiver flagged as suspect has no row either: a row has no place for the flag, so
+    it goes whole, as an object, with the flag and the device's time beside it."""
+    if record.kind is not RecordKind.FIX or time_suspect(record):
         return None
     fix = record.data.get("fix")
     if not fix or _usable(fix.get("lat")) is None or _usable(fix.get("lon")) is None:

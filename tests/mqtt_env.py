@@ -24,7 +24,16 @@ from tests.conftest import require
 #: the broker saves its state on every change, so a kill -9 loses no session or queued
 #: message it acknowledged to anyone; contacts' queues are unbounded
 DURABLE = "autosave_interval 1\nautosave_on_changes true\nmax_queued_messages 0\n"
+#: a receiver's time for records made up by the tests: data to report, never compared
+#: with a clock (the outbox and the uplink keep their schedules on the device's clock)
 T0 = datetime(2026, 11, 22, 10, tzinfo=UTC)
+#: receivers whose dates are off: a GPS week rollover (1024 weeks behind), one 20 years
+#: ahead
+RECEIVER_OFFSETS = {
+    "on-time": timedelta(0),
+    "rollover": -timedelta(weeks=1024),
+    "20-years-ahead": timedelta(days=20 * 365),
+}
 
 
 def need_mosquitto() -> str:
@@ -34,8 +43,16 @@ def need_mosquitto() -> str:
     return path
 
 
-def fix_record(i: int, *, session: str | None = None, priority: Priority = Priority.LIVE) -> Record:
-    t = T0 + timedelta(seconds=i)
+def fix_record(
+    i: int,
+    *,
+    session: str | None = None,
+    priority: Priority = Priority.LIVE,
+    receiver_offset: timedelta = timedelta(0),
+) -> Record:
+    """A fix record dated by its receiver (``T0`` plus ``i`` seconds, plus the receiver's
+    offset), as a recorder that trusts the receiver's date would write it."""
+    t = T0 + receiver_offset + timedelta(seconds=i)
     return Record(
         kind=RecordKind.FIX,
         time=t,

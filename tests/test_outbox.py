@@ -4,7 +4,8 @@ ack-then-delete, eviction of routine records only, full disk, corrupt file, expi
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from device.outbox import SCHEMA_VERSION, Limits, Outbox, OutboxFull
-from device.records import Priority, Record, RecordKind
+from device.records import Priority, Record, RecordKind, Stored
 
 T0 = datetime(2026, 11, 22, 10, tzinfo=UTC)
 
@@ -178,26 +179,28 @@ async def test_session_expiry_applies_to_later_records_and_purge_deletes(tmp_pat
 
 
 async def test_a_slow_commit_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    """A commit held up (an fsync on a tired SD card) until the event loop has done
+    some work of its own: if the commit ran on the loop, the loop could not do it, and
+    the commit would wait in vain."""
     async with await Outbox.open(tmp_path / "o.db") as box:
         real = box._insert_sync
+        loop_ran = threading.Event()
+        released: list[bool] = []
 
         def slow(records):  # type: ignore[no-untyped-def]
-            time.sleep(0.5)  # an fsync on a tired SD card
+            released.append(loop_ran.wait(10))
             return real(records)
 
         box._insert_sync = slow  # type: ignore[method-assignment]
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        t = asyncio.create_task(ticker())
-        await box.store(rec(1))
-        t.cancel()
-        assert ticks >= 20  # the loop kept running during the half-second commit
+        storing = asyncio.create_task(box.store(rec(1)))
+        turns = 0
+        while not storing.done():  # the loop keeps turning while the commit is held
+            turns += 1
+            if turns == 100:
+                loop_ran.set()
+            await asyncio.sleep(0)
+        assert (await storing).seq == 1
+        assert released == [True], "the commit was never released: the loop was blocked"
 
 
 async def test_sos_controller_on_the_durable_outbox(tmp_path: Path) -> None:
@@ -409,7 +412,9 @@ async def test_an_outbox_of_the_first_release_opens_with_nothing_lost(tmp_path: 
         new = await box.store(Record(RecordKind.FIX, T0, {"fix": fix}))
         assert new.seq == 5 and new.row is not None  # new fixes get their track rows
         version = await box._run(lambda: box.db.execute("PRAGMA user_version").fetchone()[0])
-        assert version == SCHEMA_VERSION == 2
+        assert version == SCHEMA_VERSION == 3
+        # records from before commit times were kept count as committed at the upgrade
+        assert {s.committed for s in taken} == {taken[0].committed} != {None}
         await box.store(Record(RecordKind.FIX, T0, {"fix": {**fix, "lat": 48.31}}))
         chain = await box._run(
             lambda: box.db.execute("SELECT seq, row_prev FROM records WHERE seq>=5").fetchall()
@@ -504,3 +509,75 @@ async def test_the_wal_stays_bounded_while_a_backlog_drains(
     # about 4 MB went through the WAL; it never held more than a few checkpoints' worth
     assert written > 20 * mark
     assert max(sizes) < 12 * mark, sizes
+
+
+class _WatchedLock:
+    """The outbox's hand-out lock, noting when a thread had to wait for it."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self.waited = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        self.waited.set()
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+async def test_expiry_extending_a_gap_record_while_the_send_loop_takes_it(
+    tmp_path: Path,
+) -> None:
+    """Expiry (the writer thread) extends a waiting gap record while the urgent send
+    loop (the reader thread) takes that same record. Whatever the interleaving, the gap
+    record handed out names every seq the table says it names: otherwise its old
+    ranges go out, it is deleted at the PUBACK, and the receiver sees a loss."""
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        await box.store(rec(0, session="a", priority=Priority.LIVE))  # seq 1
+        await box.store(rec(1, session="b", priority=Priority.LIVE))  # seq 2
+        await box.expire_session("a", T0)
+        assert await box.purge(T0) == 1  # seq 1 expired undelivered: gap record, seq 3
+        await box.expire_session("b", T0)  # the next purge extends seq 3 to name seq 2
+        lock = _WatchedLock(box._handout)
+        box._handout = lock  # type: ignore[assignment]
+        extended, go = threading.Event(), threading.Event()
+        real = box._insert_gap_sync
+
+        def held(*args: Any) -> int:
+            out = real(*args)
+            extended.set()  # rewritten inside the expiry's transaction, not committed yet
+            go.wait(10)
+            return out
+
+        box._insert_gap_sync = held  # type: ignore[method-assignment]
+        purge = asyncio.create_task(box.purge(T0))
+        assert await asyncio.to_thread(extended.wait, 10)
+        take = asyncio.create_task(box.take(first=Priority.SOS, last=Priority.LIVE))
+        waited = asyncio.create_task(asyncio.to_thread(lock.waited.wait, 10))
+        # either the take went ahead beside the half-done expiry, or it waits for it
+        await asyncio.wait({take, waited}, return_when=asyncio.FIRST_COMPLETED)
+        go.set()
+        assert await purge == 1
+        taken = [s for s in await take if isinstance(s, Stored)]
+        # what the receiver is told: the gap records as they were taken (an expired fix
+        # taken meanwhile is dropped when the message is formed, never sent) ...
+        named = _named(s for s in taken if s.kind is RecordKind.GAP)
+        await box.ack([s.seq for s in taken])  # ... delivered, and so deleted
+        # ... and the gap records still to go
+        named |= _named(s for s, _ in await box.export() if s.kind is RecordKind.GAP)
+        lock.waited.set()  # the watching thread ends
+        await waited
+        assert named == {1, 2}, "an expired seq is named by no gap record: a loss"
+
+
+def _named(gaps: Iterable[Stored]) -> set[int]:
+    return {q for s in gaps for a, b in s.record.data["ranges"] for q in range(a, b + 1)}

@@ -24,7 +24,7 @@ from device.sos import Contact, SosConfig, SosController
 from device.uplink import UplinkConfig, sos_message_id
 from sim.netfault import FaultProxy
 from sim.receiver import Receiver
-from tests.mqtt_env import T0, fix_record, rig
+from tests.mqtt_env import RECEIVER_OFFSETS, T0, fix_record, rig
 
 
 async def test_records_arrive_once_with_ids_and_leave_the_outbox(tmp_path: Path) -> None:
@@ -123,14 +123,19 @@ async def test_an_sos_reaches_the_contacts_with_its_route_and_retained_views(
         await late.close()
 
 
+@pytest.mark.parametrize("receiver", list(RECEIVER_OFFSETS))
 async def test_routine_records_wait_for_a_batch_while_sos_records_go_at_once(
-    tmp_path: Path,
+    tmp_path: Path, receiver: str
 ) -> None:
+    """Batching keys on when the outbox committed the records, by the device's clock:
+    a receiver 1024 weeks behind (its records would all look overdue) or 20 years
+    ahead (never due) changes nothing."""
+    off = RECEIVER_OFFSETS[receiver]
     cfg = UplinkConfig(device_id="dev1", batch_count=50, batch_interval=3600, max_batch=500)
     async with rig(tmp_path, config=cfg, start=False) as r:
         # a backlog built up while offline drains in large batches
         for i in range(1200):
-            await r.outbox.store(fix_record(i, priority=Priority.ROUTINE))
+            await r.outbox.store(fix_record(i, priority=Priority.ROUTINE, receiver_offset=off))
         r.start_uplink()
         led = await r.receiver.wait_for_seqs(1200)
         assert led.missing() == [] and led.duplicates == 0
@@ -139,15 +144,40 @@ async def test_routine_records_wait_for_a_batch_while_sos_records_go_at_once(
         assert all(d.expiry is not None and d.expiry > 6 * 86400 for d in track)
         # idle: fewer than batch_count routine records wait ...
         for i in range(49):
-            await r.outbox.store(fix_record(2000 + i, priority=Priority.ROUTINE))
+            await r.outbox.store(
+                fix_record(2000 + i, priority=Priority.ROUTINE, receiver_offset=off)
+            )
         sos = Record(RecordKind.SOS_START, T0, {"trigger": "cli"}, Priority.SOS, "s1")
         sos_seq = (await r.outbox.store(sos)).seq
         # ... while an SOS record goes at once
         await r.receiver.wait_until(lambda: any(x.seq == sos_seq for x in r.receiver.records))
         assert r.receiver.ledger().last == sos_seq and len(r.receiver.ledger().missing()) == 49
-        await r.outbox.store(fix_record(3000, priority=Priority.ROUTINE))  # the 50th
+        # the 50th
+        await r.outbox.store(fix_record(3000, priority=Priority.ROUTINE, receiver_offset=off))
         led = await r.receiver.wait_for_seqs(sos_seq + 1)
         assert led.missing() == []
+
+
+@pytest.mark.parametrize("receiver", list(RECEIVER_OFFSETS))
+async def test_a_few_routine_records_go_once_the_oldest_has_waited_batch_interval(
+    tmp_path: Path, receiver: str
+) -> None:
+    """Fewer than ``batch_count``: they go ``batch_interval`` after the first was
+    committed, whatever the receiver's date (20 years ahead, they would never go if the
+    age were taken from the fix)."""
+    off = RECEIVER_OFFSETS[receiver]
+    cfg = UplinkConfig(device_id="dev1", batch_count=1000, batch_interval=1.0)
+    async with rig(tmp_path, config=cfg) as r:
+        await r.uplink.connected.wait()
+        for i in range(3):
+            await r.outbox.store(fix_record(i, priority=Priority.ROUTINE, receiver_offset=off))
+        led = await r.receiver.wait_for_seqs(3)
+        assert led.missing() == [] and led.duplicates == 0
+        track = [d for d in r.receiver.history if d.topic == r.uplink.topics.track]
+        assert len(track) == 1  # one batch, not one message each
+        # the fixes keep their receiver's own time
+        got = sorted(r.receiver.records, key=lambda x: x.seq)
+        assert got[0].t == pytest.approx((T0 + off).timestamp())
 
 
 async def test_commands_are_validated_applied_and_answered(tmp_path: Path) -> None:
