@@ -263,7 +263,10 @@ class Connection:
                 self._loop.remove_writer(sock.fileno())
         self._attached = False
         self._sock = None
-        self._finish("socket closed")
+        # paho closes the socket first and says why just after (on_disconnect: "Keep
+        # alive timeout" for a link that stopped answering): let the reason win
+        if not self._loop.is_closed():
+            self._loop.call_soon(self._finish, "socket closed")
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._want_write = True

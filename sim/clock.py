@@ -23,6 +23,8 @@ class SimClock:
         self._t = 0.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        #: set whenever a task starts sleeping on this clock
+        self._slept = asyncio.Event()
 
     def monotonic(self) -> float:
         return self._t
@@ -33,7 +35,16 @@ class SimClock:
     async def sleep(self, seconds: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._t + max(0.0, seconds), next(self._seq), fut))
+        self._slept.set()
         await fut
+
+    async def sleeping(self, n: int = 1) -> None:
+        """Until at least ``n`` tasks sleep on this clock: what a test awaits before it
+        moves time, when the sleeper gets there through a thread or real I/O (which
+        :meth:`advance` cannot wait for)."""
+        while sum(1 for *_, fut in self._sleepers if not fut.done()) < n:
+            self._slept.clear()
+            await self._slept.wait()
 
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, waking every sleeper due on the way."""

@@ -192,7 +192,8 @@ async def test_indicator_patterns_drive_led_and_buzzer() -> None:
     req = FakeRequest(value=None)
     ind = GpioIndicator(led=27, buzzer=22, gpiod_module=fake_gpiod(req, []))
     await ind.cue(Cue.COUNTDOWN)
-    await asyncio.sleep(0.3)
+    assert ind._task is not None
+    await asyncio.wait_for(ind._task, 5)  # the pattern played to its end
     on, off = gpiod.line.Value.ACTIVE, gpiod.line.Value.INACTIVE
     assert req.set_calls[0] == {27: on, 22: on}
     assert req.set_calls[-1] == {27: off, 22: off}

@@ -55,13 +55,20 @@ async def test_sleep_and_sos_wake_through_the_pty(tmp_path: Path, family: str) -
     rx = SimReceiver(RouteWalker(Route.sample(), 1.4), rate_hz=10)
     source = NmeaSerialSource(port=str(port.path), baudrate=115200)
     power = ReceiverPower(source, family=family, rate_hz=10)
-    sending = asyncio.create_task(run_receiver(rx, port, duration=60))
+    asleep = asyncio.Event()  # the receiver heard the command: checked at every epoch
+    sending = asyncio.create_task(
+        run_receiver(
+            rx,
+            port,
+            duration=60,
+            on_epoch=lambda _: asleep.set() if rx.power is PowerState.OFF else None,
+        )
+    )
     try:
         async with collecting(source) as got:
             await got.wait_for(3)
             await power.set_mode(GpsPowerMode.OFF)
-            await asyncio.sleep(0.4)  # the receiver hears it within one 10 Hz epoch
-            assert rx.power is PowerState.OFF
+            await asyncio.wait_for(asleep.wait(), 10)
             quiet_from = len(got.fixes)
             await asyncio.sleep(0.5)  # half a second of silence
             assert len(got.fixes) - quiet_from <= 1  # asleep: nothing more is sent

@@ -102,6 +102,7 @@ async def test_black_holed_link_is_noticed_by_keepalive_and_nothing_is_lost(
             t0 = time.monotonic()
             await r.uplink.disconnected.wait()
             noticed = time.monotonic() - t0
+            why = r.uplink.stats.last_error
             # the messages sent into the black hole keep their ids in the outbox
             lost_ids = await r.outbox._run(
                 lambda: {
@@ -117,8 +118,9 @@ async def test_black_holed_link_is_noticed_by_keepalive_and_nothing_is_lost(
         assert lost_ids
         received_ids = {dict(d.user_properties).get("msg_id") for d in r.receiver.history}
         assert lost_ids <= received_ids
-        # paho pings after one keepalive of silence and gives up after another
-        assert noticed < 3 * 2 + 1, noticed
+        # noticed by paho's keepalive (a ping after one keepalive of silence, given up
+        # after another), not by TCP, which takes minutes on a black hole
+        assert "keep alive timeout" in why.lower(), why
         print(f"black hole noticed after {noticed:.1f}s; {led.duplicates} duplicates")
 
 
