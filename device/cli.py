@@ -3,7 +3,7 @@
 sosd run [--config FILE] [--sim] [--broker URL] [--device-id ID] [--data-dir DIR]
 sosd check-config [--config FILE]
 sosctl [--config FILE | --data-dir DIR] status | sos start [--drill] [--now] | sos stop
-       | export [--out DIR] | purge [--yes] | sim ...
+       | export [--out DIR] | purge [--yes] | alarm [--ack] | sim ...
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ def sosd(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     run.add_argument(
         "--time-scale",
-        type=float,
+        type=_time_scale,
         default=1.0,
-        help="run the daemon's timers this many times faster (drills on the simulator)",
+        help="run the daemon's timers this many times faster (drills on the simulator; "
+        "from 0.01 to 10000)",
     )
     check.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -128,6 +129,12 @@ def sosd(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         sys.stdout.write(json.dumps(_public(cfg), indent=2, default=str) + "\n")
         sys.stdout.write(f"{cfg.source}: valid\n")
+        if not cfg.sos.contacts:
+            sys.stdout.write(
+                "WARNING: no emergency contact is configured, so SOS is NOT ARMED: add at "
+                "least one [[sos.contacts]] entry (a running sosd takes it on SIGHUP: "
+                "systemctl reload sosbeacon)\n"
+            )
         return 0
     setup_logging(args.log_level)
     backend = load_backend("sim" if args.sim else "hw")
@@ -148,11 +155,23 @@ def sosd(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _time_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.01 <= value <= 10_000:  # nan fails this too
+        raise argparse.ArgumentTypeError(f"expected a number from 0.01 to 10000, got {text}")
+    return value
+
+
 def _public(cfg: Config) -> dict[str, Any]:
     """The configuration without secrets, for printing."""
     out = asdict(cfg)
-    if out["mqtt"].get("password"):
-        out["mqtt"]["password"] = "***"
+    for key in config_mod.SECRET_KEYS:
+        if out["mqtt"].get(key):
+            out["mqtt"][key] = "***"
+    out["mqtt"]["broker"] = config_mod.redact_url(out["mqtt"]["broker"])
     return out
 
 
@@ -167,11 +186,17 @@ def socket_path(args: argparse.Namespace) -> Path:
     path: Path | None = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     if path is None:
         return sim_data_dir() / "sosd.sock"
+    # Only device.data_dir is needed; the rest (a password_file sosctl's user may not
+    # read) is sosd's business.
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SystemExit(f"sosctl: cannot read {path}: {exc}") from None
-    data_dir = table.get("device", {}).get("data_dir", str(config_mod.DeviceSettings().data_dir))
+        table = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise SystemExit(f"sosctl: cannot read {path}: {why}") from None
+    device = table.get("device")
+    data_dir = device.get("data_dir") if isinstance(device, dict) else None
+    if not isinstance(data_dir, str) or not data_dir:
+        data_dir = str(config_mod.DeviceSettings().data_dir)
     return Path(data_dir) / "sosd.sock"
 
 
@@ -192,6 +217,8 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--out", type=Path, default=Path("."), help="directory to write to")
     purge = sub.add_parser("purge", help="delete every record stored on the device")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    alarm = sub.add_parser("alarm", help="the store's alarm (a corrupt file salvaged)")
+    alarm.add_argument("--ack", action="store_true", help="acknowledge it: status stops showing it")
     sim = sub.add_parser("sim", help="drive the simulated hardware (sosd run --sim)")
     sim.add_argument("what", choices=["press", "battery", "gps"])
     sim.add_argument(
@@ -210,12 +237,18 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
         )
     elif args.command == "export":
         req = {"cmd": "export"}
+    elif args.command == "alarm":
+        req = {"cmd": "alarm-ack"} if args.ack else {"cmd": "status"}
     elif args.command == "purge":
         if not args.yes:
-            typed = input(
-                "Delete every record stored on the device (routes, events, what has not "
-                "been sent yet)? Type 'purge' to confirm: "
-            )
+            try:
+                typed = input(
+                    "Delete every record stored on the device (routes, events, what has not "
+                    "been sent yet)? Type 'purge' to confirm: "
+                )
+            except EOFError:  # no terminal (a script, </dev/null): never a yes
+                typed = ""
+                sys.stderr.write("\nsosctl: no answer; pass --yes to purge without asking\n")
             if typed.strip() != "purge":
                 sys.stderr.write("sosctl: nothing deleted\n")
                 return 1
@@ -230,14 +263,29 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
     if not answer.get("ok"):
         sys.stderr.write(f"sosctl: {answer.get('error', 'failed')}\n")
         return 1
+    if answer.get("warning"):
+        sys.stderr.write(f"sosctl: WARNING: {answer['warning']}\n")
     if args.json:
         sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    elif args.command == "alarm":
+        if args.ack:
+            done = answer.get("acknowledged")
+            sys.stdout.write("alarm acknowledged\n" if done else "no alarm to acknowledge\n")
+        else:
+            sys.stdout.write(f"{answer.get('alarm') or 'no alarm'}\n")
     elif args.command == "status":
         sys.stdout.write(format_status(answer))
     elif args.command == "export":
-        sys.stdout.write(write_export(answer, args.out))
+        try:
+            sys.stdout.write(write_export(answer, args.out))
+        except OSError as exc:
+            sys.stderr.write(
+                f"sosctl: cannot write the export to {args.out}: {exc.strerror or exc} "
+                "(--out is a directory, made if missing)\n"
+            )
+            return 1
     else:
-        rest = {k: v for k, v in answer.items() if k != "ok"}
+        rest = {k: v for k, v in answer.items() if k not in ("ok", "warning")}
         sys.stdout.write(" ".join(f"{k}={v}" for k, v in rest.items()) + "\n")
     return 0
 
@@ -271,6 +319,15 @@ def format_status(s: dict[str, Any]) -> str:
         f"outbox      {o['depth']} to send ({o['in_flight']} in flight{oldest}); "
         f"{o['kept']} delivered SOS records kept until expiry"
     )
+    if o.get("fault"):
+        dropped = f", {o['held_dropped']} routine dropped" if o.get("held_dropped") else ""
+        lines.append(
+            f"storage     {o['fault']['what'].upper()} since {o['fault']['since']}: "
+            f"{o['held']} record(s) held in memory until it can be written{dropped}"
+        )
+    if s.get("alarm"):
+        lines.append(f"ALARM       {s['alarm']}")
+        lines.append("            (acknowledge with: sosctl alarm --ack)")
     return "\n".join(lines) + "\n"
 
 
@@ -304,10 +361,14 @@ def write_export(answer: dict[str, Any], out: Path) -> str:
             )
         )
     written = [str(js)]
+    path = out / f"{device}-routes.gpx"
     if tracks:
-        path = out / f"{device}-routes.gpx"
         path.write_text(gpx.to_xml())
         written.append(str(path))
+    elif path.exists():
+        # routes of an earlier export, since purged or expired: not beside this one
+        path.unlink()
+        written.append(f"(removed {path}: no route is stored now)")
     n = len(answer["records"])
     return f"{n} records; wrote {', '.join(written)}\n"
 

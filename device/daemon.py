@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from device.outbox import Outbox
 from device.parts import Backend, Parts
 from device.records import run_retention
 from device.sos import Session, SosController, SosRefused
+from device.storage import SessionMark
 from device.uplink import Uplink
 
 log = logging.getLogger("sosd")
@@ -77,6 +81,7 @@ class Daemon:
         self.started_at = 0.0
         self.first_fix_after: float | None = None
         self.battery_errors = 0
+        self._mark: SessionMark | None = None
 
     # -- running -------------------------------------------------------------------------
 
@@ -86,8 +91,27 @@ class Daemon:
     async def run(self) -> None:
         cfg = self.config
         self.started_at = self.clock.monotonic()
-        cfg.device.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        data = cfg.device.data_dir
+        try:
+            data.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except (FileExistsError, NotADirectoryError):
+            raise OSError(
+                f"device.data_dir {data} is not a directory: point it (or --data-dir) at a "
+                "directory; sosd creates it when missing"
+            ) from None
         async with AsyncExitStack() as stack:
+            # The data directory's lock first: a second daemon touches nothing (no
+            # session resumed, no simulated device link made) before it has won it.
+            stack.callback(_lock(data / "sosd.lock").close)
+            self._mark = SessionMark(data / "sos-session")
+            try:
+                await asyncio.to_thread(self._mark.prepare)
+            except OSError as exc:
+                log.warning(
+                    "cannot prepare %s (%s): a stop on a full disk may be forgotten at a restart",
+                    self._mark.path,
+                    exc,
+                )
             self.parts = parts = await self._backend(cfg, self.clock, stack)
             self.outbox = outbox = await Outbox.open(cfg.outbox_path, cfg.outbox, clock=self.clock)
             stack.push_async_callback(outbox.close)
@@ -108,7 +132,7 @@ class Daemon:
                 broker=cfg.broker_config(),
                 outbox=outbox,
                 clock=self.clock,
-                commands=SosCommands(ctl),
+                commands=SosCommands(ctl, clock=self.clock),
                 sos_active=lambda: ctl.session is not None,
             )
             server = await control.serve(cfg.socket_path, self.handle)
@@ -163,39 +187,57 @@ class Daemon:
         log.info("sosd stopped")
 
     async def _persist_session(self, s: Session | None) -> None:
+        """The running session (or none) in the outbox's ``meta``, and a started or
+        ending one first in the session mark, which needs no new disk space: a start or
+        a stop on a full disk survives a restart. The mark keeps an ended session
+        (a restart then ends it, never resumes it) until the next one starts."""
         assert self.outbox is not None
-        value = ""
-        if s is not None:
-            value = json.dumps(
-                {
-                    "id": s.id,
-                    "drill": s.drill,
-                    "started": s.started.isoformat(),
-                    "trigger": s.trigger,
-                    "ended": s.ended.isoformat() if s.ended else None,
-                    "points": s.points,
-                }
+        state = _session_state(s) if s is not None else None
+        if state is not None and self._mark is not None:
+            await asyncio.to_thread(self._mark.write, state)
+        try:
+            await self.outbox.set_meta("active_session", json.dumps(state) if state else "")
+        except sqlite3.OperationalError as exc:
+            log.warning(
+                "the SOS session was not saved in the outbox (%s); its mark %s has it",
+                exc,
+                self._mark.path if self._mark else "(none)",
             )
-        await self.outbox.set_meta("active_session", value)
 
     async def _resume_session(self, ctl: SosController, outbox: Outbox) -> None:
+        """Carry on with the session that was running, or end the one that was being
+        stopped: the outbox's record and the mark, the newer of them."""
+        found: list[Session] = []
         raw = await outbox.get_meta("active_session")
-        if not raw:
+        for where, state in (
+            ("mark", self._mark.read() if self._mark is not None else None),
+            ("outbox", raw),
+        ):
+            if not state:
+                continue
+            try:
+                found.append(_session_from(json.loads(state) if isinstance(state, str) else state))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("the SOS session saved in the %s is unreadable (%s)", where, exc)
+        if not found:
             return
-        try:
-            d = json.loads(raw)
-            s = Session(
-                id=d["id"],
-                drill=bool(d["drill"]),
-                started=datetime.fromisoformat(d["started"]),
-                trigger=str(d["trigger"]),
-                ended=datetime.fromisoformat(d["ended"]) if d.get("ended") else None,
-                points=int(d.get("points", 0)),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("the saved SOS session is unreadable (%s); not resumed", exc)
-            return
-        await ctl.resume(s)
+        marked = found[0]
+        newest = max(found, key=lambda x: x.started)
+        if newest.id == marked.id:
+            newest = marked  # the mark is written first: it is at least as new
+        if newest.ended is None and any(f.id == newest.id and f.ended for f in found):
+            newest = next(f for f in found if f.id == newest.id and f.ended)
+        if newest.ended is not None:
+            # The mark keeps the last ended session: end it only if its end record is
+            # not stored (a stop on a full disk, then a restart), and only while its
+            # route lasts (once purged, has_end cannot tell).
+            kept_until = newest.ended + timedelta(seconds=self.config.sos.retention)
+            if await outbox.has_end(newest.id) or self.clock.now() >= kept_until:
+                if raw:
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        await outbox.set_meta("active_session", "")
+                return
+        await ctl.resume(newest)
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run ``body``; if it fails, log and run it again (after a pause). Missing or
@@ -320,7 +362,16 @@ class Daemon:
                 stopped = await ctl.stop(trigger="cli")
                 if not stopped:
                     return {"ok": False, "error": "no SOS or countdown is active"}
-                return {"ok": True, "state": ctl.state.value}
+                answer: dict[str, Any] = {"ok": True, "state": ctl.state.value}
+                if outbox.held:
+                    answer["warning"] = (
+                        "sharing stopped now, but the disk is full: the end of the SOS is "
+                        "held in memory and goes out once there is room (a restart "
+                        "meanwhile still ends it, never resumes it)"
+                    )
+                return answer
+            if cmd == "alarm-ack":
+                return {"ok": True, "acknowledged": await outbox.ack_alarm()}
             if cmd == "export":
                 return {
                     "ok": True,
@@ -348,7 +399,17 @@ class Daemon:
                 return {"ok": True, **await self.parts.controls[cmd](req)}
         except SosRefused as exc:
             return {"ok": False, "error": str(exc)}
-        known = ["status", "sos-start", "sos-stop", "export", "purge", *self.parts.controls]
+        except OSError as exc:  # a full disk, say: the message says what to do
+            return {"ok": False, "error": str(exc)}
+        known = [
+            "status",
+            "sos-start",
+            "sos-stop",
+            "export",
+            "purge",
+            "alarm-ack",
+            *self.parts.controls,
+        ]
         return {"ok": False, "error": f"unknown request {cmd!r}; known: {', '.join(known)}"}
 
     async def status(self) -> dict[str, Any]:
@@ -382,7 +443,15 @@ class Daemon:
                 ),
                 "kept": st.kept,
                 "bytes": st.bytes,
+                "fault": (
+                    {"what": outbox.fault, "since": outbox.full_since.isoformat()}
+                    if outbox.full_since
+                    else None
+                ),
+                "held": outbox.held,
+                "held_dropped": outbox.held_dropped,
             },
+            "alarm": await outbox.alarm(),
             "uptime": round(now - self.started_at, 1),
             "first_fix_after": (
                 None if self.first_fix_after is None else round(self.first_fix_after, 1)
@@ -400,7 +469,58 @@ class Daemon:
         age = st["fix_age"]
         fix = "no fix yet" if age is None else f"fix {age:.0f} s old"
         link = "broker connected" if st["link"]["connected"] else "broker offline"
-        return f"SOS {st['state']}; {fix}; {link}; outbox {st['outbox']['depth']}"
+        o = st["outbox"]
+        line = f"SOS {st['state']}; {fix}; {link}; outbox {o['depth']}"
+        if o["fault"]:
+            line += f"; {o['fault']['what'].upper()} ({o['held']} held in memory)"
+        if st["alarm"]:
+            line += "; ALARM: see sosctl status"
+        return line
+
+
+def _session_state(s: Session) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "drill": s.drill,
+        "started": s.started.isoformat(),
+        "trigger": s.trigger,
+        "ended": s.ended.isoformat() if s.ended else None,
+        "points": s.points,
+    }
+
+
+def _session_from(d: dict[str, Any]) -> Session:
+    return Session(
+        id=str(d["id"]),
+        drill=bool(d["drill"]),
+        started=datetime.fromisoformat(d["started"]),
+        trigger=str(d["trigger"]),
+        ended=datetime.fromisoformat(d["ended"]) if d.get("ended") else None,
+        points=int(d.get("points", 0)),
+    )
+
+
+class _DataDirLock:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        os.close(self._fd)  # releases the lock
+
+
+def _lock(path: Path) -> _DataDirLock:
+    """An exclusive lock on the data directory for this daemon's life (released by the
+    kernel if it dies). Raises RuntimeError if another sosd holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(
+            f"another sosd is already running on {path.parent} (it holds {path}); stop it "
+            "first, or give this one another device.data_dir"
+        ) from None
+    return _DataDirLock(fd)
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

@@ -51,6 +51,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ from typing import Any, Generic, TypeVar
 
 from device.clock import Clock, MonotonicClock
 from device.records import FixRun, Item, Priority, Record, RecordKind, Stored, TrackRow
+from device.salvage import RECORD_COLUMNS, read_readable
+from device.storage import CorruptOutbox, Fault, Reserve, classify
 from device.wire import row_delta, seq_ranges, track_row
 
 log = logging.getLogger(__name__)
@@ -111,8 +114,11 @@ SCHEMA_VERSION = 3
 
 #: ``records.state`` (1, in flight, was written by version 0)
 PENDING, IN_FLIGHT, DELIVERED = 0, 1, 2
-#: the WAL is copied back into the database once it holds this much (SQLite's default)
+#: the WAL is copied back into the database once it holds this much (SQLite's default),
+#: or less on a small disk (:func:`wal_limit`)
 WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
+#: ... but never less than this
+WAL_MIN_BYTES = 64 * 1024
 #: a chain of fixes: priority, session, drill, expiry (what a track message shares)
 _Stream = tuple[int, str | None, bool, float | None]
 _MAX_STREAMS = 64
@@ -128,12 +134,36 @@ class OutboxFull(OSError):
     """The record could not be stored: the disk (or the configured cap) is full."""
 
 
+class OutboxUnavailable(OSError):
+    """The outbox cannot be opened, for a reason that says nothing about its contents
+    (a full disk, a lock held too long, an I/O error, a read-only file system): the
+    file is left as it is, and the message says what to do."""
+
+    def __init__(self, path: Path, fault: Fault, exc: BaseException) -> None:
+        self.fault = fault
+        hint = {
+            Fault.FULL: "free some space on that file system",
+            Fault.LOCKED: "another process holds it: stop it (another sosd? an sqlite3 shell?)",
+            Fault.IO: "check the storage (dmesg; an SD card that fails I/O needs replacing)",
+            Fault.READONLY: "the file system is read-only: remount it read-write",
+        }.get(fault, "see the error above")
+        super().__init__(
+            f"the outbox {path} cannot be opened ({fault.value}: {exc}); it was left "
+            f"untouched. {hint[0].upper()}{hint[1:]}, then start sosd again."
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_rows: int = 1_000_000
     max_bytes: int = 256 * 1024 * 1024
     #: keep at least this much free on the file system
     min_free_bytes: int = 64 * 1024 * 1024
+    #: disk space kept back (a file beside the outbox) for SOS records and the outbox's
+    #: opening on a full disk; 0: none
+    reserve_bytes: int = 256 * 1024
+    #: records held in memory while the disk is full (SOS records are kept first)
+    hold_records: int = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +192,12 @@ class Pending:
 class Outbox:
     """Use :meth:`open` (an async context manager) rather than the constructor."""
 
-    def __init__(self, path: Path, limits: Limits, clock: Clock) -> None:
+    def __init__(self, path: Path, limits: Limits, clock: Clock, lock_wait: float = 60.0) -> None:
         self.path = path
         self.limits = limits
         self._clock = clock
+        self._lock_wait = lock_wait
+        self._reserve = Reserve(Path(f"{path}.reserve"), limits.reserve_bytes)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
         self._db: sqlite3.Connection | None = None
@@ -198,16 +230,44 @@ class Outbox:
         self._handout = threading.RLock()
         #: inside :meth:`_withdrawing` (writer thread only)
         self._withdrawals = 0
+        #: what waits in memory for room on a full disk (:meth:`add`), in order
+        self._held: deque[_Held] = deque()
+        self.held_dropped = 0
+        #: acknowledged by the broker, the deletion not committed yet (a full disk)
+        self._unsaved_acks: set[int] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        #: held over storing what is held (the flusher, or an SOS record arriving)
+        self._flushing = asyncio.Lock()
+        #: since when the outbox cannot be written (by its clock), or None; and why
+        #: ("disk full", "storage locked by another process", ...)
+        self.full_since: datetime | None = None
+        self.fault = ""
+        #: set while the outbox can be written; cleared by a fault until it is over
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self._quiet: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @classmethod
     async def open(
-        cls, path: Path | str, limits: Limits | None = None, *, clock: Clock | None = None
+        cls,
+        path: Path | str,
+        limits: Limits | None = None,
+        *,
+        clock: Clock | None = None,
+        lock_wait: float = 60.0,
     ) -> Outbox:
-        box = cls(Path(path), limits or Limits(), clock or MonotonicClock())
-        await box._run(box._open_sync)
-        await box._read(box._open_reader)
+        """Open (creating, migrating or salvaging as needed). Raises
+        :class:`OutboxUnavailable` when the file cannot be used for now."""
+        box = cls(Path(path), limits or Limits(), clock or MonotonicClock(), lock_wait)
+        try:
+            await box._run(box._open_sync)
+            await box._read(box._open_reader)
+        except BaseException:
+            box._pool.shutdown(wait=False)
+            box._read_pool.shutdown(wait=False)
+            raise
         return box
 
     async def __aenter__(self) -> Outbox:
@@ -217,6 +277,19 @@ class Outbox:
         await self.close()
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._held:  # a last try: the disk may have room by now
+            with contextlib.suppress(OSError, sqlite3.OperationalError):
+                await self._store_held()
+            if self._held:
+                log.error(
+                    "stopping with %d record(s) held in memory that could not be stored (the "
+                    "disk is still full): they are lost. An SOS stop is remembered anyway.",
+                    len(self._held),
+                )
         await self._adds.settled()
         await self._acks.settled()
         await self._read(self._close_reader)
@@ -225,12 +298,47 @@ class Outbox:
         self._pool.shutdown(wait=True)
 
     def _open_sync(self) -> None:
+        """Open, telling the faults apart. Only proven corruption moves the file aside,
+        and only after everything readable was salvaged into a fresh one. A lock held
+        by another process is waited for (up to ``lock_wait``); a full disk gives up the
+        reserve and tries again; the rest is raised as :class:`OutboxUnavailable`, with
+        what to do, and the file is left as it is."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._connect()
-        except sqlite3.DatabaseError as exc:
-            self._move_aside(str(exc))
-            self._connect()
+        deadline = time.monotonic() + self._lock_wait
+        said_locked = False
+        while True:
+            try:
+                self._connect()
+                break
+            except sqlite3.DatabaseError as exc:
+                fault = classify(exc)
+                if fault is Fault.CORRUPT:
+                    self._salvage(str(exc))
+                    self._connect()
+                    break
+                if fault is Fault.LOCKED and time.monotonic() < deadline:
+                    if not said_locked:
+                        log.warning(
+                            "the outbox %s is locked by another process (%s); waiting up to "
+                            "%.0f s for it. Is another sosd, or an sqlite3 shell, using it?",
+                            self.path,
+                            exc,
+                            self._lock_wait,
+                        )
+                        said_locked = True
+                    time.sleep(0.2)
+                    continue
+                if fault in (Fault.FULL, Fault.IO) and self._reserve.release():
+                    continue
+                raise OutboxUnavailable(self.path, fault, exc) from exc
+        # a fresh reserve once there is room again (a full disk may have used it)
+        if not self._reserve.take():
+            log.warning(
+                "no room for the %d KiB kept in reserve beside %s: free some space, or an "
+                "SOS on a full disk may not be storable",
+                self._reserve.size // 1024,
+                self.path,
+            )
 
     def _connect(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -239,11 +347,12 @@ class Outbox:
             db.execute("PRAGMA synchronous=FULL")
             # checkpoints run in a thread of their own (_Checkpoints), never in a commit
             db.execute("PRAGMA wal_autocheckpoint=0")
-            db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
+            limit = wal_limit(self.limits.min_free_bytes, _free(self.path.parent))
+            db.execute(f"PRAGMA journal_size_limit={limit}")
             db.execute("PRAGMA busy_timeout=5000")  # a checkpoint of its own may wait
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
+                raise CorruptOutbox(f"integrity check failed: {ok}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0 and _has_table(db, "records"):
                 _migrate_from_0(db)
@@ -254,7 +363,8 @@ class Outbox:
             if version == 2:
                 _migrate_from_2(db, self._clock.now())
             db.executescript(SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             row = db.execute("SELECT value FROM meta WHERE key='outbox_id'").fetchone()
             if row is None:
                 self.outbox_id = uuid.uuid4().hex[:16]  # 64 bits: unique enough per device
@@ -262,41 +372,112 @@ class Outbox:
             else:
                 self.outbox_id = row[0]
             # Version 0 marked records in flight in the table; after a restart nothing
-            # is in flight.
-            db.execute(f"UPDATE records SET state={PENDING} WHERE state={IN_FLIGHT}")
-            # names of messages whose records are all gone (delivered, expired, purged)
-            db.execute(
-                "DELETE FROM bindings WHERE NOT EXISTS (SELECT 1 FROM records "
-                "WHERE seq BETWEEN bindings.first AND bindings.last AND state<2)"
-            )
+            # is in flight. Names of messages whose records are all gone (delivered,
+            # expired, purged) are tidied away. Neither is needed to run: on a full disk
+            # they wait for the next start.
+            with contextlib.suppress(sqlite3.OperationalError):
+                db.execute(f"UPDATE records SET state={PENDING} WHERE state={IN_FLIGHT}")
+                db.execute(
+                    "DELETE FROM bindings WHERE NOT EXISTS (SELECT 1 FROM records "
+                    "WHERE seq BETWEEN bindings.first AND bindings.last AND state<2)"
+                )
             self._rows = db.execute("SELECT count(*) FROM records").fetchone()[0]
+            # Can this connection write? A WAL database opens and reads under another
+            # process's write lock; every store would then wait and fail.
+            with _transaction(db):
+                pass
         except sqlite3.DatabaseError:
             db.close()
             raise
         self._db = db
-        self._checkpoints = _Checkpoints(self.path)
+        self._checkpoints = _Checkpoints(self.path, self.limits.min_free_bytes, limit)
 
-    def _move_aside(self, why: str) -> None:
+    def _salvage(self, why: str) -> None:
+        """Everything readable of a corrupt outbox goes into a fresh one (the same
+        ``outbox_id`` and seqs when the seq counter could be read, else a new id), with
+        a ``gap`` record (reason ``corrupt``) naming every seq up to the last that will
+        not be sent from it; then the corrupt file is set aside (never deleted) and an
+        alarm is raised until the owner acknowledges it."""
+        got = read_readable(self.path)
         stamp = time.strftime("%Y%m%dT%H%M%S")
+        fresh = Path(f"{self.path}.salvage-{stamp}")
+        same_box = got.last_seq is not None and "outbox_id" in got.meta
+        box = got.meta["outbox_id"] if same_box else uuid.uuid4().hex[:16]
+        db = sqlite3.connect(fresh, isolation_level=None)
+        try:
+            db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            with _transaction(db):
+                meta = dict(got.meta) if same_box else {}
+                if "active_session" in got.meta:
+                    meta["active_session"] = got.meta["active_session"]
+                meta["outbox_id"] = box
+                db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?)", got.sessions)
+                if same_box:
+                    db.executemany("INSERT OR REPLACE INTO bindings VALUES (?,?,?)", got.bindings)
+                now = self._clock.now()
+                cols = ", ".join(RECORD_COLUMNS)
+                marks = ",".join("?" * len(RECORD_COLUMNS))
+                committed = RECORD_COLUMNS.index("committed")
+                db.executemany(
+                    f"INSERT INTO records ({cols}) VALUES ({marks})",
+                    [
+                        r if r[committed] is not None else (*r[:committed], now.timestamp())
+                        for r in got.records
+                    ],
+                )
+                state = RECORD_COLUMNS.index("state")
+                sent = {r[0] for r in got.records if r[state] == PENDING}
+                top = max(got.last_seq or 0, max((r[0] for r in got.records), default=0))
+                lost = [q for q in range(1, top + 1) if q not in sent]
+                if lost:
+                    data = {"ranges": [list(r) for r in seq_ranges(lost)], "reason": "corrupt"}
+                    db.execute(
+                        "INSERT INTO records (seq, kind, priority, time, session, drill, data, "
+                        "committed) VALUES (?,?,?,?,NULL,0,?,?)",
+                        (
+                            top + 1,
+                            RecordKind.GAP.value,
+                            int(Priority.LIVE),
+                            now.isoformat(),
+                            json.dumps(data, separators=(",", ":")),
+                            now.timestamp(),
+                        ),
+                    )
+                    top += 1
+                db.execute("INSERT OR REPLACE INTO counters VALUES ('seq', ?)", (top,))
+                alarm = (
+                    f"the outbox was corrupt ({why}); {len(got.records)} record(s) and "
+                    f"{'the' if 'active_session' in got.meta else 'no'} active SOS session "
+                    f"salvaged, {got.unreadable} unreadable; the damaged file is kept as "
+                    f"{self.path}.corrupt-{stamp}"
+                    + ("" if same_box else "; seq numbering restarts under a new outbox_id")
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('alarm', ?)",
+                    (json.dumps({"at": now.isoformat(), "what": alarm}),),
+                )
+        finally:
+            db.close()
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
             if src.exists():
                 src.rename(Path(f"{self.path}.corrupt-{stamp}{suffix}"))
-        log.error(
-            "ALARM: the outbox %s is corrupt (%s). It was moved aside to %s.corrupt-%s "
-            "(nothing deleted: records in it may be recoverable with sqlite3 .recover) and "
-            "a fresh outbox was started; seq numbering restarts under a new outbox_id.",
-            self.path,
-            why,
-            self.path,
-            stamp,
-        )
+        fresh.rename(self.path)
+        log.error("ALARM: %s. Acknowledge with `sosctl alarm --ack`.", alarm)
 
     def _close_sync(self) -> None:
         if self._checkpoints is not None:
             self._checkpoints.close()
             self._checkpoints = None
         if self._db is not None:
+            # a clean stop leaves no WAL behind (SQLite would try too, as the last
+            # connection; this says so when it cannot, e.g. on a full disk)
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                log.warning("the outbox's WAL could not be emptied at stop: %s", exc)
             self._db.close()
             self._db = None
 
@@ -322,6 +503,24 @@ class Outbox:
             if self._checkpoints is not None:
                 self._checkpoints.poke(self.db)
 
+    async def _full_is_outbox_full(self, fn: Callable[[], T], what: str) -> T:
+        """Run a write in the writer thread; a full disk is :class:`OutboxFull`, with
+        what to do (nothing was changed: the write is one transaction)."""
+        try:
+            return await self._run(fn)
+        except sqlite3.OperationalError as exc:
+            raise self._as_full(exc, what) from exc
+
+    def _as_full(self, exc: sqlite3.OperationalError, what: str) -> BaseException:
+        """A failed write as :class:`OutboxFull` (with what to do) when the disk is full;
+        anything else as it is."""
+        if classify(exc) is not Fault.FULL:
+            return exc
+        return OutboxFull(
+            f"cannot {what}: {exc}. Nothing was changed and what is stored is safe; free "
+            f"some space on the file system of {self.path}."
+        )
+
     async def _read(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the reader thread."""
         return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn)
@@ -341,8 +540,26 @@ class Outbox:
     # -- storing -----------------------------------------------------------------------
 
     async def add(self, record: Record) -> None:
-        """Store durably (the Recorder Protocol); see :meth:`store` for the seq."""
-        await self.store(record)
+        """Store durably (the Recorder Protocol); see :meth:`store` for the seq.
+
+        On a full disk this does not fail: an SOS must carry on. The record is held in
+        memory, in order behind anything held before it, and stored once there is room
+        (:meth:`_flush_held`); SOS records are kept first when more than
+        ``limits.hold_records`` wait. A held record has no seq yet: it was never
+        acknowledged as stored."""
+        if not self._held:
+            try:
+                await self.store(record)
+                return
+            except (OutboxFull, sqlite3.OperationalError) as exc:
+                if not _holdable(exc):
+                    raise
+                self._disk_full(exc)
+        self._hold(_Held(record=record))
+        if record.priority is Priority.SOS:
+            # an SOS record does not wait for the next retry: it may use the reserve
+            with contextlib.suppress(OSError, sqlite3.OperationalError):
+                await self._store_held()
 
     async def store(self, record: Record) -> Stored:
         """Commit ``record``; returns once it is on disk, with its seq and message id."""
@@ -363,20 +580,22 @@ class Outbox:
         db = self.db
         self._make_room_sync(len(records))
         chained: dict[_Stream, tuple[int, TrackRow]] = {}
-        try:
+
+        def write() -> list[Stored]:
+            chained.clear()
             with _transaction(db):
                 first = self._get_seq() + 1
                 at = self._clock.now().timestamp()
                 out = [self._insert(seq, r, at, chained) for seq, r in enumerate(records, first)]
                 self._set_seq(first + len(records) - 1)
+            return out
+
+        try:
+            # an SOS record may use the reserve; telemetry waits for room
+            urgent = any(r.priority is Priority.SOS for r in records)
+            out = self._may_use_reserve(write) if urgent else write()
         except sqlite3.OperationalError as exc:
-            if "full" in str(exc).lower():
-                raise OutboxFull(
-                    f"cannot store {len(records)} record(s): {exc}. Free space on the "
-                    f"file system of {self.path} or raise outbox.max_bytes; records already "
-                    "stored are safe."
-                ) from exc
-            raise
+            raise self._as_full(exc, f"store {len(records)} record(s)") from exc
         if len(self._chain) + len(chained) > _MAX_STREAMS:
             self._chain.clear()  # ended sessions' streams: their next fix starts a run
         self._chain.update(chained)
@@ -433,9 +652,24 @@ class Outbox:
         rows = self._rows
         excess_rows = rows + incoming - lim.max_rows
         size = self._size_sync()
-        free = shutil.disk_usage(self.path.parent).free
-        excess_bytes = max(size - lim.max_bytes, lim.min_free_bytes - free)
+        disk = shutil.disk_usage(self.path.parent)
+        # min_free_bytes beyond a tenth of the file system (64 MiB on a 2 MB card) would
+        # evict every routine record at every store: keep a tenth free instead
+        min_free = min(lim.min_free_bytes, disk.total // 10)
+        if min_free < lim.min_free_bytes:
+            self._say_once(
+                "min_free",
+                log.warning,
+                "outbox.min_free_bytes (%d) is more than a tenth of the file system of %s "
+                "(%d bytes): keeping %d bytes free instead",
+                lim.min_free_bytes,
+                self.path,
+                disk.total,
+                min_free,
+            )
+        excess_bytes = max(size - lim.max_bytes, min_free - disk.free)
         if excess_rows <= 0 and excess_bytes <= 0:
+            self._quiet.discard("no_victims")
             return
         avg = max(1, size // max(1, rows))
         # One more than the excess (the gap record written in their place may take a row),
@@ -458,11 +692,15 @@ class Outbox:
                 if r[0] not in inflight
             ][:n]
             if not victims:
-                log.warning(
+                self._say_once(
+                    "no_victims",
+                    log.warning,
                     "outbox over its limits but holds no routine records to evict; "
-                    "SOS records are never evicted"
+                    "SOS records are never evicted (said once until the outbox is within "
+                    "its limits again)",
                 )
                 return
+            self._quiet.discard("no_victims")
             cur = db.executemany("DELETE FROM records WHERE seq=?", [(v,) for v in victims])
             change = self._insert_gap_sync(victims, "evicted", self._clock.now()) - cur.rowcount
         self._rows += change
@@ -543,6 +781,128 @@ class Outbox:
 
     def _size_sync(self) -> int:
         return sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+
+    # -- a full disk -------------------------------------------------------------------
+
+    def _disk_full(self, exc: BaseException) -> None:
+        """A write could not be done for now (a full disk, mostly): say so once."""
+        if self.full_since is None:
+            self.full_since = self._clock.now()
+            self.writable.clear()
+            fault = Fault.FULL if isinstance(exc, OutboxFull) else classify(exc)
+            self.fault = "disk full" if fault is Fault.FULL else f"storage {fault.value}"
+            log.error(
+                "%s: %s Records are held in memory (SOS records first, up to %d) and stored "
+                "once the outbox %s can be written again; nothing already stored is lost.%s",
+                self.fault.upper(),
+                str(exc).rstrip(".") + ".",
+                self.limits.hold_records,
+                self.path,
+                " Free some space on that file system."
+                if fault is Fault.FULL and not isinstance(exc, OutboxFull)
+                else "",
+            )
+
+    def _hold(self, op: _Held) -> None:
+        held = self._held
+        held.append(op)
+        while len(held) > max(1, self.limits.hold_records):
+            victim = next((h for h in held if h.droppable), None)
+            if victim is None:
+                break  # only SOS records and expiries: kept, whatever it costs in memory
+            held.remove(victim)
+            self.held_dropped += 1
+        self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_held())
+
+    async def _flush_held(self) -> None:
+        """Store what was held, in order, and commit the acknowledgements that could not
+        be, once there is room: tried every second or so, on the outbox's clock."""
+        delay = 0.5
+        while self._held or self._unsaved_acks:
+            await self._clock.sleep(delay)
+            delay = min(5.0, delay * 2)
+            try:
+                await self._store_held()
+                if self._unsaved_acks:
+                    with self._handout:
+                        acks = sorted(self._unsaved_acks)
+                    await self._acks.submit(acks)
+                    with self._handout:
+                        self._unsaved_acks.difference_update(acks)
+            except (OSError, sqlite3.OperationalError) as exc:
+                if _holdable(exc):
+                    continue  # still no room (or still locked): try again later
+                log.exception("storing the records held in memory failed; retrying")
+            except Exception:  # a bug must not strand what is held
+                log.exception("storing the records held in memory failed; retrying")
+            else:
+                delay = 0.5
+        self._disk_back()
+
+    def _say_once(self, key: str, level: Callable[..., None], msg: str, *args: Any) -> None:
+        """Log ``msg`` once until ``key`` is cleared (the condition ended): one line per
+        outage, not one per write."""
+        if key not in self._quiet:
+            self._quiet.add(key)
+            level(msg, *args)
+
+    async def _store_held(self) -> None:
+        """What is held, stored: SOS records and session expiries first (in their own
+        order: an end record is stored after its session's expiry), which may use the
+        reserve, then the rest in order. Raises at the first write that fails."""
+        async with self._flushing:
+            for urgent in (True, False):
+                for op in [h for h in self._held if h.droppable is not urgent]:
+                    if op.record is not None:
+                        await self.store(op.record)
+                    elif op.expire is not None:
+                        await self._expire_session(*op.expire)
+                    self._held.remove(op)
+
+    def _disk_back(self) -> None:
+        if self.full_since is None:
+            return
+        log.warning(
+            "the outbox can be written again (%s for %.0f s): everything held in memory is "
+            "stored%s",
+            self.fault,
+            (self._clock.now() - self.full_since).total_seconds(),
+            f" ({self.held_dropped} routine record(s) had to be dropped)"
+            if self.held_dropped
+            else "",
+        )
+        self.full_since = None
+        self._quiet.clear()
+        self._reserve.take()
+        self.writable.set()
+
+    @property
+    def held(self) -> int:
+        """Records (and session expiries) held in memory, waiting for room."""
+        return len(self._held)
+
+    async def alarm(self) -> str | None:
+        """What the owner must know about the store (a corrupt file salvaged), until
+        acknowledged with :meth:`ack_alarm`."""
+        raw = await self.get_meta("alarm")
+        if not raw:
+            return None
+        try:
+            d = json.loads(raw)
+            return f"{d['at']}: {d['what']}"
+        except (ValueError, KeyError, TypeError):
+            return raw
+
+    async def ack_alarm(self) -> bool:
+        """The owner saw the alarm; returns whether there was one."""
+        had = bool(await self.get_meta("alarm"))
+        if had:
+            await self.set_meta("alarm", "")
+        return had
 
     # -- handing out and acknowledging -------------------------------------------------
 
@@ -749,8 +1109,20 @@ class Outbox:
         """The broker acknowledged these: now, and only now, they leave the upload queue.
         Records of an SOS session stay on the device, delivered, until their expiry (the
         route stays available for export for the 72 hours); the rest are deleted.
-        Acknowledgements that arrive together are committed together."""
-        await self._acks.submit(seqs)
+        Acknowledgements that arrive together are committed together.
+
+        If the acknowledgement cannot be committed (a full disk), the records stay in
+        flight, never handed out again, and the commit is retried once there is room: no
+        record is stuck in flight, and none is sent twice meanwhile."""
+        try:
+            await self._acks.submit(seqs)
+        except sqlite3.OperationalError as exc:
+            if not _holdable(exc):
+                raise
+            with self._handout:
+                self._unsaved_acks.update(seqs)
+            self._disk_full(exc)
+            self._start_flusher()
 
     def _ack_sync(self, acks: list[list[int]]) -> list[None]:
         db = self.db
@@ -781,7 +1153,8 @@ class Outbox:
         def run() -> None:  # in the reader thread: never beside a take
             with self._handout:
                 if seqs is None:
-                    self._inflight.clear()
+                    # acknowledged, the deletion not committed yet: never sent again
+                    self._inflight = set(self._unsaved_acks)
                     self._taken.clear()
                 elif seqs:
                     self._inflight.difference_update(seqs)
@@ -818,7 +1191,7 @@ class Outbox:
                 self._taken.clear()
             return cur.rowcount
 
-        n = await self._run(run)
+        n = await self._full_is_outbox_full(run, "purge the outbox")
         self._notify()
         return n
 
@@ -832,6 +1205,18 @@ class Outbox:
             lambda: (
                 self.reader.execute(
                     "SELECT EXISTS(SELECT 1 FROM records WHERE state<2)"
+                ).fetchone()[0]
+                == 1
+            )
+        )
+
+    async def has_end(self, session: str) -> bool:
+        """Whether the ``sos-end`` record of ``session`` is stored."""
+        return await self._read(
+            lambda: (
+                self.reader.execute(
+                    "SELECT EXISTS(SELECT 1 FROM records WHERE session=? AND kind=?)",
+                    (session, RecordKind.SOS_END.value),
                 ).fetchone()[0]
                 == 1
             )
@@ -856,6 +1241,19 @@ class Outbox:
     # -- expiry and stats --------------------------------------------------------------
 
     async def expire_session(self, session: str, at: datetime) -> None:
+        """Give every record of ``session`` (and any stored later) the expiry ``at``. On
+        a full disk it is held, in order with the records, like :meth:`add`."""
+        if not self._held:
+            try:
+                await self._expire_session(session, at)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _holdable(exc):
+                    raise
+                self._disk_full(exc)
+        self._hold(_Held(expire=(session, at)))
+
+    async def _expire_session(self, session: str, at: datetime) -> None:
         def run() -> None:
             db = self.db
             with _transaction(db):
@@ -868,7 +1266,17 @@ class Outbox:
                     "UPDATE records SET expires=? WHERE session=?", (at.timestamp(), session)
                 )
 
-        await self._run(run)
+        await self._run(lambda: self._may_use_reserve(run))
+
+    def _may_use_reserve(self, write: Callable[[], T]) -> T:
+        """An SOS write (an SOS record, a session's expiry) in the writer thread: on a
+        full disk the reserve is given up and the write tried once more."""
+        try:
+            return write()
+        except sqlite3.OperationalError as exc:
+            if classify(exc) is not Fault.FULL or not self._reserve.release():
+                raise
+        return write()
 
     async def purge(self, now: datetime) -> int:
         """Delete expired records, delivered or not: past expiry nobody may see them.
@@ -890,7 +1298,7 @@ class Outbox:
                 self._inflight.difference_update(r[0] for r in rows)
             return len(rows)
 
-        n = await self._run(run)
+        n = await self._full_is_outbox_full(run, "delete expired records")
         if n:
             self._notify()
         return n
@@ -989,9 +1397,14 @@ class _Checkpoints:
     writer copies what was committed meanwhile (little) itself. Should the thread fall
     four checkpoints behind, the writer does a whole checkpoint itself."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, min_free: int, limit: int) -> None:
         self._path = path
         self._wal = f"{path}-wal"
+        self._min_free = min_free
+        #: the WAL size that calls for a checkpoint (:func:`wal_limit`), looked at again
+        #: every second: a disk that fills up gets a smaller WAL
+        self.limit = limit
+        self._limit_at = time.monotonic()
         self._wake = threading.Event()
         self._stop = False
         #: a pass is done: the writer copies the rest
@@ -1002,11 +1415,29 @@ class _Checkpoints:
         self._thread.start()
 
     def poke(self, db: sqlite3.Connection) -> None:
+        """After each writer job; a checkpoint that fails here (a full disk, a statement
+        still open after a failed write) is tried again at the next one, and never
+        hides the job's own outcome."""
+        try:
+            self._poke(db)
+        except sqlite3.Error as exc:
+            log.debug("outbox checkpoint deferred: %s", exc)
+
+    def _poke(self, db: sqlite3.Connection) -> None:
         try:
             size = os.stat(self._wal).st_size
         except OSError:
             return
-        if size > 4 * WAL_CHECKPOINT_BYTES:
+        now = time.monotonic()
+        if now - self._limit_at > 1.0:
+            self._limit_at = now
+            limit = wal_limit(self._min_free, _free(self._path.parent))
+            if limit != self.limit:
+                self.limit = limit
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute(f"PRAGMA journal_size_limit={limit}")
+        limit = self.limit
+        if size > 4 * limit:
             # The thread fell behind (a slow card, a busy machine): the writer waits for
             # its pass, then does a whole checkpoint, as SQLite's own would. A drain slows
             # down rather than let the WAL grow without bound.
@@ -1019,7 +1450,7 @@ class _Checkpoints:
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             finally:
                 self._running.release()
-        elif size > WAL_CHECKPOINT_BYTES:
+        elif size > limit:
             self._wake.set()
 
     def _loop(self) -> None:
@@ -1043,6 +1474,20 @@ class _Checkpoints:
         self._stop = True
         self._wake.set()
         self._thread.join()
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A write waiting in memory for room on a full disk: a record, or a session's
+    expiry (kept in order with the records: an end record is stored with it)."""
+
+    record: Record | None = None
+    expire: tuple[str, datetime] | None = None
+
+    @property
+    def droppable(self) -> bool:
+        """Telemetry may be dropped to bound memory; SOS records and expiries never."""
+        return self.record is not None and self.record.priority is not Priority.SOS
 
 
 class _Row(Stored):
@@ -1140,6 +1585,29 @@ def _migrate_from_1(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE records ADD COLUMN row_delta TEXT")
         db.execute("PRAGMA user_version=2")
     log.info("outbox schema brought up to version 2 (fixes stored with their row differences)")
+
+
+def _holdable(exc: BaseException) -> bool:
+    """A write that may succeed later, unchanged: a full disk, a lock held by another
+    process, an I/O error. What it wrote waits in memory meanwhile."""
+    if isinstance(exc, OutboxFull):
+        return True
+    return classify(exc) in (Fault.FULL, Fault.LOCKED, Fault.IO)
+
+
+def wal_limit(min_free: int, free: int) -> int:
+    """When the WAL is copied back: at :data:`WAL_CHECKPOINT_BYTES`, or at a quarter of
+    ``min_free_bytes`` or of the free space when that is less (a small SD card, a disk
+    filling up), never below :data:`WAL_MIN_BYTES`. So the WAL takes at most a quarter
+    of what is left, and a full disk is not the WAL's doing."""
+    return max(WAL_MIN_BYTES, min(WAL_CHECKPOINT_BYTES, min_free // 4, free // 4))
+
+
+def _free(directory: Path) -> int:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 0
 
 
 def _migrate_from_2(db: sqlite3.Connection, now: datetime) -> None:

@@ -251,8 +251,19 @@ class Expiring(Protocol):
 
 async def run_retention(store: Expiring, clock: Clock, *, check_every: float = 3600) -> None:
     """Delete expired records at their expiry (or at least every ``check_every`` s)."""
+    failing = False
     while True:
-        gone = await store.purge(clock.now())
+        try:
+            gone = await store.purge(clock.now())
+        except OSError as exc:  # a full disk: said once, tried again every minute
+            if not failing:
+                log.warning("retention: %s (retrying every minute)", exc)
+            failing = True
+            await clock.sleep(min(check_every, 60.0))
+            continue
+        if failing:
+            log.info("retention: expired records can be deleted again")
+            failing = False
         if gone:
             log.info("retention: %d expired record(s) deleted", gone)
         nxt = await store.next_expiry()

@@ -48,6 +48,7 @@ from device.wire import (
     SOS_KINDS,
     CommandError,
     Topics,
+    command_id,
     dumps,
     encode_sos,
     encode_track,
@@ -195,6 +196,8 @@ class Uplink:
         self.acked = asyncio.Event()
         #: messages published and not yet answered, on the current connection
         self._settling: set[asyncio.Task[None]] = set()
+        #: warnings said on this connection (:meth:`_note_once`)
+        self._said: set[str] = set()
 
     # -- the connection's life ---------------------------------------------------------
 
@@ -326,6 +329,7 @@ class Uplink:
         ]
         self._conn_acks = 0
         self._conn_largest = 0
+        self._said.clear()
         if self._ot_dirty and self.owntracks_topic:
             self._schedule_owntracks(conn)
         try:
@@ -453,6 +457,15 @@ class Uplink:
     def _answered(self, task: asyncio.Task[None]) -> None:
         self._settling.discard(task)
         self.acked.set()
+        if not task.cancelled() and task.exception() is not None:
+            # a bug: said here, never left as "Task exception was never retrieved"
+            log.error("settling a message failed", exc_info=task.exception())
+
+    def _note_once(self, key: str, text: str) -> None:
+        """A warning said once per connection, not once per message."""
+        if key not in self._said:
+            self._said.add(key)
+            self._note_error(text, log.warning)
 
     async def _delivered(self, msg: Message) -> None:
         await self._outbox.ack(msg.seqs)
@@ -481,7 +494,10 @@ class Uplink:
         at most ``max_batch`` records)."""
         now = self._clock.now()
         if any(s.expires and s.expires <= now for s in stored):
-            await self._outbox.purge(now)  # replaced by a gap record; never sent
+            try:
+                await self._outbox.purge(now)  # replaced by a gap record; never sent
+            except OSError as exc:  # a full disk: deleted later, never sent meanwhile
+                self._note_once("purge", str(exc))
             stored = [s for s in stored if not (s.expires and s.expires <= now)]
         bound: OrderedDict[str, list[Item]] = OrderedDict()
         fresh: list[list[Item]] = []
@@ -519,7 +535,12 @@ class Uplink:
         for group in fresh:
             new += await self._split(group)
         if new:
-            await self._outbox.bind({m.msg_id: m.seqs for m in new})
+            try:
+                await self._outbox.bind({m.msg_id: m.seqs for m in new})
+            except sqlite3.OperationalError as exc:
+                # A full disk: the messages go anyway. Unbound, a resend after a restart
+                # would carry new ids (receivers still drop duplicates by seq).
+                self._note_once("bind", f"message ids not stored ({exc}); sending anyway")
         return sorted(messages + new, key=lambda m: (m.records[0].priority, m.records[0].seq))
 
     async def _split(self, group: list[Item]) -> list[Message]:
@@ -562,7 +583,15 @@ class Uplink:
         return max(1, math.ceil(min(life, life - (now - s.committed))))
 
     async def _after_delivery(self, conn: Connection, msg: Message) -> None:
-        """Keep the retained views up to date: ``sos`` order, OwnTracks position."""
+        """Keep the retained views up to date: ``sos`` order, OwnTracks position. What
+        is remembered of them in the outbox is best effort (a full disk must not stop
+        the delivery of the rest)."""
+        try:
+            await self._update_views(conn, msg)
+        except (sqlite3.OperationalError, OSError) as exc:
+            self._note_once("views", f"the retained views' state was not stored: {exc}")
+
+    async def _update_views(self, conn: Connection, msg: Message) -> None:
         for s in msg.records:
             if isinstance(s, Stored) and s.kind is not RecordKind.FIX:  # fixes carry none
                 b = s.record.data.get("battery")
@@ -611,7 +640,10 @@ class Uplink:
     async def _flush_owntracks(self, conn: Connection) -> None:
         await self._clock.sleep(VIEW_DEBOUNCE)
         last = self._ot_last
-        await self._outbox.set_meta("owntracks", json.dumps(last))
+        try:
+            await self._outbox.set_meta("owntracks", json.dumps(last))
+        except (sqlite3.OperationalError, OSError) as exc:
+            self._note_once("views", f"the retained views' state was not stored: {exc}")
         await self._publish_view(conn, self.owntracks_topic, dumps(last["loc"]), last["expiry"])
         if self._ot_last is last:
             self._ot_dirty = False
@@ -650,7 +682,7 @@ class Uplink:
 
     async def _command(self, m: Inbound) -> dict[str, Any]:
         self.stats.commands += 1
-        cmd_id: str | None = None
+        cmd_id = command_id(m.payload)
         try:
             if m.retain:
                 raise CommandError(

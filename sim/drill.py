@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import json
 import logging
-import signal
 import statistics
 import time
 import tomllib
@@ -36,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.cli import sosd_command
 from device.control import NotRunning, request
 from device.mqtt import BrokerConfig, Connection, MqttError
 from device.wire import Received, Topics, dumps
@@ -44,10 +42,10 @@ from sim.broker import Mosquitto
 from sim.button import multi_press
 from sim.netfault import FaultProxy, LinkMode
 from sim.receiver import Receiver
+from sim.sosd_process import kill_sosd, start_sosd, stop_sosd
 
 log = logging.getLogger(__name__)
 SCENARIOS = Path(__file__).parent / "scenarios"
-REPO = Path(__file__).resolve().parents[1]
 DEVICE = "drill-beacon"
 
 #: what a step can do, and what its value means
@@ -285,52 +283,24 @@ class Drill:
         for dotted, value in overrides.items():
             section, _, key = dotted.rpartition(".")
             tables.setdefault(section, {})[key] = value
+        # the scenario's [mqtt] keys join the table above, before any other table
+        lines += [f"{k} = {json.dumps(v)}" for k, v in tables.pop("mqtt", {}).items()]
         text = "\n".join(lines) + "\n"
         for section, values in tables.items():
             body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
-            if section == "mqtt":  # appended to the table above
-                text += body + "\n"
-            else:
-                text += f"[{section}]\n{body}\n"
+            text += f"[{section}]\n{body}\n"
         conf = self.workdir / "sosbeacon.toml"
         conf.write_text(text)
         return conf
 
     async def _start_daemon(self, conf: Path) -> None:
-        log_fh = self.logfile.open("a")
-        self.proc = await asyncio.create_subprocess_exec(
-            *sosd_command(
-                "run",
-                "--sim",
-                "--config",
-                str(conf),
-                "--time-scale",
-                str(self.s.time_scale),
-            ),
-            stdout=log_fh,
-            stderr=log_fh,
-            cwd=REPO,
+        self.proc = await start_sosd(
+            conf, self.sock, self.logfile, "--time-scale", str(self.s.time_scale)
         )
-        log_fh.close()
-        for _ in range(300):
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"sosd exited at start; see {self.logfile}")
-            with contextlib.suppress(NotRunning, OSError, json.JSONDecodeError):
-                if (await request(self.sock, {"cmd": "status"}, within=2))["ok"]:
-                    return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"sosd did not answer within 15 s; see {self.logfile}")
 
     async def _stop_daemon(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if self.proc is not None:
+            await stop_sosd(self.proc)
 
     async def _status(self) -> dict[str, Any]:
         try:
@@ -413,8 +383,7 @@ class Drill:
         elif step.do == "daemon-kill":
             self.event("world", "sosd killed (SIGKILL) and restarted")
             assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            await self.proc.wait()
+            await kill_sosd(self.proc)
             await self._start_daemon(conf)
 
     async def _watch(self, rx: Receiver) -> None:

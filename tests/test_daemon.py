@@ -198,3 +198,27 @@ async def test_missing_hardware_is_one_clear_line_and_retried(
     lines = [r.getMessage() for r in caplog.records if r.name == "sosd"]
     assert lines == ["button: cannot request GPIO line 17: check the chip (retrying every 5 s)"]
     assert not any(r.exc_info for r in caplog.records)  # no traceback for missing hardware
+
+
+async def test_a_second_daemon_touches_nothing_before_it_has_the_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It refuses clearly, and before that it resumes no session and replaces no
+    simulated device link of the first one's."""
+    async with broker_and_contact(tmp_path) as (broker, _):
+        cfg = config_mod.load(text=config_text(tmp_path / "data", broker.port))
+        first = Daemon(cfg, load_backend("sim"), handle_signals=False)
+        task = asyncio.create_task(first.run())
+        await asyncio.wait_for(first.ready.wait(), 15)
+        assert (await request(cfg.socket_path, {"cmd": "sos-start", "now": True}))["ok"]
+        link = cfg.device.data_dir / "sim" / "gps0"
+        target = os.readlink(link)
+        caplog.clear()
+        second = Daemon(cfg, load_backend("sim"), handle_signals=False)
+        with pytest.raises(RuntimeError, match="another sosd is already running"):
+            await second.run()
+        assert os.readlink(link) == target  # the first one's device is untouched
+        assert "resumed" not in caplog.text
+        assert (await request(cfg.socket_path, {"cmd": "status"}))["state"] == "active"
+        first.stop()
+        await asyncio.wait_for(task, 15)

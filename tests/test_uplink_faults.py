@@ -265,7 +265,7 @@ async def test_a_full_disk_is_an_error_for_the_new_record_only(tmp_path: Path) -
             for i in range(3, 5000):
                 await r.outbox.store(fix_record(i, session="s1"))
 
-        with pytest.raises(OutboxFull, match="Free space"):
+        with pytest.raises(OutboxFull, match="free some space"):
             await fill()
         await r.outbox._run(lambda: r.outbox.db.execute("PRAGMA max_page_count=1000000"))
         r.broker.start()

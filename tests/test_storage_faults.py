@@ -1,0 +1,351 @@
+"""Storage faults never drop an SOS and never bring a stopped one back.
+
+Only proven corruption moves a file aside: a lock held by another process is waited
+for, a full disk at start-up gives up the reserve and opens, and a corrupt file is
+salvaged (every readable record and the active session) before it is set aside. The
+full-disk tests run on a real, small tmpfs (mounted by the test: root is needed, so
+they fail under CI without it and skip on a developer's machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from device.outbox import Limits, Outbox, OutboxUnavailable
+from device.records import Priority, Record, RecordKind
+from device.storage import Fault, SessionMark, classify
+from sim.smalldisk import can_mount, fill
+from sim.smalldisk import small_disk as mounted
+from tests.conftest import require
+
+T0 = datetime.now(UTC).replace(microsecond=0)
+SESSION = '{"id":"s1","drill":false,"started":"2026-01-01T00:00:00+00:00","trigger":"cli"}'
+
+
+def point(i: int, *, pad: int = 300) -> Record:
+    """A route point of session s1; its data names it (``marker-<i>``) in the file."""
+    fix = {"t": (T0 + timedelta(seconds=i)).isoformat(), "lat": 55.9 + i * 1e-4, "lon": -3.1}
+    return Record(
+        RecordKind.FIX,
+        T0 + timedelta(seconds=i),
+        {"fix": fix, "note": f"marker-{i:04d}", "pad": "x" * pad},
+        Priority.LIVE,
+        "s1",
+    )
+
+
+async def sos_outbox(path: Path, n: int = 95, **kw: object) -> str:
+    """An outbox with an active SOS session and ``n`` unsent route points; its id."""
+    async with await Outbox.open(path, **kw) as box:  # type: ignore[arg-type]
+        await box.set_meta("active_session", SESSION)
+        for i in range(n):
+            await box.store(point(i))
+        return box.outbox_id
+
+
+class _Said(logging.Handler):
+    """Sets an event when a log line containing ``text`` is emitted (any thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@contextlib.contextmanager
+def said(text: str) -> Iterator[threading.Event]:
+    handler = _Said(text)
+    logging.getLogger("device.outbox").addHandler(handler)
+    try:
+        yield handler.event
+    finally:
+        logging.getLogger("device.outbox").removeHandler(handler)
+
+
+def set_aside(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".corrupt-" in p.name)
+
+
+def test_only_corruption_is_called_corruption() -> None:
+    def err(code: int) -> sqlite3.OperationalError:
+        e = sqlite3.OperationalError("x")
+        e.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return e
+
+    assert classify(err(13)) is Fault.FULL
+    assert classify(err(5)) is Fault.LOCKED
+    assert classify(err(10 | (4 << 8))) is Fault.IO  # an extended I/O error code
+    assert classify(err(8)) is Fault.READONLY
+    assert classify(err(11)) is Fault.CORRUPT
+    assert classify(err(26)) is Fault.CORRUPT
+    assert classify(OSError(errno.ENOSPC, "no space")) is Fault.FULL
+    # a message that reads like corruption is not proof of it
+    assert classify(sqlite3.OperationalError("disk image is malformed?")) is Fault.OTHER
+
+
+async def test_a_lock_at_start_up_is_waited_for_and_nothing_is_moved(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box_id = await sos_outbox(path)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another process, holding the file
+    with said("is locked by another process") as waiting:
+        opening = asyncio.create_task(Outbox.open(path, lock_wait=30))
+        assert await asyncio.to_thread(waiting.wait, 20)
+        assert not opening.done()
+        holder.execute("COMMIT")
+        holder.close()
+        async with await opening as box:
+            assert box.outbox_id == box_id
+            assert await box.get_meta("active_session") == SESSION
+            assert (await box.stats()).depth == 95
+    assert set_aside(tmp_path) == []
+
+
+async def test_a_lock_held_too_long_is_a_clear_error_and_the_file_is_left(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.db"
+    await sos_outbox(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(OutboxUnavailable, match="locked by another process") as exc:
+            await Outbox.open(path, lock_wait=0.5)
+        assert "left untouched" in str(exc.value) and "another sosd" in str(exc.value)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert set_aside(tmp_path) == []
+    async with await Outbox.open(path) as box:
+        assert (await box.stats()).depth == 95
+
+
+def damage_page_of(path: Path, needle: bytes) -> None:
+    """Overwrite, with garbage, the database page holding ``needle``."""
+    data = path.read_bytes()
+    at = data.index(needle)
+    page = 4096
+    with open(path, "r+b") as f:
+        f.seek(at // page * page)
+        f.write(bytes(range(256)) * (page // 256))
+
+
+def damage_pages(path: Path, pages: list[int]) -> None:
+    with open(path, "r+b") as f:
+        for page in pages:
+            f.seek((page - 1) * 4096)
+            f.write(bytes(range(256)) * 16)
+
+
+def remove_wal(path: Path) -> None:
+    """As after a power cut: SQLite must make its -wal and -shm files again."""
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def root_pages(path: Path, *names: str) -> list[int]:
+    db = sqlite3.connect(path)
+    try:
+        return [
+            db.execute("SELECT rootpage FROM sqlite_master WHERE name=?", (n,)).fetchone()[0]
+            for n in names
+        ]
+    finally:
+        db.close()
+
+
+async def checkpointed(path: Path) -> None:
+    """Everything in the database file itself (the WAL copied back), as after a stop."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+async def test_damaged_indexes_lose_nothing_and_the_sos_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box_id = await sos_outbox(path)
+    await checkpointed(path)
+    damage_pages(path, root_pages(path, "records_order", "records_by_session"))
+    async with await Outbox.open(path) as box:
+        assert box.outbox_id == box_id  # the seq counter was readable: numbering goes on
+        assert await box.get_meta("active_session") == SESSION
+        kept = [s for s, _ in await box.export()]
+        assert [s.seq for s in kept if s.kind is RecordKind.FIX] == list(range(1, 96))
+        assert not [s for s in kept if s.kind is RecordKind.GAP]  # nothing lost, no notice
+        alarm = await box.alarm()
+        assert alarm is not None and "95 record(s) and the active SOS session salvaged" in alarm
+        assert await box.ack_alarm() and await box.alarm() is None
+        assert (await box.store(point(200))).seq == kept[-1].seq + 1
+    assert len(set_aside(tmp_path)) >= 1
+
+
+async def test_a_damaged_table_page_salvages_the_rest_and_names_what_is_lost(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.db"
+    box_id = await sos_outbox(path)
+    await checkpointed(path)
+    damage_page_of(path, b"marker-0050")
+    async with await Outbox.open(path) as box:
+        assert box.outbox_id == box_id
+        assert await box.get_meta("active_session") == SESSION
+        kept = [s for s, _ in await box.export()]
+        fixes = [s.seq for s in kept if s.kind is RecordKind.FIX]
+        assert 51 not in fixes and 60 < len(fixes) < 95  # one page of points is lost ...
+        (gap,) = [s for s in kept if s.kind is RecordKind.GAP]
+        named = {q for a, b in gap.record.data["ranges"] for q in range(a, b + 1)}
+        # ... and named, so the receivers see a notice, not a silent hole
+        assert set(range(1, 96)) - set(fixes) <= named and not named & set(fixes)
+        assert gap.record.data["reason"] == "corrupt"
+    assert set_aside(tmp_path)
+
+
+async def test_garbage_instead_of_a_database_starts_afresh_with_an_alarm(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    old = await sos_outbox(path, n=3)
+    path.write_bytes(b"this is not a database" * 100)
+    remove_wal(path)
+    async with await Outbox.open(path) as box:
+        assert box.outbox_id != old
+        assert (await box.store(point(1))).seq == 1
+        assert "new outbox_id" in (await box.alarm() or "")
+
+
+# -- a real, small file system --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str = "2M") -> Iterator[Path]:
+    """A small tmpfs for the test: root only (a failure under CI without it)."""
+    require("root (to mount a small tmpfs)", can_mount(), "run the tests as root")
+    with mounted(where, size) as disk:
+        yield disk
+
+
+async def test_a_full_disk_at_start_up_opens_and_keeps_the_sos(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "outbox.db"
+        box_id = await sos_outbox(path, limits=Limits(min_free_bytes=0))
+        remove_wal(path)
+        filler = fill(disk)
+        async with await Outbox.open(path, Limits(min_free_bytes=0)) as box:
+            assert box.outbox_id == box_id
+            assert await box.get_meta("active_session") == SESSION
+            assert (await box.stats()).depth == 95
+        assert set_aside(disk) == []
+        filler.unlink()
+
+
+async def test_records_are_held_on_a_full_disk_and_stored_when_room_returns(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        limits = Limits(min_free_bytes=0, hold_records=50)
+        async with await Outbox.open(disk / "outbox.db", limits) as box:
+            await box.add(point(0))
+            filler = fill(disk)
+            sos = Record(RecordKind.SOS_END, T0, {"reason": "cli"}, Priority.SOS, "s1")
+            for i in range(1, 200):
+                await box.add(point(i, pad=2000))  # never raises: held
+            await box.add(sos)  # it does not wait behind the telemetry: the reserve
+            assert box.full_since is not None
+            assert box.held <= 50 and box.held_dropped > 0
+            stored = [s.kind for s, _ in await box.export()]
+            assert stored[-1] is RecordKind.SOS_END  # stored, the disk still full
+            assert not box.writable.is_set()
+            filler.unlink()
+            await asyncio.wait_for(box.writable.wait(), 30)  # retried until there is room
+            assert box.held == 0 and box.full_since is None
+            kept = [s for s, _ in await box.export()]
+            seqs = [s.seq for s in kept]
+            assert seqs == list(range(1, len(seqs) + 1))  # stored in order, gap-free
+            notes = [s.record.data["note"] for s in kept if s.kind is RecordKind.FIX]
+            assert notes == sorted(notes)  # the oldest telemetry was dropped, order kept
+
+
+def test_the_session_mark_is_written_in_place_on_a_full_disk(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "1M") as disk:
+        mark = SessionMark(disk / "sos-session")
+        mark.prepare()
+        filler = fill(disk)
+        assert mark.write({"id": "s1", "ended": T0.isoformat()})
+        assert mark.read() == {"id": "s1", "ended": T0.isoformat()}
+        filler.unlink()
+
+
+# -- the daemon: a stop on a full disk, then a restart ---------------------------------
+
+
+@pytest.mark.parametrize("reserve", [262144, 0], ids=["with-reserve", "no-reserve"])
+async def test_a_stop_on_a_full_disk_stays_stopped_across_a_restart(
+    tmp_path: Path, reserve: int
+) -> None:
+    """The SOS is stopped with the disk full; the daemon is then killed (whatever it
+    held in memory is lost), the disk freed, and the daemon started again. The stop
+    holds: the session is ended, never resumed, and no location recorded after the stop
+    reaches the contact."""
+    from device.control import request
+    from sim.sosd_process import kill_sosd, outbox_fault, start_sosd, stop_sosd
+    from tests.test_daemon import broker_and_contact, config_text
+
+    async with broker_and_contact(tmp_path) as (broker, rx):
+        with small_disk(tmp_path / "disk", "4M") as disk:
+            data = disk / "data"
+            conf = tmp_path / "sosbeacon.toml"
+            text = config_text(data, broker.port).replace(
+                "countdown = 1.0",
+                "countdown = 1.0\nmin_distance = 0.0",  # a point a second
+            )
+            conf.write_text(text + f"[outbox]\nmin_free_bytes = 0\nreserve_bytes = {reserve}\n")
+            sock, log = data / "sosd.sock", tmp_path / "sosd.log"
+            proc = await start_sosd(conf, sock, log)
+            try:
+                assert (await request(sock, {"cmd": "sos-start", "now": True}))["ok"]
+                await rx.wait_until(
+                    lambda: sum(r.kind == "fix" for r in rx.records) >= 3, within=30
+                )
+                filler = fill(disk)
+                # the route fills what SQLite had left
+                assert await outbox_fault(sock), "the outbox never found the disk full"
+                stop = await request(sock, {"cmd": "sos-stop"})
+                stopped_at = datetime.now(UTC).timestamp()
+                assert stop["ok"], stop
+                if reserve:  # the end went into the reserve: stored and published
+                    assert "warning" not in stop, stop
+                    await rx.wait_until(lambda: any(r.kind == "sos-end" for r in rx.records))
+                elif "warning" in stop:  # held in memory, and lost at the kill below
+                    assert "disk is full" in stop["warning"], stop
+                status = await request(sock, {"cmd": "status"})
+                assert status["state"] == "idle"
+                await kill_sosd(proc)  # whatever was held in memory is gone
+                filler.unlink()
+                proc = await start_sosd(conf, sock, log)
+                await rx.wait_until(lambda: any(r.kind == "sos-end" for r in rx.records))
+                await rx.wait_until(
+                    lambda: (rx.json("sosbeacon/t1/sos") or {}).get("kind") == "sos-end"
+                )
+                assert (await request(sock, {"cmd": "status"}))["state"] == "idle"
+            finally:
+                await stop_sosd(proc)
+            text = log.read_text()
+            assert "resumed after a restart" not in text
+            assert ".corrupt-" not in " ".join(p.name for p in data.iterdir())
+    fixes = [r for r in rx.records if r.kind == "fix"]
+    assert fixes and all(r.t <= stopped_at for r in fixes), "a location after the stop"
+    assert rx.ledger().missing() == []
+    ends = [r for r in rx.records if r.kind == "sos-end"]
+    assert len(ends) == 1
