@@ -7,6 +7,10 @@ duplicates counted and dropped by seq.
 3. Black-holed link, 100 times, while recording at 10 Hz (keepalive 1 s).
 4. A week offline at 1 Hz, with one hour of SOS a day, into an outbox capped at 100,000
    rows: the oldest routine fixes are thinned, announced as gaps; no SOS record evicted.
+5. A full SD card, 200 cycles (:func:`storage`): the real daemon on a 2 MB tmpfs, the
+   disk filled during an SOS, then a stop and a kill, or a kill mid-SOS; freed,
+   restarted. No stopped SOS comes back, no SOS is dropped, no healthy file is moved
+   aside, no location after a stop arrives (root, to mount the tmpfs).
 
 ``SOAK_SCALE`` (default 1) scales every campaign down, e.g. ``SOAK_SCALE=0.01`` for a
 quick check that it all still works.
@@ -257,6 +261,98 @@ async def week_offline(tmp: Path, seconds: int) -> dict[str, Any]:
     )
 
 
+STORAGE_CONFIG = """
+[device]
+id = "t1"
+data_dir = "{data}"
+[sos]
+min_distance = 0.0
+[[sos.contacts]]
+name = "Alice"
+[mqtt]
+broker = "mqtt://127.0.0.1:{port}"
+[uplink]
+backoff_max = 2.0
+[outbox]
+min_free_bytes = 0
+"""
+
+
+async def storage(tmp: Path, n: int) -> dict[str, Any]:
+    """``n`` cycles of a full SD card, with the real daemon (``sosd run --sim``) on a
+    2 MB tmpfs: in an SOS, the disk is filled until the outbox finds it full; then the
+    SOS is stopped and the daemon killed (even cycles), or the daemon is killed mid-SOS
+    (odd cycles); the disk is freed and the daemon started again. A stop must hold (the
+    SOS never comes back), a crash must not drop the SOS (it resumes), no healthy file
+    is ever moved aside, and at the receiver nothing is lost and no location recorded
+    after a stop arrives."""
+    from device.control import request
+    from sim.smalldisk import can_mount, fill, small_disk
+    from sim.sosd_process import kill_sosd, outbox_fault, start_sosd, stop_sosd
+
+    if not can_mount():
+        say("storage: skipped (mounting a small tmpfs needs root)")
+        return {"lost": 0, "skipped": "needs root"}
+    stops: dict[str, float] = {}
+    came_back = dropped = never_full = moved_aside = 0
+    with Mosquitto(tmp / "broker", config=DURABLE) as broker, small_disk(tmp / "disk") as disk:
+        data = disk / "data"
+        conf, log = tmp / "sosbeacon.toml", tmp / "sosd.log"
+        conf.write_text(STORAGE_CONFIG.format(data=data, port=broker.port))
+        sock = data / "sosd.sock"
+        async with contact(broker, "t1") as rx:
+            proc = await start_sosd(conf, sock, log)
+            for cycle in range(n):
+                status = await request(sock, {"cmd": "status"})
+                if status["state"] != "active":
+                    await request(sock, {"cmd": "sos-start", "now": True})
+                seen = sum(r.kind == "fix" for r in rx.records)
+                await rx.wait_until(lambda s=seen: sum(r.kind == "fix" for r in rx.records) > s)
+                filler = fill(disk)
+                never_full += not await outbox_fault(sock)  # the route fills SQLite's slack
+                stopping = cycle % 2 == 0
+                if stopping:
+                    session = (await request(sock, {"cmd": "status"}))["session"]
+                    await request(sock, {"cmd": "sos-stop"})
+                    stops[session] = time.time()
+                await kill_sosd(proc)
+                filler.unlink()
+                proc = await start_sosd(conf, sock, log)
+                state = (await request(sock, {"cmd": "status"}))["state"]
+                came_back += stopping and state == "active"
+                dropped += not stopping and state != "active"
+                moved_aside += any(".corrupt-" in p.name for p in data.iterdir())
+            if (await request(sock, {"cmd": "status"}))["state"] == "active":
+                session = (await request(sock, {"cmd": "status"}))["session"]
+                await request(sock, {"cmd": "sos-stop"})
+                stops[session] = time.time()
+            for _ in range(600):  # everything stored reaches the contact
+                o = (await request(sock, {"cmd": "status"}))["outbox"]
+                if o["depth"] == 0 and o["held"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            await stop_sosd(proc)
+            led = rx.ledger()
+            after_stop = sum(
+                1
+                for r in rx.records
+                if r.kind == "fix" and r.session in stops and r.t > stops[r.session]
+            )
+    return verdict(
+        "storage",
+        led,
+        led.last,
+        cycles=n,
+        **{
+            "locations after a stop": after_stop,
+            "stopped SOS back after a restart": came_back,
+            "SOS dropped by a crash": dropped,
+            "healthy files moved aside": moved_aside,
+            "cycles where the disk never filled": never_full,
+        },
+    )
+
+
 async def main() -> int:
     logging.disable(logging.WARNING)
     results: dict[str, Any] = {}
@@ -265,6 +361,7 @@ async def main() -> int:
         ("broker_kills", broker_kills, scale(200)),
         ("black_holes", black_holes, scale(100)),
         ("week_offline", week_offline, scale(7 * 86400)),
+        ("storage", storage, scale(200)),
     ]
     for name, fn, n in campaigns:
         with tempfile.TemporaryDirectory(prefix=f"sos-soak-{name}-") as tmp:
@@ -273,8 +370,21 @@ async def main() -> int:
             results[name]["took (s)"] = round(time.monotonic() - t0)
     lost = sum(r["lost"] for r in results.values())
     evicted = results["week_offline"]["SOS records evicted"]
-    say(f"\nsoak: {lost} committed records lost, {evicted} SOS records evicted")
-    return 0 if lost == 0 and evicted == 0 else 1
+    st = results["storage"]
+    storage_faults = sum(
+        st.get(k, 0)
+        for k in (
+            "locations after a stop",
+            "stopped SOS back after a restart",
+            "SOS dropped by a crash",
+            "healthy files moved aside",
+        )
+    )
+    say(
+        f"\nsoak: {lost} committed records lost, {evicted} SOS records evicted, "
+        f"{storage_faults} storage-campaign failures"
+    )
+    return 0 if lost == 0 and evicted == 0 and storage_faults == 0 else 1
 
 
 if __name__ == "__main__":
