@@ -11,6 +11,8 @@ leave a default in place). ``examples/sosbeacon.toml`` is the annotated example 
 from __future__ import annotations
 
 import enum
+import fnmatch
+import math
 import os
 import tomllib
 import types
@@ -214,7 +216,7 @@ def load(
         if path is None:
             raise ValueError("load() needs a path or text")
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            raw = Path(path).read_bytes()
         except FileNotFoundError:
             raise ConfigError(
                 source,
@@ -223,8 +225,22 @@ def load(
                     "it, or pass --config"
                 ],
             ) from None
+        except IsADirectoryError:
+            raise ConfigError(source, ["it is a directory, not a TOML file"]) from None
         except OSError as exc:
-            raise ConfigError(source, [f"cannot read it: {exc}"]) from None
+            raise ConfigError(source, [f"cannot read it: {exc.strerror or exc}"]) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # never the bytes themselves: the file may hold a password
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(
+                source,
+                [
+                    f"not UTF-8: byte {exc.start} (line {line}) is not valid UTF-8; save "
+                    "the file as UTF-8"
+                ],
+            ) from None
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -254,17 +270,58 @@ def _check(cfg: Config) -> list[str]:
     if not cfg.device.id:
         errors.append("device.id: required: the device's name in MQTT topics, e.g. beacon-01")
     url = urlsplit(cfg.mqtt.broker)
+    shown = redact_url(cfg.mqtt.broker)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
         errors.append(
-            f"mqtt.broker: expected mqtt://host[:port] or mqtts://host[:port], "
-            f"got {cfg.mqtt.broker!r}"
+            f"mqtt.broker: expected mqtt://host[:port] or mqtts://host[:port], got {shown!r}"
         )
-    if cfg.mqtt.password_file and not os.access(cfg.mqtt.password_file, os.R_OK):
-        errors.append(f"mqtt.password_file: {cfg.mqtt.password_file} cannot be read")
+    else:
+        try:
+            port = url.port
+        except ValueError:
+            port = 0
+        if port == 0 or url.path not in ("", "/") or url.query or url.fragment:
+            errors.append(
+                f"mqtt.broker: expected mqtt://host[:port] with a port from 1 to 65535 and "
+                f"nothing after it, got {shown!r}"
+            )
+    try:
+        host_port(cfg.gps.gpsd)
+    except ValueError as exc:
+        errors.append(f"gps.gpsd: {exc}")
+    ot = cfg.uplink.owntracks_topic
+    if ot:
+        problem = topic_problem(ot)
+        if problem:
+            errors.append(f'uplink.owntracks_topic: {problem} ("" turns it off)')
+    errors += _check_ranges(cfg)
+    u = cfg.uplink
+    for key in ("backoff_max", "backoff_max_sos"):
+        if getattr(u, key) < u.backoff_min:
+            errors.append(
+                f"uplink.{key}: must not be less than uplink.backoff_min ({u.backoff_min:g}), "
+                f"got {getattr(u, key):g}"
+            )
+    pol = cfg.battery.policy
+    if pol.critical > pol.low:
+        errors.append(
+            f"battery.policy.critical: must not be above battery.policy.low ({pol.low:g}), "
+            f"got {pol.critical:g}"
+        )
+    for name in ("cadence_ok", "cadence_low", "cadence_critical"):
+        c = getattr(pol, name)
+        if c.gps_on is not None and c.gps_on > c.gps_cycle:
+            errors.append(
+                f"battery.policy.{name}.gps_on: must not be longer than its gps_cycle "
+                f"({c.gps_cycle:g} s), got {c.gps_on:g}"
+            )
+    pw = cfg.mqtt.password_file
+    if pw and not (_is_file(pw) and os.access(pw, os.R_OK)):
+        errors.append(f"mqtt.password_file: {pw[:200]} cannot be read (or is not a file)")
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(cfg.mqtt.tls, key)
-        if value and not Path(value).is_file():
-            errors.append(f"mqtt.tls.{key}: {value} does not exist")
+        if value and not _is_file(value):
+            errors.append(f"mqtt.tls.{key}: {value[:200]} does not exist")
     if bool(cfg.mqtt.tls.cert_file) != bool(cfg.mqtt.tls.key_file):
         errors.append("mqtt.tls: cert_file and key_file go together")
     try:
@@ -281,6 +338,97 @@ def _check(cfg: Config) -> list[str]:
         errors.append(
             f"gps.date_floor: expected an ISO date (2025-01-01), got {cfg.gps.date_floor!r}"
         )
+    return errors
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL in it
+        return False
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:2947`` for IPv6), the port from 1 to 65535."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port with a port from 1 to 65535, got {text!r}")
+    return host, int(port)
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to (MQTT: no wildcards, no NUL, at most
+    65535 bytes), or ``None``."""
+    if any(c in topic for c in "+#\0"):
+        return f"{topic!r} is not a topic one can publish to: no '+', '#' or NUL"
+    if len(topic.encode()) > 65535:
+        return "a topic is at most 65535 bytes"
+    return None
+
+
+_DAY = 86400.0
+#: the range of every number (inclusive), so that nothing check-config accepts trips
+#: ``run``: a duration of 1e300 s overflows a date, 0 records per message never send.
+#: Keys not named here: 0 to 1e9. Patterns as fnmatch.
+RANGES: dict[str, tuple[float, float]] = {
+    "sos.countdown": (0, 600),
+    "sos.min_distance": (0, 100_000),
+    "sos.retention": (0, 365 * _DAY),
+    "gesture.long_press": (0.1, 60),
+    "gesture.presses": (2, 20),
+    "gesture.*": (0, 60),
+    "gps.baud": (50, 4_000_000),
+    "gps.rate_hz": (0.1, 10),
+    "button.line": (0, 4095),
+    "button.led": (0, 4095),
+    "button.buzzer": (0, 4095),
+    "button.kernel_debounce": (0, 1),
+    "battery.i2c_bus": (0, 255),
+    "battery.i2c_address": (0x03, 0x77),
+    "battery.poll_interval": (1, _DAY),
+    "battery.policy.low": (0, 100),
+    "battery.policy.critical": (0, 100),
+    "battery.policy.hysteresis": (0, 50),
+    "battery.policy.cadence_*.sos_*": (0.1, _DAY),
+    "battery.policy.cadence_*": (0, 7 * _DAY),
+    "mqtt.keepalive": (2, 65535),
+    "mqtt.connect_timeout": (1, 600),
+    "mqtt.session_expiry": (0, 2**32 - 1),
+    "uplink.routine_expiry": (1, 2**32 - 1),
+    "uplink.batch_count": (1, 1_000_000),
+    "uplink.batch_interval": (0, 30 * _DAY),
+    "uplink.sos_interval": (0, 3600),
+    "uplink.max_batch": (1, 10_000),
+    "uplink.max_message_bytes": (1024, 256 * 1024 * 1024),
+    "uplink.window": (1, 65535),
+    "uplink.inflight_bytes": (1024, 2**31),
+    "uplink.backoff_*": (0.1, _DAY),
+    "outbox.max_rows": (100, 10**9),
+    "outbox.max_bytes": (64 * 1024, 2**40),
+    "outbox.min_free_bytes": (0, 2**40),
+    "outbox.reserve_bytes": (0, 64 * 1024 * 1024),
+    "outbox.hold_records": (1, 1_000_000),
+}
+
+
+def _numbers(obj: Any, where: str = "") -> list[tuple[str, float]]:
+    """Every number in the configuration, by dotted key."""
+    out: list[tuple[str, float]] = []
+    if is_dataclass(obj) and not isinstance(obj, type):
+        for f in fields(obj):
+            out += _numbers(getattr(obj, f.name), _join(where, f.name))
+    elif isinstance(obj, int | float) and not isinstance(obj, bool):
+        out.append((where, obj))
+    return out
+
+
+def _check_ranges(cfg: Config) -> list[str]:
+    errors = []
+    for key, value in _numbers(cfg):
+        lo, hi = next((r for pat, r in RANGES.items() if fnmatch.fnmatchcase(key, pat)), (0, 1e9))
+        if not lo <= value <= hi:
+            errors.append(f"{key}: must be from {lo:g} to {hi:g}, got {value:g}")
     return errors
 
 
@@ -334,11 +482,11 @@ def _coerce(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
             if not trial:
                 return got
         names = " or ".join(_name(o) for o in options)
-        errors.append(f"{key}: expected {names}, got {_show(value)}")
+        errors.append(f"{key}: expected {names}, got {_shown(key, value)}")
         return _BAD
     if origin is tuple:
         if not isinstance(value, list):
-            errors.append(f"{key}: expected a list, got {_show(value)}")
+            errors.append(f"{key}: expected a list, got {_shown(key, value)}")
             return _BAD
         items = [_coerce(args[0], v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
         return _BAD if any(i is _BAD for i in items) else tuple(items)
@@ -349,12 +497,12 @@ def _coerce(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
         allowed = [m.value for m in tp]
         if value not in allowed:
             names = ", ".join(map(repr, allowed))
-            errors.append(f"{key}: expected one of {names}, got {_show(value)}")
+            errors.append(f"{key}: expected one of {names}, got {_shown(key, value)}")
             return _BAD
         return tp(value)
     if tp is bool:
         if not isinstance(value, bool):
-            errors.append(f"{key}: expected true or false, got {_show(value)}")
+            errors.append(f"{key}: expected true or false, got {_shown(key, value)}")
             return _BAD
         return value
     if tp in (int, float):
@@ -362,7 +510,10 @@ def _coerce(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
         if tp is int and not isinstance(value, int):
             ok = False
         if not ok:
-            errors.append(f"{key}: expected {_name(tp)}, got {_show(value)}")
+            errors.append(f"{key}: expected {_name(tp)}, got {_shown(key, value)}")
+            return _BAD
+        if not math.isfinite(value):
+            errors.append(f"{key}: expected a finite number, got {value}")
             return _BAD
         if value < 0:
             errors.append(f"{key}: must not be negative, got {value}")
@@ -370,12 +521,12 @@ def _coerce(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
         return tp(value)
     if tp is str:
         if not isinstance(value, str):
-            errors.append(f"{key}: expected a string, got {_show(value)}")
+            errors.append(f"{key}: expected a string, got {_shown(key, value)}")
             return _BAD
         return value
     if tp is Path:
         if not isinstance(value, str) or not value:
-            errors.append(f"{key}: expected a path, got {_show(value)}")
+            errors.append(f"{key}: expected a path, got {_shown(key, value)}")
             return _BAD
         return Path(value)
     raise TypeError(f"config: no rule for {tp!r} at {key}")  # a bug in the schema
@@ -389,6 +540,26 @@ def _name(tp: Any) -> str:
     return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
+
+
+#: keys whose values are never shown (in errors, check-config, logs)
+SECRET_KEYS = ("password",)
+
+
+def _shown(key: str, value: Any) -> str:
+    if key.rsplit(".", 1)[-1] in SECRET_KEYS:
+        return f"{type(value).__name__} (hidden)"
+    return _show(value)
+
+
+def redact_url(url: str) -> str:
+    """``mqtt://user:secret@host`` as ``mqtt://user:***@host``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
 def _show(value: Any) -> str:

@@ -117,7 +117,8 @@ class SosController:
             log.error(
                 "No emergency contact is configured, so SOS is NOT armed: a gesture or "
                 "command cannot send an alert to anyone. Add at least one [[sos.contacts]] "
-                "entry to the configuration and restart."
+                "entry to the configuration, then reload it (systemctl reload sosbeacon, or "
+                "SIGHUP): no restart is needed."
             )
 
     # -- state -------------------------------------------------------------------------
@@ -156,7 +157,8 @@ class SosController:
             await self._cue(Cue.REFUSED)
             raise SosRefused(
                 "SOS refused: no emergency contact is configured. Add one under "
-                "[[sos.contacts]] in the configuration and restart the daemon."
+                "[[sos.contacts]] in the configuration and reload it (systemctl reload "
+                "sosbeacon, or SIGHUP)."
             )
         if self.session is not None and not self.session.drill:
             raise SosRefused("an SOS is already active")

@@ -106,3 +106,70 @@ def test_overrides_and_the_password_file(tmp_path: Path) -> None:
         "s3cret",
     )
     assert "s3cret" not in repr(b)  # never in a log line
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[sos]\nretention = inf", "sos.retention: expected a finite number, got inf"),
+        ("[sos]\ncountdown = nan", "sos.countdown: expected a finite number"),
+        ("[uplink]\nbackoff_max = nan", "uplink.backoff_max: expected a finite number"),
+        ("[gps]\nrate_hz = inf", "gps.rate_hz: expected a finite number"),
+        ("[sos]\nretention = 1e300", "sos.retention: must be from 0 to"),
+        ("[uplink]\nbatch_count = 0", "uplink.batch_count: must be from 1"),
+        ('[mqtt]\nbroker = "mqtt://host:99999"', "a port from 1 to 65535"),
+        ('[mqtt]\nbroker = "mqtt://host:abc"', "a port from 1 to 65535"),
+        ('[gps]\ngpsd = "nonsense"', "gps.gpsd: expected host:port"),
+        ('[gps]\ngpsd = "host:0"', "gps.gpsd: expected host:port"),
+        ('[uplink]\nowntracks_topic = "owntracks/#/x"', "not a topic one can publish to"),
+        ('[uplink]\nowntracks_topic = "a/+/b"', "not a topic one can publish to"),
+    ],
+)
+def test_values_that_would_trip_run_are_refused(text: str, error: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(text=MINIMAL + text)
+    assert error in str(exc.value)
+
+
+def test_a_table_where_a_value_is_expected_and_the_reverse() -> None:
+    with pytest.raises(ConfigError, match="device: expected a table"):
+        load(text="device = 5\n")
+
+
+def test_a_file_that_is_not_utf8_names_the_byte_and_never_its_content(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_bytes(b'[device]\nid = "b1"\n[mqtt]\npassword = "hunter2\xff"\n')
+    with pytest.raises(ConfigError) as exc:
+        load(conf)
+    text = str(exc.value)
+    assert "not UTF-8: byte 45 (line 4)" in text and "hunter2" not in text
+
+
+def test_secrets_never_appear_in_errors() -> None:
+    for text in (
+        '[mqtt]\nbroker = "mqtt://u:hunter2@host:99999"',
+        "[mqtt]\npassword = 7",
+    ):
+        with pytest.raises(ConfigError) as exc:
+            load(text=MINIMAL + text)
+        assert "hunter2" not in str(exc.value) and "7)" not in str(exc.value)
+
+
+def test_the_defaults_lie_within_the_ranges() -> None:
+    cfg = load(text=MINIMAL)  # every default number is checked against RANGES
+    assert cfg.sos.retention == 72 * 3600
+
+
+def test_check_config_redacts_and_warns_when_not_armed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from device.cli import sosd
+
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        '[device]\nid = "b1"\n[mqtt]\nbroker = "mqtt://u:hunter2@host"\npassword = "s3cret"\n'
+    )
+    assert sosd(["check-config", "--config", str(conf)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "s3cret" not in out and "mqtt://u:***@host" in out
+    assert "SOS is NOT ARMED" in out and "SIGHUP" in out
