@@ -453,6 +453,8 @@ def parse_command(payload: bytes) -> Command:
         msg = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CommandError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise CommandError("not a command: nested too deeply") from None
     if not isinstance(msg, dict):
         raise CommandError('a command is a JSON object like {"cmd": "ack"}')
     unknown = set(msg) - _COMMAND_FIELDS
@@ -472,6 +474,17 @@ def parse_command(payload: bytes) -> Command:
             raise CommandError(f"{key!r} must be a string of 1 to 64 characters")
         texts[key] = v
     return Command(cmd, texts["id"], texts["by"], texts["session"])
+
+
+def command_id(payload: bytes) -> str | None:
+    """The ``id`` of a command payload if it has a valid one, even when the command
+    itself is refused: the refusal then names what it refuses."""
+    try:
+        msg = json.loads(payload) if len(payload) <= MAX_COMMAND_BYTES else None
+    except (ValueError, RecursionError):
+        return None
+    v = msg.get("id") if isinstance(msg, dict) else None
+    return v if isinstance(v, str) and 0 < len(v) <= 64 else None
 
 
 def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
