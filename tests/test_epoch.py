@@ -157,3 +157,21 @@ def test_old_vtg_layout_without_unit_letters() -> None:
     (fix,) = decode(GGA, "GPVTG,054.7,034.4,005.5,010.2")
     assert fix.course == 54.7
     assert fix.speed == pytest.approx(5.5 * 1852 / 3600, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("sats", "hdop"), [("-5", "-0.9"), ("09", "0.00"), ("09", "99.99"), ("09", "150.0")]
+)
+def test_impossible_hdop_or_satellites_never_make_a_fix_more_accurate(sats: str, hdop: str) -> None:
+    gga = f"GPGGA,101500.00,5557.14961,N,00310.34842,W,1,{sats},{hdop},60.2,M,47.0,M,,"
+    (fix,) = decode(RMC, VTG, gga)
+    assert fix.has_position  # the position is still good ...
+    assert fix.accuracy is None and fix.hdop is None  # ... its accuracy is unknown
+    assert fix.sats is None or fix.sats >= 0
+
+
+def test_negative_gst_sigmas_are_unknown() -> None:
+    gst = "GPGST,101500.00,1.2,-0.8,0.6,45.0,-0.8,0.6,1.5"
+    (fix,) = decode(RMC, VTG, GGA, gst)
+    assert fix.accuracy is None or fix.accuracy >= 0
+    assert fix.accuracy != pytest.approx(1.0)  # hypot(-0.8, 0.6) would claim 1 m

@@ -277,10 +277,32 @@ def _apply_rmc(e: _Epoch, s: Sentence) -> None:
         e.course = course
 
 
+#: HDOP at or above this is a receiver's "unknown" (99.99), not a measurement
+HDOP_UNKNOWN = 99.99
+
+
+def _hdop(text: str) -> float | None:
+    """An HDOP, or ``None`` when it is none: missing, not above 0 (no geometry is that
+    good), or 99.99 and up. An impossible value must never make a fix look more
+    accurate than it is."""
+    v = parse_float(text)
+    return v if v is not None and 0 < v < HDOP_UNKNOWN else None
+
+
+def _count(text: str) -> int | None:
+    v = parse_int(text)
+    return v if v is not None and v >= 0 else None
+
+
+def _sigma(text: str) -> float | None:
+    v = parse_float(text)
+    return v if v is not None and v >= 0 else None
+
+
 def _apply_gga(e: _Epoch, s: Sentence) -> None:
     q = parse_int(s.get("quality"))
-    e.sats_gga = parse_int(s.get("sats"))
-    e.hdop_gga = parse_float(s.get("hdop"))
+    e.sats_gga = _count(s.get("sats"))
+    e.hdop_gga = _hdop(s.get("hdop"))
     # A satellite fix from no satellites is a receiver coasting on its last solution
     # (Hemisphere does this) unless a GSA of the same epoch vouches for the fix (Garmin
     # reports 0 in GGA while its GSA says 2D). Dead reckoning (6) and manual or
@@ -307,7 +329,7 @@ def _apply_gsa(e: _Epoch, s: Sentence) -> None:
         e.navmode = mode
     layout = s.fields[2:14]
     e.sats_gsa += sum(1 for sv in layout if sv)
-    hdop = parse_float(s.get("hdop"))
+    hdop = _hdop(s.get("hdop"))
     if hdop is not None:
         e.hdop_gsa = hdop
 
@@ -350,8 +372,8 @@ def _apply_zda(e: _Epoch, s: Sentence) -> None:
 
 
 def _apply_gst(e: _Epoch, s: Sentence) -> None:
-    e.lat_err = parse_float(s.get("lat_err"))
-    e.lon_err = parse_float(s.get("lon_err"))
+    e.lat_err = _sigma(s.get("lat_err"))
+    e.lon_err = _sigma(s.get("lon_err"))
 
 
 _APPLY: dict[str, Callable[[_Epoch, Sentence], None]] = {
