@@ -60,6 +60,10 @@ FAMILIES = {"mtk": mtk_commands, "ublox": ublox_commands}
 class Sender(Protocol):
     async def send(self, data: bytes) -> None: ...
 
+    #: set while the device is open (:class:`hw.serial_gps.NmeaSerialSource` has it)
+    @property
+    def connected(self) -> asyncio.Event: ...
+
 
 class ReceiverPower:
     """A :class:`device.actuators.GpsPower` that writes commands to the serial source."""
@@ -74,15 +78,36 @@ class ReceiverPower:
         self.family = family
         self.rate_hz = rate_hz
         self.mode: GpsPowerMode | None = None
+        #: the mode last asked for: a request waiting for the device gives way to a later one
+        self.wanted: GpsPowerMode | None = None
 
     async def set_mode(self, mode: GpsPowerMode) -> None:
-        for i, cmd in enumerate(self._commands(mode, self.rate_hz)):
+        """Send the commands for ``mode``. If the device is not open yet (a restart
+        during an SOS: the SOS wakes the receiver before the serial line is up), wait
+        for it and send them then, unless another mode was asked for meanwhile."""
+        self.wanted = mode
+        warned = False
+        while True:
             try:
-                await self._sender.send(cmd)
+                await self._send(mode)
+                break
             except ConnectionError as exc:
-                log.warning("cannot set GPS power mode %s: %s", mode.value, exc)
-                return
-            if cmd is WAKE and i == 0:
-                await asyncio.sleep(0.1)  # let the receiver come out of backup
+                if not warned:
+                    log.warning(
+                        "GPS power mode %s not set yet (%s); it will be once the device is open",
+                        mode.value,
+                        exc,
+                    )
+                    warned = True
+                await self._sender.connected.wait()
+                await asyncio.sleep(0.2)  # the line has just opened: let it settle
+                if self.wanted is not mode:
+                    return  # superseded while waiting
         self.mode = mode
         log.info("GPS power mode: %s", mode.value)
+
+    async def _send(self, mode: GpsPowerMode) -> None:
+        for i, cmd in enumerate(self._commands(mode, self.rate_hz)):
+            await self._sender.send(cmd)
+            if cmd is WAKE and i == 0:
+                await asyncio.sleep(0.1)  # let the receiver come out of backup

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 import tempfile
 from datetime import UTC, date, datetime
@@ -83,7 +84,12 @@ def cmd_nmea_decode(args: argparse.Namespace) -> int:
     for name in args.files:
         path = Path(name)
         if not path.is_file():
-            _err(f"{name}: no such file")
+            why = (
+                "a directory: name the capture files in it (e.g. DIR/*.log)"
+                if path.is_dir()
+                else "no such file"
+            )
+            _err(f"{name}: {why}")
             status = 1
             continue
         fixes, st = asyncio.run(
@@ -173,6 +179,10 @@ def cmd_gps_run(args: argparse.Namespace) -> int:
             f"simulated GPS on {port.path} ({args.rate:g} Hz, {args.baud} baud); "
             "point the daemon's gps.device at it. Ctrl-C stops."
         )
+        me = asyncio.current_task()
+        assert me is not None
+        # SIGTERM ends it like Ctrl-C: the device link is removed, not left behind
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
         try:
             if args.replay:
                 from sim.gps.runner import replay_capture
@@ -186,7 +196,7 @@ def cmd_gps_run(args: argparse.Namespace) -> int:
         finally:
             port.close()
 
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(main())
     return 0
 

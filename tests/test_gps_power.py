@@ -44,6 +44,20 @@ def test_ublox_frames_have_valid_checksums() -> None:
             assert int.from_bytes(body[2:4], "little") == len(body) - 4
 
 
+def receiving(
+    rx: SimReceiver, port: PtyPort, state: PowerState
+) -> tuple[asyncio.Event, asyncio.Task[int]]:
+    """The receiver sending on ``port``, and an event set once it is in ``state``
+    (checked at every epoch: it hears the host's commands between epochs)."""
+    reached = asyncio.Event()
+    task = asyncio.create_task(
+        run_receiver(
+            rx, port, duration=60, on_epoch=lambda _: reached.set() if rx.power is state else None
+        )
+    )
+    return reached, task
+
+
 def test_unknown_family_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="mtk, ublox"):
         ReceiverPower(None, family="sirf")  # type: ignore[arg-type]
@@ -55,15 +69,7 @@ async def test_sleep_and_sos_wake_through_the_pty(tmp_path: Path, family: str) -
     rx = SimReceiver(RouteWalker(Route.sample(), 1.4), rate_hz=10)
     source = NmeaSerialSource(port=str(port.path), baudrate=115200)
     power = ReceiverPower(source, family=family, rate_hz=10)
-    asleep = asyncio.Event()  # the receiver heard the command: checked at every epoch
-    sending = asyncio.create_task(
-        run_receiver(
-            rx,
-            port,
-            duration=60,
-            on_epoch=lambda _: asleep.set() if rx.power is PowerState.OFF else None,
-        )
-    )
+    asleep, sending = receiving(rx, port, PowerState.OFF)
     try:
         async with collecting(source) as got:
             await got.wait_for(3)
@@ -88,3 +94,31 @@ async def test_sleep_and_sos_wake_through_the_pty(tmp_path: Path, family: str) -
         with contextlib.suppress(asyncio.CancelledError):
             await sending
         port.close()
+
+
+async def test_a_mode_asked_for_before_the_device_opens_is_set_once_it_does(
+    tmp_path: Path,
+) -> None:
+    """A restart during an SOS: the SOS asks for full power before the serial line is
+    up. The request waits for the device instead of being dropped."""
+    port = PtyPort(tmp_path / "gps0", baudrate=115200)
+    port.unplug()  # not there yet
+    rx = SimReceiver(RouteWalker(Route.sample(), 1.4), rate_hz=10)
+    rx.power = PowerState.OFF  # asleep since before the restart
+    source = NmeaSerialSource(port=str(port.path), baudrate=115200, retry_interval=0.1)
+    power = ReceiverPower(source, family="ublox", rate_hz=10)
+    async with collecting(source):
+        setting = asyncio.create_task(power.set_mode(GpsPowerMode.FULL))
+        await asyncio.sleep(0)
+        assert not setting.done() and power.mode is None  # waiting for the device
+        port.plug()
+        awake, sending = receiving(rx, port, PowerState.ON)
+        try:
+            await asyncio.wait_for(setting, 10)
+            assert power.mode is GpsPowerMode.FULL
+            await asyncio.wait_for(awake.wait(), 10)
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+            port.close()
