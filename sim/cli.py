@@ -174,15 +174,15 @@ def _receiver(args: argparse.Namespace) -> SimReceiver:
 def cmd_gps_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         link = Path(args.link) if args.link else Path(tempfile.mkdtemp(prefix="sos-sim-")) / "gps0"
+        me = asyncio.current_task()
+        assert me is not None
+        # SIGTERM ends it like Ctrl-C: the device link is removed, not left behind
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
         port = PtyPort(link, baudrate=args.baud)
         _err(
             f"simulated GPS on {port.path} ({args.rate:g} Hz, {args.baud} baud); "
             "point the daemon's gps.device at it. Ctrl-C stops."
         )
-        me = asyncio.current_task()
-        assert me is not None
-        # SIGTERM ends it like Ctrl-C: the device link is removed, not left behind
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
         try:
             if args.replay:
                 from sim.gps.runner import replay_capture

@@ -104,6 +104,7 @@ async def rig(
     commands: CommandHandler | None = None,
     start: bool = True,
     limits: Limits | None = None,
+    outbox_path: Path | None = None,
     **uplink_kw: Any,
 ) -> AsyncIterator[Rig]:
     binary = need_mosquitto()
@@ -112,7 +113,7 @@ async def rig(
     broker.start()
     try:
         dev = device_broker or BrokerConfig(host="127.0.0.1", port=broker.port)
-        async with await Outbox.open(tmp_path / "outbox.db", limits) as box:
+        async with await Outbox.open(outbox_path or tmp_path / "outbox.db", limits) as box:
             uplink = Uplink(
                 config=cfg,
                 broker=dev,

@@ -349,3 +349,79 @@ async def test_a_stop_on_a_full_disk_stays_stopped_across_a_restart(
     assert rx.ledger().missing() == []
     ends = [r for r in rx.records if r.kind == "sos-end"]
     assert len(ends) == 1
+
+
+def wal_size(path: Path) -> int:
+    try:
+        return Path(f"{path}-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def test_the_wal_stays_small_on_a_small_disk_and_a_clean_stop_empties_it(
+    tmp_path: Path,
+) -> None:
+    """A 2 MB card, the default limits (min_free_bytes 64 MiB, more than the card):
+    the WAL takes a share of what is free instead of growing to 4 MiB, so telemetry
+    keeps being stored while other telemetry is acknowledged and deleted."""
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "outbox.db"
+        sizes = []
+        async with await Outbox.open(path) as box:
+            for i in range(1500):
+                r = point(i, pad=500)
+                await box.store(Record(r.kind, r.time, r.data, Priority.ROUTINE))
+                if i % 50 == 49:
+                    await box.ack([s.seq for s in await box.take()])
+                sizes.append(wal_size(path))
+            assert box.full_since is None
+        assert max(sizes) < 1024 * 1024, max(sizes)
+        assert wal_size(path) == 0  # the clean stop emptied it
+
+
+def full_error() -> sqlite3.OperationalError:
+    e = sqlite3.OperationalError("database or disk is full")
+    e.sqlite_errorcode = 13  # type: ignore[attr-defined]  # SQLITE_FULL
+    return e
+
+
+async def test_acknowledgements_on_a_full_disk_neither_stick_nor_resend(tmp_path: Path) -> None:
+    """The broker acknowledges while the commit of the deletions fails as on a full disk
+    (made to fail here: SQLite often still finds room in its WAL for a deletion): the
+    records stay in flight without being sent again, not even after a reconnect, and
+    once the commits succeed nothing is left in flight and nothing was sent twice."""
+    from tests.mqtt_env import fix_record, rig
+    from tests.test_uplink_faults import FAST
+
+    async with rig(tmp_path, config=FAST, start=False) as r:
+        box = r.outbox
+        seqs = [(await box.store(fix_record(i, priority=Priority.ROUTINE))).seq for i in range(40)]
+        real = box._ack_sync
+        failing = [True]
+
+        def ack_sync(acks: list[list[int]]) -> list[None]:
+            if failing[0]:
+                raise full_error()
+            return real(acks)
+
+        box._ack_sync = ack_sync  # type: ignore[method-assignment]
+        r.start_uplink()
+        led = await r.receiver.wait_for_seqs(seqs[-1])
+        assert led.missing() == []
+        async with asyncio.timeout(10):  # every message answered, no deletion committed
+            while True:
+                r.uplink.acked.clear()
+                if box._unsaved_acks == set(seqs):
+                    break
+                await r.uplink.acked.wait()
+        assert not box.writable.is_set()
+        assert (await box.stats()).inflight == len(seqs)
+        r.broker.kill()  # a reconnect while the deletions wait: nothing is sent again
+        await r.uplink.disconnected.wait()
+        r.broker.start()
+        await r.uplink.connected.wait()
+        failing[0] = False  # room again
+        await asyncio.wait_for(box.writable.wait(), 30)
+        st = await box.stats()
+        assert st.inflight == 0 and st.depth == 0
+        assert r.receiver.ledger().duplicates == 0
