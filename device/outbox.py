@@ -245,7 +245,10 @@ class Outbox:
         #: set while the outbox can be written; cleared by a fault until it is over
         self.writable = asyncio.Event()
         self.writable.set()
-        self._quiet: set[str] = set()
+        #: warnings said once per outage (:meth:`_say_once`), and how often they recurred
+        self._quiet: dict[str, int] = {}
+        #: writes held in memory in this outage
+        self._held_total = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -669,7 +672,7 @@ class Outbox:
             )
         excess_bytes = max(size - lim.max_bytes, min_free - disk.free)
         if excess_rows <= 0 and excess_bytes <= 0:
-            self._quiet.discard("no_victims")
+            self._quiet_end("no_victims", "the outbox is within its limits again")
             return
         avg = max(1, size // max(1, rows))
         # One more than the excess (the gap record written in their place may take a row),
@@ -700,7 +703,7 @@ class Outbox:
                     "its limits again)",
                 )
                 return
-            self._quiet.discard("no_victims")
+            self._quiet_end("no_victims", "the outbox is within its limits again")
             cur = db.executemany("DELETE FROM records WHERE seq=?", [(v,) for v in victims])
             change = self._insert_gap_sync(victims, "evicted", self._clock.now()) - cur.rowcount
         self._rows += change
@@ -806,6 +809,7 @@ class Outbox:
     def _hold(self, op: _Held) -> None:
         held = self._held
         held.append(op)
+        self._held_total += 1
         while len(held) > max(1, self.limits.hold_records):
             victim = next((h for h in held if h.droppable), None)
             if victim is None:
@@ -846,9 +850,16 @@ class Outbox:
     def _say_once(self, key: str, level: Callable[..., None], msg: str, *args: Any) -> None:
         """Log ``msg`` once until ``key`` is cleared (the condition ended): one line per
         outage, not one per write."""
-        if key not in self._quiet:
-            self._quiet.add(key)
+        n = self._quiet.get(key, 0)
+        self._quiet[key] = n + 1
+        if n == 0:
             level(msg, *args)
+
+    def _quiet_end(self, key: str, what: str) -> None:
+        """The condition of ``key`` ended: said with how often it recurred."""
+        n = self._quiet.pop(key, 0)
+        if n > 1:
+            log.info("%s (the warning above recurred %d times, said once)", what, n)
 
     async def _store_held(self) -> None:
         """What is held, stored: SOS records and session expiries first (in their own
@@ -867,16 +878,17 @@ class Outbox:
         if self.full_since is None:
             return
         log.warning(
-            "the outbox can be written again (%s for %.0f s): everything held in memory is "
-            "stored%s",
+            "the outbox can be written again (%s for %.0f s): the %d write(s) held in memory "
+            "meanwhile are stored%s",
             self.fault,
             (self._clock.now() - self.full_since).total_seconds(),
+            self._held_total,
             f" ({self.held_dropped} routine record(s) had to be dropped)"
             if self.held_dropped
             else "",
         )
         self.full_since = None
-        self._quiet.clear()
+        self._held_total = 0
         self._reserve.take()
         self.writable.set()
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -251,7 +252,7 @@ async def test_a_full_disk_at_start_up_opens_and_keeps_the_sos(tmp_path: Path) -
 
 
 async def test_records_are_held_on_a_full_disk_and_stored_when_room_returns(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with small_disk(tmp_path / "disk") as disk:
         limits = Limits(min_free_bytes=0, hold_records=50)
@@ -275,6 +276,12 @@ async def test_records_are_held_on_a_full_disk_and_stored_when_room_returns(
             assert seqs == list(range(1, len(seqs) + 1))  # stored in order, gap-free
             notes = [s.record.data["note"] for s in kept if s.kind is RecordKind.FIX]
             assert notes == sorted(notes)  # the oldest telemetry was dropped, order kept
+        # one line when it began, one when it ended (with a count), not one per write
+        lines = [r.getMessage() for r in caplog.records if r.name == "device.outbox"]
+        assert sum("DISK FULL" in x for x in lines) == 1
+        (back,) = [x for x in lines if x.startswith("the outbox can be written again")]
+        held = re.search(r"the (\d+) write\(s\) held in memory", back)
+        assert held is not None and 100 < int(held.group(1)) <= 200, back
 
 
 def test_the_session_mark_is_written_in_place_on_a_full_disk(tmp_path: Path) -> None:
