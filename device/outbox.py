@@ -119,6 +119,8 @@ PENDING, IN_FLIGHT, DELIVERED = 0, 1, 2
 WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: ... but never less than this
 WAL_MIN_BYTES = 64 * 1024
+#: kept back for opening the outbox on a full disk (its -shm takes 32 KiB)
+OPEN_RESERVE_BYTES = 96 * 1024
 #: a chain of fixes: priority, session, drill, expiry (what a track message shares)
 _Stream = tuple[int, str | None, bool, float | None]
 _MAX_STREAMS = 64
@@ -198,6 +200,11 @@ class Outbox:
         self._clock = clock
         self._lock_wait = lock_wait
         self._reserve = Reserve(Path(f"{path}.reserve"), limits.reserve_bytes)
+        #: a smaller one for opening alone (SQLite makes its -shm and -wal files then):
+        #: a restart on a disk that filled up, its SOS reserve used, still opens
+        self._open_reserve = Reserve(
+            Path(f"{path}.reserve-open"), min(OPEN_RESERVE_BYTES, limits.reserve_bytes)
+        )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
         self._db: sqlite3.Connection | None = None
@@ -331,11 +338,13 @@ class Outbox:
                         said_locked = True
                     time.sleep(0.2)
                     continue
-                if fault in (Fault.FULL, Fault.IO) and self._reserve.release():
+                if fault in (Fault.FULL, Fault.IO) and (
+                    self._open_reserve.release() or self._reserve.release()
+                ):
                     continue
                 raise OutboxUnavailable(self.path, fault, exc) from exc
         # a fresh reserve once there is room again (a full disk may have used it)
-        if not self._reserve.take():
+        if not (self._open_reserve.take() and self._reserve.take()):
             log.warning(
                 "no room for the %d KiB kept in reserve beside %s: free some space, or an "
                 "SOS on a full disk may not be storable",
@@ -889,6 +898,7 @@ class Outbox:
         )
         self.full_since = None
         self._held_total = 0
+        self._open_reserve.take()
         self._reserve.take()
         self.writable.set()
 

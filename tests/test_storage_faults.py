@@ -158,6 +158,15 @@ def remove_wal(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+def reserves(path: Path) -> tuple[bool, bool]:
+    """Whether the opening reserve and the SOS reserve are there."""
+    return Path(f"{path}.reserve-open").exists(), Path(f"{path}.reserve").exists()
+
+
+def use_sos_reserve(path: Path) -> None:
+    Path(f"{path}.reserve").unlink()
+
+
 def root_pages(path: Path, *names: str) -> list[int]:
     db = sqlite3.connect(path)
     try:
@@ -249,6 +258,25 @@ async def test_a_full_disk_at_start_up_opens_and_keeps_the_sos(tmp_path: Path) -
             assert (await box.stats()).depth == 95
         assert set_aside(disk) == []
         filler.unlink()
+
+
+async def test_a_restart_on_a_disk_that_stayed_full_still_opens(tmp_path: Path) -> None:
+    """The SOS reserve was used up in the outage, the daemon stopped cleanly (SQLite
+    removed its -wal and -shm), the disk is still full: the smaller reserve kept for
+    opening lets it open."""
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "outbox.db"
+        box_id = await sos_outbox(path, limits=Limits(min_free_bytes=0))
+        use_sos_reserve(path)  # used up by the outage
+        remove_wal(path)
+        filler = fill(disk)
+        async with await Outbox.open(path, Limits(min_free_bytes=0)) as box:
+            assert box.outbox_id == box_id and (await box.stats()).depth == 95
+        assert reserves(path) == (False, False)  # the open one was given up for this open
+        filler.unlink()
+        async with await Outbox.open(path, Limits(min_free_bytes=0)):
+            pass
+        assert reserves(path) == (True, True)  # both taken again once there is room
 
 
 async def test_records_are_held_on_a_full_disk_and_stored_when_room_returns(
