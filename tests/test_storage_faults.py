@@ -382,8 +382,8 @@ async def test_a_stop_on_a_full_disk_stays_stopped_across_a_restart(
     fixes = [r for r in rx.records if r.kind == "fix"]
     assert fixes and all(r.t <= stopped_at for r in fixes), "a location after the stop"
     assert rx.ledger().missing() == []
-    ends = [r for r in rx.records if r.kind == "sos-end"]
-    assert len(ends) == 1
+    ends = {r.seq for r in rx.records if r.kind == "sos-end"}  # a resend has the same seq
+    assert len(ends) == 1, "one end record, never a second for the same session"
 
 
 def wal_size(path: Path) -> int:
@@ -451,6 +451,7 @@ async def test_acknowledgements_on_a_full_disk_neither_stick_nor_resend(tmp_path
                 await r.uplink.acked.wait()
         assert not box.writable.is_set()
         assert (await box.stats()).inflight == len(seqs)
+        sent = r.uplink.stats.published
         r.broker.kill()  # a reconnect while the deletions wait: nothing is sent again
         await r.uplink.disconnected.wait()
         r.broker.start()
@@ -459,4 +460,6 @@ async def test_acknowledgements_on_a_full_disk_neither_stick_nor_resend(tmp_path
         await asyncio.wait_for(box.writable.wait(), 30)
         st = await box.stats()
         assert st.inflight == 0 and st.depth == 0
-        assert r.receiver.ledger().duplicates == 0
+        # (the receiver may see duplicates the broker redelivers after its own restart;
+        # what matters is that the device published nothing again)
+        assert r.uplink.stats.published == sent
