@@ -301,6 +301,12 @@ async def storage(tmp: Path, n: int) -> dict[str, Any]:
         conf.write_text(STORAGE_CONFIG.format(data=data, port=broker.port))
         sock = data / "sosd.sock"
         async with contact(broker, "t1") as rx:
+
+            async def stop_sos() -> None:
+                session = (await request(sock, {"cmd": "status"}))["session"]
+                await request(sock, {"cmd": "sos-stop"})
+                stops[session] = time.time()
+
             proc = await start_sosd(conf, sock, log)
             for cycle in range(n):
                 status = await request(sock, {"cmd": "status"})
@@ -312,9 +318,7 @@ async def storage(tmp: Path, n: int) -> dict[str, Any]:
                 never_full += not await outbox_fault(sock)  # the route fills SQLite's slack
                 stopping = cycle % 2 == 0
                 if stopping:
-                    session = (await request(sock, {"cmd": "status"}))["session"]
-                    await request(sock, {"cmd": "sos-stop"})
-                    stops[session] = time.time()
+                    await stop_sos()
                 await kill_sosd(proc)
                 filler.unlink()
                 proc = await start_sosd(conf, sock, log)
@@ -323,9 +327,7 @@ async def storage(tmp: Path, n: int) -> dict[str, Any]:
                 dropped += not stopping and state != "active"
                 moved_aside += any(".corrupt-" in p.name for p in data.iterdir())
             if (await request(sock, {"cmd": "status"}))["state"] == "active":
-                session = (await request(sock, {"cmd": "status"}))["session"]
-                await request(sock, {"cmd": "sos-stop"})
-                stops[session] = time.time()
+                await stop_sos()
             for _ in range(600):  # everything stored reaches the contact
                 o = (await request(sock, {"cmd": "status"}))["outbox"]
                 if o["depth"] == 0 and o["held"] == 0:

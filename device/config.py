@@ -423,10 +423,15 @@ def _numbers(obj: Any, where: str = "") -> list[tuple[str, float]]:
     return out
 
 
+def range_of(key: str) -> tuple[float, float]:
+    """The range (inclusive) a number under ``key`` must lie in (:data:`RANGES`)."""
+    return next((r for pat, r in RANGES.items() if fnmatch.fnmatchcase(key, pat)), (0, 1e9))
+
+
 def _check_ranges(cfg: Config) -> list[str]:
     errors = []
     for key, value in _numbers(cfg):
-        lo, hi = next((r for pat, r in RANGES.items() if fnmatch.fnmatchcase(key, pat)), (0, 1e9))
+        lo, hi = range_of(key)
         if not lo <= value <= hi:
             errors.append(f"{key}: must be from {lo:g} to {hi:g}, got {value:g}")
     return errors

@@ -102,7 +102,7 @@ class Daemon:
         async with AsyncExitStack() as stack:
             # The data directory's lock first: a second daemon touches nothing (no
             # session resumed, no simulated device link made) before it has won it.
-            stack.callback(_lock(data / "sosd.lock").close)
+            stack.callback(os.close, _lock(data / "sosd.lock"))  # closing releases it
             self._mark = SessionMark(data / "sos-session")
             try:
                 await asyncio.to_thread(self._mark.prepare)
@@ -209,24 +209,22 @@ class Daemon:
         stopped: the outbox's record and the mark, the newer of them."""
         found: list[Session] = []
         raw = await outbox.get_meta("active_session")
-        for where, state in (
-            ("mark", self._mark.read() if self._mark is not None else None),
-            ("outbox", raw),
+        for where, read in (
+            ("mark", lambda: self._mark.read() if self._mark is not None else None),
+            ("outbox", lambda: json.loads(raw) if raw else None),
         ):
-            if not state:
-                continue
             try:
-                found.append(_session_from(json.loads(state) if isinstance(state, str) else state))
+                state = read()
+                if state:
+                    found.append(_session_from(state))
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("the SOS session saved in the %s is unreadable (%s)", where, exc)
         if not found:
             return
-        marked = found[0]
-        newest = max(found, key=lambda x: x.started)
-        if newest.id == marked.id:
-            newest = marked  # the mark is written first: it is at least as new
-        if newest.ended is None and any(f.id == newest.id and f.ended for f in found):
-            newest = next(f for f in found if f.id == newest.id and f.ended)
+        # the latest session; of its two copies the ended one (an end is final)
+        latest = max(found, key=lambda x: x.started).id
+        copies = [f for f in found if f.id == latest]
+        newest = next((f for f in copies if f.ended), copies[0])
         if newest.ended is not None:
             # The mark keeps the last ended session: end it only if its end record is
             # not stored (a stop on a full disk, then a restart), and only while its
@@ -451,7 +449,7 @@ class Daemon:
                 "held": outbox.held,
                 "held_dropped": outbox.held_dropped,
             },
-            "alarm": await outbox.alarm(),
+            "alarm": outbox.alarm,
             "uptime": round(now - self.started_at, 1),
             "first_fix_after": (
                 None if self.first_fix_after is None else round(self.first_fix_after, 1)
@@ -500,17 +498,10 @@ def _session_from(d: dict[str, Any]) -> Session:
     )
 
 
-class _DataDirLock:
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def close(self) -> None:
-        os.close(self._fd)  # releases the lock
-
-
-def _lock(path: Path) -> _DataDirLock:
+def _lock(path: Path) -> int:
     """An exclusive lock on the data directory for this daemon's life (released by the
-    kernel if it dies). Raises RuntimeError if another sosd holds it."""
+    kernel if it dies): the descriptor holding it. Raises RuntimeError if another sosd
+    holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -520,7 +511,7 @@ def _lock(path: Path) -> _DataDirLock:
             f"another sosd is already running on {path.parent} (it holds {path}); stop it "
             "first, or give this one another device.data_dir"
         ) from None
-    return _DataDirLock(fd)
+    return fd
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

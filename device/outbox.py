@@ -256,6 +256,8 @@ class Outbox:
         self._quiet: dict[str, int] = {}
         #: writes held in memory in this outage
         self._held_total = 0
+        #: the ``alarm`` meta value (:attr:`alarm`)
+        self._alarm = ""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -377,6 +379,8 @@ class Outbox:
             db.executescript(SCHEMA)
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            alarm = db.execute("SELECT value FROM meta WHERE key='alarm'").fetchone()
+            self._alarm = alarm[0] if alarm else ""
             row = db.execute("SELECT value FROM meta WHERE key='outbox_id'").fetchone()
             if row is None:
                 self.outbox_id = uuid.uuid4().hex[:16]  # 64 bits: unique enough per device
@@ -442,22 +446,10 @@ class Outbox:
                 state = RECORD_COLUMNS.index("state")
                 sent = {r[0] for r in got.records if r[state] == PENDING}
                 top = max(got.last_seq or 0, max((r[0] for r in got.records), default=0))
-                lost = [q for q in range(1, top + 1) if q not in sent]
+                lost = _complement(sent, top)  # ranges: top may be in the millions
                 if lost:
-                    data = {"ranges": [list(r) for r in seq_ranges(lost)], "reason": "corrupt"}
-                    db.execute(
-                        "INSERT INTO records (seq, kind, priority, time, session, drill, data, "
-                        "committed) VALUES (?,?,?,?,NULL,0,?,?)",
-                        (
-                            top + 1,
-                            RecordKind.GAP.value,
-                            int(Priority.LIVE),
-                            now.isoformat(),
-                            json.dumps(data, separators=(",", ":")),
-                            now.timestamp(),
-                        ),
-                    )
                     top += 1
+                    _insert_gap_row(db, top, lost, "corrupt", now, now.timestamp())
                 db.execute("INSERT OR REPLACE INTO counters VALUES ('seq', ?)", (top,))
                 alarm = (
                     f"the outbox was corrupt ({why}); {len(got.records)} record(s) and "
@@ -764,19 +756,7 @@ class Outbox:
             )
             return 0
         seq = self._get_seq() + 1
-        data = {"ranges": [list(r) for r in seq_ranges(seqs)], "reason": reason}
-        db.execute(
-            "INSERT INTO records (seq, kind, priority, time, session, drill, data, committed) "
-            "VALUES (?,?,?,?,NULL,0,?,?)",
-            (
-                seq,
-                RecordKind.GAP.value,
-                int(Priority.LIVE),
-                at.isoformat(),
-                json.dumps(data, separators=(",", ":")),
-                self._clock.now().timestamp(),
-            ),
-        )
+        _insert_gap_row(db, seq, seq_ranges(seqs), reason, at, self._clock.now().timestamp())
         self._set_seq(seq)
         return 1
 
@@ -846,12 +826,9 @@ class Outbox:
                     await self._acks.submit(acks)
                     with self._handout:
                         self._unsaved_acks.difference_update(acks)
-            except (OSError, sqlite3.OperationalError) as exc:
-                if _holdable(exc):
-                    continue  # still no room (or still locked): try again later
-                log.exception("storing the records held in memory failed; retrying")
-            except Exception:  # a bug must not strand what is held
-                log.exception("storing the records held in memory failed; retrying")
+            except Exception as exc:  # a bug must not strand what is held either
+                if not _holdable(exc):  # else still no room (or still locked): later
+                    log.exception("storing the records held in memory failed; retrying")
             else:
                 delay = 0.5
         self._disk_back()
@@ -907,10 +884,12 @@ class Outbox:
         """Records (and session expiries) held in memory, waiting for room."""
         return len(self._held)
 
-    async def alarm(self) -> str | None:
+    @property
+    def alarm(self) -> str | None:
         """What the owner must know about the store (a corrupt file salvaged), until
-        acknowledged with :meth:`ack_alarm`."""
-        raw = await self.get_meta("alarm")
+        acknowledged with :meth:`ack_alarm`: read from ``meta`` at open, kept here, so
+        a status never waits on the writer for it."""
+        raw = self._alarm
         if not raw:
             return None
         try:
@@ -921,9 +900,10 @@ class Outbox:
 
     async def ack_alarm(self) -> bool:
         """The owner saw the alarm; returns whether there was one."""
-        had = bool(await self.get_meta("alarm"))
+        had = bool(self._alarm)
         if had:
             await self.set_meta("alarm", "")
+            self._alarm = ""
         return had
 
     # -- handing out and acknowledging -------------------------------------------------
@@ -1607,6 +1587,45 @@ def _migrate_from_1(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE records ADD COLUMN row_delta TEXT")
         db.execute("PRAGMA user_version=2")
     log.info("outbox schema brought up to version 2 (fixes stored with their row differences)")
+
+
+def _insert_gap_row(
+    db: sqlite3.Connection,
+    seq: int,
+    ranges: list[tuple[int, int]],
+    reason: str,
+    at: datetime,
+    committed: float,
+) -> None:
+    """A ``gap`` record naming ``ranges`` of seqs removed undelivered, and why."""
+    data = {"ranges": [list(r) for r in ranges], "reason": reason}
+    db.execute(
+        "INSERT INTO records (seq, kind, priority, time, session, drill, data, committed) "
+        "VALUES (?,?,?,?,NULL,0,?,?)",
+        (
+            seq,
+            RecordKind.GAP.value,
+            int(Priority.LIVE),
+            at.isoformat(),
+            json.dumps(data, separators=(",", ":")),
+            committed,
+        ),
+    )
+
+
+def _complement(seqs: set[int], top: int) -> list[tuple[int, int]]:
+    """The ranges of 1..``top`` not in ``seqs``, without listing every number."""
+    out: list[tuple[int, int]] = []
+    nxt = 1
+    for s in sorted(seqs):
+        if s > top:
+            break
+        if s > nxt:
+            out.append((nxt, s - 1))
+        nxt = max(nxt, s + 1)
+    if nxt <= top:
+        out.append((nxt, top))
+    return out
 
 
 def _holdable(exc: BaseException) -> bool:

@@ -67,6 +67,20 @@ def classify(exc: BaseException) -> Fault:
     }.get(code & 0xFF, Fault.OTHER)
 
 
+def allocate(path: Path, size: int) -> None:
+    """``path`` as ``size`` zero bytes really on the disk (written and fsync'd, not a
+    sparse file): space that can later be given back, or overwritten in place, without
+    asking the file system for more. Raises OSError (ENOSPC) when there is no room."""
+    with open(path, "wb") as f:
+        chunk = b"\0" * 65536
+        left = size
+        while left > 0:
+            f.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class Reserve:
     """A file of ``size`` bytes (really allocated, not sparse) kept beside the outbox:
     on a full disk it is given up so that an SOS record, a stop or the outbox's opening
@@ -88,14 +102,7 @@ class Reserve:
         if self.size <= 0 or self.held:
             return True
         try:
-            with open(self.path, "wb") as f:
-                chunk = b"\0" * 65536
-                left = self.size
-                while left > 0:
-                    f.write(chunk[: min(left, len(chunk))])
-                    left -= len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            allocate(self.path, self.size)
         except OSError:
             with contextlib.suppress(OSError):
                 self.path.unlink()
@@ -136,10 +143,7 @@ class SessionMark:
                 return
         except FileNotFoundError:
             pass
-        with open(self.path, "wb") as f:
-            f.write(b"\0" * self.SIZE)
-            f.flush()
-            os.fsync(f.fileno())
+        allocate(self.path, self.SIZE)
 
     def write(self, state: dict[str, Any]) -> bool:
         """Overwrite the file in place (no allocation, fsync'd); False if it could not."""

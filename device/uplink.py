@@ -682,7 +682,7 @@ class Uplink:
 
     async def _command(self, m: Inbound) -> dict[str, Any]:
         self.stats.commands += 1
-        cmd_id = command_id(m.payload)
+        cmd_id: str | None = None
         try:
             if m.retain:
                 raise CommandError(
@@ -701,7 +701,7 @@ class Uplink:
         except CommandError as exc:
             self.stats.commands_rejected += 1
             log.warning("command on %s rejected: %s", m.topic, exc)
-            reply = {"id": cmd_id, "ok": False, "error": str(exc)}
+            reply = {"id": cmd_id or command_id(m.payload), "ok": False, "error": str(exc)}
         except Exception as exc:  # a command must never take the daemon down
             self.stats.commands_rejected += 1
             log.exception("command on %s failed", m.topic)

@@ -470,7 +470,7 @@ def parse_command(payload: bytes) -> Command:
     texts: dict[str, str | None] = {}
     for key in ("id", "by", "session"):
         v = msg.get(key)
-        if v is not None and (not isinstance(v, str) or not 0 < len(v) <= 64):
+        if v is not None and not _command_text(v):
             raise CommandError(f"{key!r} must be a string of 1 to 64 characters")
         texts[key] = v
     return Command(cmd, texts["id"], texts["by"], texts["session"])
@@ -478,13 +478,18 @@ def parse_command(payload: bytes) -> Command:
 
 def command_id(payload: bytes) -> str | None:
     """The ``id`` of a command payload if it has a valid one, even when the command
-    itself is refused: the refusal then names what it refuses."""
+    itself is refused (read again only then): the refusal names what it refuses."""
     try:
         msg = json.loads(payload) if len(payload) <= MAX_COMMAND_BYTES else None
     except (ValueError, RecursionError):
         return None
     v = msg.get("id") if isinstance(msg, dict) else None
-    return v if isinstance(v, str) and 0 < len(v) <= 64 else None
+    return v if _command_text(v) else None
+
+
+def _command_text(v: object) -> bool:
+    """An ``id``, ``by`` or ``session`` of a command: a string of 1 to 64 characters."""
+    return isinstance(v, str) and 0 < len(v) <= 64
 
 
 def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from device import config as config_mod
-from device.config import RANGES, Config, ConfigError
+from device.config import Config, ConfigError
 from device.daemon import Daemon
 from device.parts import load_backend
 
@@ -50,12 +50,6 @@ def leaves(cls: type, where: str = "") -> list[tuple[str, Any]]:
 KEYS = leaves(Config)
 
 
-def _range(key: str) -> tuple[float, float]:
-    import fnmatch
-
-    return next((r for p, r in RANGES.items() if fnmatch.fnmatchcase(key, p)), (0, 1e9))
-
-
 WILD = st.sampled_from(
     [math.inf, -math.inf, math.nan, 0, -1, 1e300, 2**70, "", "x" * 300, True, [], {}, "nan"]
 )
@@ -67,7 +61,7 @@ def value_for(key: str, tp: Any) -> st.SearchStrategy[Any]:
     if tp is bool:
         base = st.booleans()
     elif tp in (int, float) or (origin is not None and int in typing.get_args(tp)):
-        lo, hi = _range(key)
+        lo, hi = config_mod.range_of(key)
         if tp is int or (origin is not None and float not in typing.get_args(tp)):
             base = st.integers(math.ceil(lo), int(hi))
         else:

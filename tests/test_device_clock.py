@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +71,18 @@ def offline_uplink(box: Outbox, clock: SimClock) -> Uplink:
     )
 
 
+def controller(
+    box: Outbox, clock: SimClock, *, privacy: PrivacyConfig | None = None, **sos: Any
+) -> SosController:
+    """The SOS controller on the durable outbox and the device's (simulated) clock."""
+    return SosController(
+        config=SosConfig(contacts=(Contact("Alice"),), **sos),
+        recorder=box,
+        clock=clock,
+        privacy=privacy,
+    )
+
+
 def received_now(fix: Fix, clock: SimClock) -> Fix:
     return dataclasses.replace(fix, received=clock.monotonic())
 
@@ -81,11 +94,7 @@ async def test_the_route_expires_72_hours_after_the_end_by_the_device_clock(
     clock = device_clock()
     fixes = receiver_fixes(receiver, clock.now(), 6)
     async with await Outbox.open(tmp_path / "o.db", clock=clock) as box:
-        ctl = SosController(
-            config=SosConfig(contacts=(Contact("Alice"),), countdown=0, retention=RETENTION),
-            recorder=box,
-            clock=clock,
-        )
+        ctl = controller(box, clock, countdown=0, retention=RETENTION)
         await ctl.on_fix(received_now(fixes[0], clock))
         await ctl.start(trigger="cli", now=True)
         for fix in fixes[1:]:
@@ -152,12 +161,7 @@ async def test_routine_batching_waits_from_the_commit_by_the_device_clock(
     fixes = receiver_fixes(receiver, clock.now(), 3)
     cfg = UplinkConfig(device_id="dev1", batch_count=100, batch_interval=300.0)
     async with await Outbox.open(tmp_path / "o.db", clock=clock) as box:
-        ctl = SosController(
-            config=SosConfig(contacts=(Contact("Alice"),)),
-            recorder=box,
-            clock=clock,
-            privacy=PrivacyConfig(track_outside_sos=True),
-        )
+        ctl = controller(box, clock, privacy=PrivacyConfig(track_outside_sos=True))
         committed = clock.now()
         await ctl.on_fix(received_now(fixes[0], clock))  # routine tracking, opted in
         p = await box.pending()
