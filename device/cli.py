@@ -25,10 +25,11 @@ import gpxpy.gpx
 
 from device import config as config_mod
 from device.clock import MonotonicClock, ScaledClock
-from device.config import DEFAULT_CONFIG, Config, ConfigError
+from device.config import DEFAULT_CONFIG, Config
 from device.control import NotRunning, request
 from device.daemon import Daemon
 from device.parts import load_backend
+from device.tomlconf import SECRET_KEYS, ConfigError, redact_url
 
 #: with --sim and no configuration file: a device that runs anywhere
 SIM_DEFAULTS: dict[str, Any] = {
@@ -168,10 +169,10 @@ def _time_scale(text: str) -> float:
 def _public(cfg: Config) -> dict[str, Any]:
     """The configuration without secrets, for printing."""
     out = asdict(cfg)
-    for key in config_mod.SECRET_KEYS:
+    for key in SECRET_KEYS:
         if out["mqtt"].get(key):
             out["mqtt"][key] = "***"
-    out["mqtt"]["broker"] = config_mod.redact_url(out["mqtt"]["broker"])
+    out["mqtt"]["broker"] = redact_url(out["mqtt"]["broker"])
     return out
 
 

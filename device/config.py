@@ -2,49 +2,41 @@
 
 Every section maps onto a settings dataclass, field for field (the TOML key is the field
 name), so the settings the parts already take are the configuration — nothing is
-described twice. Validation collects *every* problem and reports them together, each
-naming its key and what is expected; unknown keys are errors (a typo must not silently
-leave a default in place). ``examples/sosbeacon.toml`` is the annotated example and
+described twice. :mod:`device.tomlconf` does the reading and the checks by type (every
+problem reported together, each naming its key; unknown keys are errors); the rules that
+span fields are here. ``examples/sosbeacon.toml`` is the annotated example and
 ``docs/configuration.md`` the reference.
 """
 
 from __future__ import annotations
 
 import enum
-import fnmatch
-import math
 import os
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from device import tomlconf
 from device.battery import BatteryPolicyConfig
 from device.gesture import GestureConfig
 from device.mqtt import BrokerConfig, TlsConfig
 from device.outbox import Limits
 from device.privacy import PrivacyConfig
 from device.sos import SosConfig
+from device.tomlconf import (
+    ConfigError,
+    host_port,
+    is_file,
+    redact_url,
+    topic_problem,
+)
 from device.uplink import UplinkConfig
 from device.wire import Topics
 
 DEFAULT_CONFIG = Path("/etc/sosbeacon/sosbeacon.toml")
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; ``problems`` lists every reason."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(
-            f"{source}: {len(problems)} problem(s) in the configuration:\n"
-            + "\n".join(f"  - {p}" for p in problems)
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +192,6 @@ def broker_from(m: MqttSettings, device_id: str) -> BrokerConfig:
 
 # -- loading -----------------------------------------------------------------------------
 
-_BAD = object()
-
 
 def load(
     path: Path | str | None = None,
@@ -211,48 +201,9 @@ def load(
 ) -> Config:
     """Read, validate and return the configuration. ``overrides`` are dotted keys
     (``{"device.id": "b1"}``) applied on top of the file, validated the same way."""
-    source = str(path) if path is not None else "<text>"
-    if text is None:
-        if path is None:
-            raise ValueError("load() needs a path or text")
-        try:
-            raw = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise ConfigError(
-                source,
-                [
-                    "the file does not exist: copy examples/sosbeacon.toml there and edit "
-                    "it, or pass --config"
-                ],
-            ) from None
-        except IsADirectoryError:
-            raise ConfigError(source, ["it is a directory, not a TOML file"]) from None
-        except OSError as exc:
-            raise ConfigError(source, [f"cannot read it: {exc.strerror or exc}"]) from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            # never the bytes themselves: the file may hold a password
-            line = raw.count(b"\n", 0, exc.start) + 1
-            raise ConfigError(
-                source,
-                [
-                    f"not UTF-8: byte {exc.start} (line {line}) is not valid UTF-8; save "
-                    "the file as UTF-8"
-                ],
-            ) from None
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
-    for dotted, value in (overrides or {}).items():
-        *parents, last = dotted.split(".")
-        node = table
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+    source, table = tomlconf.read(path, text, overrides, example="examples/sosbeacon.toml")
     errors: list[str] = []
-    cfg = _build(Config, table, "", errors)
+    cfg = tomlconf.build(Config, table, errors, filled=_FILLED)
     if cfg is not None:
         errors += _check(cfg)
     if errors or not isinstance(cfg, Config):
@@ -294,7 +245,7 @@ def _check(cfg: Config) -> list[str]:
         problem = topic_problem(ot)
         if problem:
             errors.append(f'uplink.owntracks_topic: {problem} ("" turns it off)')
-    errors += _check_ranges(cfg)
+    errors += tomlconf.out_of_range(cfg, RANGES)
     u = cfg.uplink
     for key in ("backoff_max", "backoff_max_sos"):
         if getattr(u, key) < u.backoff_min:
@@ -316,11 +267,11 @@ def _check(cfg: Config) -> list[str]:
                 f"({c.gps_cycle:g} s), got {c.gps_on:g}"
             )
     pw = cfg.mqtt.password_file
-    if pw and not (_is_file(pw) and os.access(pw, os.R_OK)):
+    if pw and not (is_file(pw) and os.access(pw, os.R_OK)):
         errors.append(f"mqtt.password_file: {pw[:200]} cannot be read (or is not a file)")
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(cfg.mqtt.tls, key)
-        if value and not _is_file(value):
+        if value and not is_file(value):
             errors.append(f"mqtt.tls.{key}: {value[:200]} does not exist")
     if bool(cfg.mqtt.tls.cert_file) != bool(cfg.mqtt.tls.key_file):
         errors.append("mqtt.tls: cert_file and key_file go together")
@@ -339,32 +290,6 @@ def _check(cfg: Config) -> list[str]:
             f"gps.date_floor: expected an ISO date (2025-01-01), got {cfg.gps.date_floor!r}"
         )
     return errors
-
-
-def _is_file(path: str) -> bool:
-    try:
-        return Path(path).is_file()
-    except (OSError, ValueError):  # a name too long, a NUL in it
-        return False
-
-
-def host_port(text: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:2947`` for IPv6), the port from 1 to 65535."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"expected host:port with a port from 1 to 65535, got {text!r}")
-    return host, int(port)
-
-
-def topic_problem(topic: str) -> str | None:
-    """Why ``topic`` cannot be published to (MQTT: no wildcards, no NUL, at most
-    65535 bytes), or ``None``."""
-    if any(c in topic for c in "+#\0"):
-        return f"{topic!r} is not a topic one can publish to: no '+', '#' or NUL"
-    if len(topic.encode()) > 65535:
-        return "a topic is at most 65535 bytes"
-    return None
 
 
 _DAY = 86400.0
@@ -412,29 +337,9 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def _numbers(obj: Any, where: str = "") -> list[tuple[str, float]]:
-    """Every number in the configuration, by dotted key."""
-    out: list[tuple[str, float]] = []
-    if is_dataclass(obj) and not isinstance(obj, type):
-        for f in fields(obj):
-            out += _numbers(getattr(obj, f.name), _join(where, f.name))
-    elif isinstance(obj, int | float) and not isinstance(obj, bool):
-        out.append((where, obj))
-    return out
-
-
 def range_of(key: str) -> tuple[float, float]:
     """The range (inclusive) a number under ``key`` must lie in (:data:`RANGES`)."""
-    return next((r for pat, r in RANGES.items() if fnmatch.fnmatchcase(key, pat)), (0, 1e9))
-
-
-def _check_ranges(cfg: Config) -> list[str]:
-    errors = []
-    for key, value in _numbers(cfg):
-        lo, hi = range_of(key)
-        if not lo <= value <= hi:
-            errors.append(f"{key}: must be from {lo:g} to {hi:g}, got {value:g}")
-    return errors
+    return tomlconf.range_in(RANGES, key)
 
 
 #: fields that are not configured in their section (they come from elsewhere)
@@ -442,133 +347,3 @@ _FILLED: dict[type, dict[str, Any]] = {
     Config: {"source": "defaults"},
     UplinkConfig: {"device_id": ""},  # from device.id
 }
-
-
-def _build(cls: type, table: Any, where: str, errors: list[str]) -> Any:
-    if not isinstance(table, dict):
-        errors.append(f"{where or 'the file'}: expected a table ([section]), got {_show(table)}")
-        return None
-    hints = typing.get_type_hints(cls)
-    filled = _FILLED.get(cls, {})
-    known = {f.name: f for f in fields(cls) if f.init and f.name not in filled}
-    for key in table:
-        if key not in known:
-            errors.append(
-                f"{_join(where, key)}: unknown key (known here: {', '.join(sorted(known))})"
-            )
-    kwargs: dict[str, Any] = dict(filled)
-    for name in known:
-        if name not in table:
-            f = known[name]
-            if f.default is MISSING and f.default_factory is MISSING:
-                errors.append(f"{_join(where, name)}: required")
-            continue
-        value = _coerce(hints[name], table[name], _join(where, name), errors)
-        if value is not _BAD:
-            kwargs[name] = value
-    before = len(errors)
-    try:
-        obj = cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        if len(errors) == before:
-            errors.append(f"{where or 'the file'}: {exc}")
-        return None
-    return obj
-
-
-def _coerce(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        for opt in options:
-            trial: list[str] = []
-            got = _coerce(opt, value, key, trial)
-            if not trial:
-                return got
-        names = " or ".join(_name(o) for o in options)
-        errors.append(f"{key}: expected {names}, got {_shown(key, value)}")
-        return _BAD
-    if origin is tuple:
-        if not isinstance(value, list):
-            errors.append(f"{key}: expected a list, got {_shown(key, value)}")
-            return _BAD
-        items = [_coerce(args[0], v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
-        return _BAD if any(i is _BAD for i in items) else tuple(items)
-    if isinstance(tp, type) and is_dataclass(tp):
-        built = _build(tp, value, key, errors)
-        return _BAD if built is None else built
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        allowed = [m.value for m in tp]
-        if value not in allowed:
-            names = ", ".join(map(repr, allowed))
-            errors.append(f"{key}: expected one of {names}, got {_shown(key, value)}")
-            return _BAD
-        return tp(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            errors.append(f"{key}: expected true or false, got {_shown(key, value)}")
-            return _BAD
-        return value
-    if tp in (int, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if tp is int and not isinstance(value, int):
-            ok = False
-        if not ok:
-            errors.append(f"{key}: expected {_name(tp)}, got {_shown(key, value)}")
-            return _BAD
-        if not math.isfinite(value):
-            errors.append(f"{key}: expected a finite number, got {value}")
-            return _BAD
-        if value < 0:
-            errors.append(f"{key}: must not be negative, got {value}")
-            return _BAD
-        return tp(value)
-    if tp is str:
-        if not isinstance(value, str):
-            errors.append(f"{key}: expected a string, got {_shown(key, value)}")
-            return _BAD
-        return value
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            errors.append(f"{key}: expected a path, got {_shown(key, value)}")
-            return _BAD
-        return Path(value)
-    raise TypeError(f"config: no rule for {tp!r} at {key}")  # a bug in the schema
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _name(tp: Any) -> str:
-    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-#: keys whose values are never shown (in errors, check-config, logs)
-SECRET_KEYS = ("password",)
-
-
-def _shown(key: str, value: Any) -> str:
-    if key.rsplit(".", 1)[-1] in SECRET_KEYS:
-        return f"{type(value).__name__} (hidden)"
-    return _show(value)
-
-
-def redact_url(url: str) -> str:
-    """``mqtt://user:secret@host`` as ``mqtt://user:***@host``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
-
-
-def _show(value: Any) -> str:
-    kind = {dict: "a table", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
-    return f"{kind} ({value!r})" if not isinstance(value, dict | list) else kind

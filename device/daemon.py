@@ -34,7 +34,7 @@ from device.battery import BatteryPolicy, BatterySample
 from device.button import run_button
 from device.clock import Clock, MonotonicClock
 from device.commands import SosCommands
-from device.config import Config, ConfigError
+from device.config import Config
 from device.gesture import GestureDetector
 from device.gps import Fix
 from device.notify import Notifier
@@ -43,6 +43,7 @@ from device.parts import Backend, Parts
 from device.records import run_retention
 from device.sos import Session, SosController, SosRefused
 from device.storage import SessionMark
+from device.tomlconf import ConfigError
 from device.uplink import Uplink
 
 log = logging.getLogger("sosd")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from device.config import Config, ConfigError, load
+from device.config import Config, load
 from device.privacy import Precision
+from device.tomlconf import ConfigError
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "sosbeacon.toml"
