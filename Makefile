@@ -3,7 +3,7 @@
 
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-SOURCES := device hw sim
+SOURCES := device hw sim relay
 export VENV
 
 .PHONY: help bootstrap test lint typecheck pytest timeshift bench soak demo clean

@@ -136,6 +136,13 @@ def sosd(argv: Sequence[str] | None = None) -> int:
                 "least one [[sos.contacts]] entry (a running sosd takes it on SIGHUP: "
                 "systemctl reload sosbeacon)\n"
             )
+        for contact in cfg.sos.contacts:
+            if not contact.reach.strip():
+                sys.stdout.write(
+                    f"WARNING: {contact.name} has no reach address, so the relay cannot tell "
+                    "them of an SOS: set reach to an e-mail address, a phone number or "
+                    "scheme:id (tgram:123456)\n"
+                )
         return 0
     setup_logging(args.log_level)
     backend = load_backend("sim" if args.sim else "hw")

@@ -34,7 +34,7 @@ from device.tomlconf import (
     topic_problem,
 )
 from device.uplink import UplinkConfig
-from device.wire import Topics
+from device.wire import AddressError, Topics, addresses, parse_address
 
 DEFAULT_CONFIG = Path("/etc/sosbeacon/sosbeacon.toml")
 
@@ -275,6 +275,13 @@ def _check(cfg: Config) -> list[str]:
             errors.append(f"mqtt.tls.{key}: {value[:200]} does not exist")
     if bool(cfg.mqtt.tls.cert_file) != bool(cfg.mqtt.tls.key_file):
         errors.append("mqtt.tls: cert_file and key_file go together")
+    for i, contact in enumerate(cfg.sos.contacts):
+        where = f"sos.contacts[{i}].reach"
+        for a in addresses(contact.reach):
+            try:
+                parse_address(a)
+            except AddressError as exc:
+                errors.append(f"{where}: {exc}")
     try:
         cfg.gesture.validate()
     except ValueError as exc:

@@ -55,7 +55,9 @@ class SosRefused(Exception):
 @dataclass(frozen=True, slots=True)
 class Contact:
     name: str
-    #: how the contact is reached (phone, e-mail, an MQTT subscriber id): shown to them
+    #: how the relay tells the contact of an SOS: an e-mail address, a phone number or
+    #: ``scheme:id`` (``tgram:123456``), or several, comma-separated. Never a credential:
+    #: it travels through the broker (``device.wire.parse_address`` checks it)
     reach: str = ""
 
 

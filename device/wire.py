@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -342,13 +343,29 @@ class Received:
     data: dict[str, Any]
     session: str | None = None
     drill: bool = False
+    #: when the record expires (the message's ``exp``), if known
+    exp: float | None = None
 
 
 def decode_track(payload: bytes) -> list[Received]:
+    """The records of a ``track`` message. Raises :class:`ValueError` for anything that is
+    not one (a receiver logs it and goes on)."""
+    try:
+        return _decode_track(payload)
+    except (KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
+        raise ValueError(f"not a track message: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_track(payload: bytes) -> list[Received]:
     msg = json.loads(payload)
     if msg.get("v") != WIRE_VERSION:
         raise ValueError(f"unknown track version {msg.get('v')!r}")
-    box, sess, drill = msg["box"], msg.get("sess"), bool(msg.get("drill", False))
+    box, sess, drill, exp = (
+        msg["box"],
+        msg.get("sess"),
+        bool(msg.get("drill", False)),
+        msg.get("exp"),
+    )
     out: list[Received] = []
     seq = t_ms = lat = lon = 0
     for i, row in enumerate(msg.get("fix", [])):
@@ -361,28 +378,37 @@ def decode_track(payload: bytes) -> list[Received]:
         for key, value in zip(("alt", "spd", "crs", "acc"), row[4:], strict=False):
             if value is not None:
                 fix[key] = value
-        out.append(Received(box, seq, "fix", t_ms / 1000, {"fix": fix}, sess, drill))
+        out.append(Received(box, seq, "fix", t_ms / 1000, {"fix": fix}, sess, drill, exp))
     for i, row in enumerate(msg.get("bat", [])):
         if i == 0:
             seq, t_ms = row[0], round(row[1] * 1000)
         else:
             seq, t_ms = seq + row[0], t_ms + round(row[1] * 1000)
         b = {k: v for k, v in zip(_BATTERY_KEYS, row[2:], strict=False) if v is not None}
-        out.append(Received(box, seq, "battery", t_ms / 1000, {"battery": b}, sess, drill))
+        out.append(Received(box, seq, "battery", t_ms / 1000, {"battery": b}, sess, drill, exp))
     for g in msg.get("gap", []):
         data = {k: v for k, v in g.items() if k not in ("seq", "t")}
-        out.append(Received(box, g["seq"], "gap", g["t"], data, sess, drill))
+        out.append(Received(box, g["seq"], "gap", g["t"], data, sess, drill, exp))
     for e in msg.get("ev", []):
         data = {k: v for k, v in e.items() if k not in ("seq", "t", "kind")}
-        out.append(Received(box, e["seq"], e["kind"], e["t"], data, sess, drill))
+        out.append(Received(box, e["seq"], e["kind"], e["t"], data, sess, drill, exp))
     return sorted(out, key=lambda r: r.seq)
 
 
 def decode_sos(payload: bytes) -> Received:
-    m = json.loads(payload)
-    if m.get("v") != WIRE_VERSION:
-        raise ValueError(f"unknown sos version {m.get('v')!r}")
-    return Received(m["box"], m["seq"], m["kind"], m["t"], m["data"], m["sess"], m["drill"])
+    """The record of an ``sos`` message; :class:`ValueError` if it is not one."""
+    try:
+        m = json.loads(payload)
+        if m.get("v") != WIRE_VERSION:
+            raise ValueError(f"unknown sos version {m.get('v')!r}")
+        r = Received(
+            m["box"], m["seq"], m["kind"], m["t"], m["data"], m["sess"], m["drill"], m.get("exp")
+        )
+    except (KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
+        raise ValueError(f"not an sos message: {type(exc).__name__}: {exc}") from None
+    if not (isinstance(r.box, str) and isinstance(r.seq, int) and isinstance(r.data, dict)):
+        raise ValueError("not an sos message: box, seq or data of the wrong type")
+    return r
 
 
 @dataclass
@@ -511,4 +537,55 @@ def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
 
 def seq_ranges_text(seqs: Iterable[int]) -> str:
     """``"3-7,9"``: the seqs of a message, for its ``seq`` user property."""
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in seq_ranges(seqs))
+    return ranges_text(seq_ranges(seqs))
+
+
+def ranges_text(ranges: Iterable[Sequence[int]]) -> str:
+    """``"3-7,9"`` from ``[(3, 7), (9, 9)]``."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+# -- contact addresses (sos-start's contacts[].reach) -------------------------------------
+
+_EMAIL = re.compile(r"[^@\s:/]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"\+?[0-9][0-9 ().-]{5,30}")
+_SCHEMED = re.compile(r"([a-z][a-z0-9+.-]{0,31}):([^\s/@:]{1,256})")
+
+
+class AddressError(ValueError):
+    """A contact address that is not one (or that must not go through the broker)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    #: the key in ``notify.services``: ``email``, ``sms`` or a scheme
+    channel: str
+    target: str
+
+
+def parse_address(text: str) -> Address:
+    """Raises :class:`AddressError` for an address that is not one of the three forms,
+    and above all for one that looks like a URL with a credential in it."""
+    a = text.strip()
+    if "://" in a or re.search(r"[^@\s]+:[^@\s]+@", a):
+        raise AddressError(
+            "looks like a service URL (maybe with a password): a contact's address is an "
+            "e-mail address, a phone number or scheme:id; the service's URL and its "
+            "credentials go in the relay's notify.services"
+        )
+    if _EMAIL.fullmatch(a):
+        return Address("email", a)
+    if _PHONE.fullmatch(a):
+        return Address("sms", "+" * a.startswith("+") + re.sub(r"\D", "", a))
+    m = _SCHEMED.fullmatch(a)
+    if m:
+        return Address(m.group(1), m.group(2))
+    raise AddressError(
+        f"{a[:80]!r} is not an e-mail address, a phone number (+44 7700 900123) or "
+        "scheme:id (tgram:123456, ntfy:topic)"
+    )
+
+
+def addresses(reach: str) -> list[str]:
+    """A contact's ``reach``: one address or several, comma-separated."""
+    return [a.strip() for a in reach.split(",") if a.strip()]

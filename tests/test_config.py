@@ -174,3 +174,24 @@ def test_check_config_redacts_and_warns_when_not_armed(
     out = capsys.readouterr().out
     assert "hunter2" not in out and "s3cret" not in out and "mqtt://u:***@host" in out
     assert "SOS is NOT ARMED" in out and "SIGHUP" in out
+
+
+@pytest.mark.parametrize(
+    "reach",
+    [
+        "tgram://123456:ABCdef@telegram",  # a service URL, with its bot token
+        "mailtos://alice:hunter2@smtp.example.org",
+        "alice:hunter2@example.org",
+        "not an address",
+    ],
+)
+def test_a_contact_address_that_is_a_credential_or_nothing_is_refused(reach: str) -> None:
+    with pytest.raises(ConfigError, match=r"sos\.contacts\[0\]\.reach: ") as err:
+        load(text=MINIMAL.replace('name = "Alice"', f'name = "Alice"\nreach = "{reach}"'))
+    assert "hunter2" not in str(err.value) and "ABCdef" not in str(err.value)
+
+
+def test_contact_addresses_of_every_form_are_accepted() -> None:
+    reach = "alice@example.org, +44 7700 900123, tgram:123456, ntfy:family-sos"
+    cfg = load(text=MINIMAL.replace('name = "Alice"', f'name = "Alice"\nreach = "{reach}"'))
+    assert cfg.sos.contacts[0].reach == reach

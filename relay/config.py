@@ -1,0 +1,269 @@
+"""The relay's configuration: a TOML file, validated at start like sosd's (every problem
+reported together, each naming its key; unknown keys are errors).
+
+``examples/sos-relay.toml`` is the annotated example and ``docs/relay.md`` the reference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from device import tomlconf
+from device.mqtt import BrokerConfig, TlsConfig
+from device.tomlconf import ConfigError, host_port, is_file, redact_url
+from device.wire import Topics
+
+DEFAULT_CONFIG = Path("/etc/sosbeacon/sos-relay.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    #: the SQLite database (the default) lives here
+    data_dir: Path = Path("/var/lib/sos-relay")
+    #: what a contact's link starts with: ``<public_url>/s/<token>``. The address the
+    #: contacts reach, normally the reverse proxy's https:// address
+    public_url: str = "http://localhost:8080"
+    #: seconds between sweeps that delete expired sessions
+    sweep_interval: float = 60.0
+    #: days a deleted link still answers 410 Gone (only its hash is kept), then 404
+    gone_days: float = 30.0
+    #: the key links are made with; "" is ``<data_dir>/link.key``, made on first start.
+    #: Relays that share one database must share this file
+    link_key_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMqtt:
+    broker: str = "mqtt://localhost:1883"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    tls: Tls = field(default_factory=Tls)
+    #: the relay's own client id (each relay instance needs its own)
+    client_id: str = "sos-relay"
+    #: the devices' topic prefix (their ``uplink.prefix``)
+    prefix: str = "sosbeacon"
+    #: the shared-subscription group: relays in one group split the messages
+    group: str = "sos-relay"
+    #: how long the broker keeps the relay's session while it is down, seconds
+    session_expiry: int = 7 * 86400
+    keepalive: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    #: SQLAlchemy URL. Empty: SQLite at ``<relay.data_dir>/relay.db``. PostgreSQL:
+    #: ``postgresql+asyncpg://user@host:5432/sosrelay``
+    url: str = ""
+    #: a file holding the database password (kept out of the URL)
+    password_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    #: where the page is served (host:port); put a TLS reverse proxy in front
+    listen: str = "127.0.0.1:8080"
+    #: map tiles, a Leaflet URL template; "" shows the route on a plain grid
+    tiles: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    tiles_attribution: str = "© OpenStreetMap contributors"
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    #: Apprise service URLs (with their credentials) by the kind of contact address:
+    #: ``email`` for e-mail addresses, ``sms`` for phone numbers, and a messenger's
+    #: scheme (``tgram``, ``ntfy``, ``matrix``, ``json``, ...) for ``scheme:id``
+    services: dict[str, str] = field(default_factory=dict)
+    #: retries of a failed send: the first after ``retry_min`` seconds, doubling up to
+    #: ``retry_max``, at most ``attempts`` sends in all
+    retry_min: float = 5.0
+    retry_max: float = 600.0
+    attempts: int = 12
+    #: seconds one send may take
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    mqtt: RelayMqtt = field(default_factory=RelayMqtt)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    source: str = "defaults"
+
+    def database_url(self) -> str:
+        url = self.database.url or f"sqlite+aiosqlite:///{self.relay.data_dir / 'relay.db'}"
+        if self.database.password_file:
+            secret = Path(self.database.password_file).read_text().strip()
+            parts = urlsplit(url)
+            user = parts.username or ""
+            host = parts.netloc.rsplit("@", 1)[-1]
+            url = parts._replace(netloc=f"{user}:{secret}@{host}").geturl()
+        return url
+
+    def broker_config(self) -> BrokerConfig:
+        m = self.mqtt
+        url = urlsplit(m.broker)
+        password = m.password
+        if m.password_file:
+            password = Path(m.password_file).read_text().strip()
+        tls = None
+        if url.scheme == "mqtts" or m.tls.ca_file:
+            tls = TlsConfig(m.tls.ca_file, m.tls.cert_file, m.tls.key_file)
+        return BrokerConfig(
+            host=url.hostname or "localhost",
+            port=url.port or (8883 if url.scheme == "mqtts" else 1883),
+            client_id=m.client_id,
+            username=m.username,
+            password=password,
+            tls=tls,
+            keepalive=m.keepalive,
+            session_expiry=m.session_expiry,
+        )
+
+    def link_key_path(self) -> Path:
+        return Path(self.relay.link_key_file or self.relay.data_dir / "link.key")
+
+    def link_base(self) -> str:
+        return self.relay.public_url.rstrip("/") + "/s/"
+
+
+_DAY = 86400.0
+RANGES: dict[str, tuple[float, float]] = {
+    "relay.sweep_interval": (1, _DAY),
+    "relay.gone_days": (0, 3650),
+    "mqtt.session_expiry": (60, 2**32 - 1),
+    "mqtt.keepalive": (2, 65535),
+    "notify.retry_min": (0.1, _DAY),
+    "notify.retry_max": (0.1, 7 * _DAY),
+    "notify.attempts": (1, 1000),
+    "notify.timeout": (1, 600),
+}
+_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,31}")
+
+
+def load(
+    path: Path | str | None = None,
+    *,
+    text: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> RelayConfig:
+    """Read, validate and return the relay's configuration."""
+    source, table = tomlconf.read(path, text, overrides, example="examples/sos-relay.toml")
+    errors: list[str] = []
+    cfg = tomlconf.build(RelayConfig, table, errors, filled={RelayConfig: {"source": "defaults"}})
+    if isinstance(cfg, RelayConfig):
+        errors += _check(cfg)
+    if errors or not isinstance(cfg, RelayConfig):
+        raise ConfigError(source, errors)
+    return replace(cfg, source=source)
+
+
+def _check(cfg: RelayConfig) -> list[str]:
+    errors = tomlconf.out_of_range(cfg, RANGES)
+    url = urlsplit(cfg.relay.public_url)
+    if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+        errors.append(
+            "relay.public_url: expected the address contacts open, like "
+            f"https://sos.example.org, got {cfg.relay.public_url!r}"
+        )
+    elif url.scheme == "http" and url.hostname not in ("localhost", "127.0.0.1", "::1"):
+        errors.append(
+            "relay.public_url: links travel to people's phones: use https:// (a reverse "
+            f"proxy with TLS, see docs/relay.md), got {cfg.relay.public_url!r}"
+        )
+    m = cfg.mqtt
+    b = urlsplit(m.broker)
+    try:
+        port_ok = b.port != 0
+    except ValueError:
+        port_ok = False
+    if b.scheme not in ("mqtt", "mqtts") or not b.hostname or not port_ok:
+        errors.append(
+            "mqtt.broker: expected mqtt://host[:port] or mqtts://host[:port], got "
+            f"{redact_url(m.broker)!r}"
+        )
+    try:
+        Topics.for_device("x", m.prefix)
+    except ValueError as exc:
+        errors.append(f"mqtt.prefix: {exc}")
+    if not _GROUP.fullmatch(m.group):
+        errors.append(
+            f"mqtt.group: 1 to 64 letters, digits, '-' or '_' (a shared-subscription "
+            f"name), got {m.group!r}"
+        )
+    if not m.client_id or len(m.client_id) > 128:
+        errors.append("mqtt.client_id: required, at most 128 characters")
+    for key, value in (("mqtt.password_file", m.password_file),
+                       ("mqtt.tls.ca_file", m.tls.ca_file),
+                       ("mqtt.tls.cert_file", m.tls.cert_file),
+                       ("mqtt.tls.key_file", m.tls.key_file),
+                       ("database.password_file", cfg.database.password_file)):  # fmt: skip
+        if value and not is_file(value):
+            errors.append(f"{key}: {value[:200]} does not exist")
+    if bool(m.tls.cert_file) != bool(m.tls.key_file):
+        errors.append("mqtt.tls: cert_file and key_file go together")
+    db = cfg.database.url
+    if db and not db.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        errors.append(
+            "database.url: expected sqlite+aiosqlite:///path/relay.db or "
+            f"postgresql+asyncpg://user@host/db, got {redact_url(db)!r}"
+        )
+    try:
+        host_port(cfg.web.listen)
+    except ValueError as exc:
+        errors.append(f"web.listen: {exc}")
+    tiles = cfg.web.tiles
+    if tiles and (urlsplit(tiles).scheme != "https" and not tiles.startswith("http://127.")):
+        errors.append(f'web.tiles: expected an https:// URL template or "", got {tiles!r}')
+    n = cfg.notify
+    if n.retry_max < n.retry_min:
+        errors.append(f"notify.retry_max: must not be less than notify.retry_min ({n.retry_min:g})")
+    for kind, service in n.services.items():
+        where = f"notify.services.{kind}"
+        if not _SCHEME.fullmatch(kind):
+            errors.append(f"{where}: a kind is 'email', 'sms' or a scheme like 'tgram'")
+        if "://" not in service:
+            errors.append(f"{where}: expected an Apprise URL like mailtos://user:pass@host")
+    return errors
+
+
+def public(cfg: RelayConfig) -> dict[str, Any]:
+    """The configuration without secrets, for ``check-config``."""
+    from dataclasses import asdict
+
+    out = asdict(cfg)
+    for section, key in (("mqtt", "password"),):
+        if out[section].get(key):
+            out[section][key] = "***"
+    out["mqtt"]["broker"] = redact_url(out["mqtt"]["broker"])
+    out["database"]["url"] = redact_url(cfg.database.url) if cfg.database.url else ""
+    out["notify"]["services"] = {k: _hide_url(v) for k, v in cfg.notify.services.items()}
+    out["relay"]["data_dir"] = str(cfg.relay.data_dir)
+    return out
+
+
+def _hide_url(url: str) -> str:
+    """An Apprise URL with every credential hidden: password, and for token-style
+    services (``tgram://TOKEN/``) the whole part before the host."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    elif parts.scheme not in ("mailto", "mailtos", "json", "jsons", "ntfy", "ntfys"):
+        netloc = "***"
+    return parts._replace(netloc=netloc, query="***" if parts.query else "").geturl()

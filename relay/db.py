@@ -1,0 +1,185 @@
+"""The relay's tables (SQLAlchemy 2 Core) and the engine for SQLite or PostgreSQL.
+
+One schema, one set of queries for both: SQLite (aiosqlite, WAL, ``synchronous=FULL``)
+is the embedded default; PostgreSQL (asyncpg) is what several relays share. What is kept
+and for how long is in ``docs/relay.md``: a session's route, events, contacts and links
+are deleted when its 72 hours are over; only the hash of each link stays, so that it can
+answer 410 Gone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+#: per device outbox: the seq ranges received (the ledger) and removed by gap notices
+boxes = Table(
+    "boxes",
+    metadata,
+    Column("box", String(64), primary_key=True),
+    Column("device", String(128), nullable=False),
+    Column("seen", JSON, nullable=False),  # [[first, last], ...]
+    Column("removed", JSON, nullable=False),
+    Column("duplicates", BigInteger, nullable=False, default=0),
+    Column("updated", Float, nullable=False),
+)
+
+#: one SOS (or drill) session of one device
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device", String(128), nullable=False),
+    Column("sess", String(64), nullable=False),
+    Column("box", String(64)),
+    Column("drill", Boolean, nullable=False, default=False),
+    #: the device's times of its start and end records
+    Column("started", Float),
+    Column("ended", Float),
+    Column("end_reason", Text),
+    #: when the route expires (``exp`` of sos-end): the links answer 410 after it
+    Column("expires", Float),
+    Column("start", JSON),  # the sos-start data, without the contacts' addresses
+    Column("owner", Text),
+    Column("received", Float, nullable=False),  # relay clock: when first heard of
+    Column("stored_at", Float),  # relay clock: when the sos-start was stored
+    UniqueConstraint("device", "sess"),
+)
+
+#: every record of a session, de-duplicated by (box, seq)
+records = Table(
+    "records",
+    metadata,
+    Column("box", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE")),
+    Column("kind", String(32), nullable=False),
+    Column("at", Float, nullable=False),  # the device's time of the record
+    Column("lat", Float),
+    Column("lon", Float),
+    Column("acc", Float),
+    Column("data", JSON),
+    Column("received", Float, nullable=False),
+)
+Index("records_session_t", records.c.session_id, records.c.kind, records.c.at)
+
+#: one capability link per contact of a session
+links = Table(
+    "links",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("contact", Integer, nullable=False),  # position in the sos-start's contacts
+    Column("name", Text, nullable=False),
+    Column("salt", LargeBinary(16), nullable=False),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("created", Float, nullable=False),
+    Column("revoked", Float),
+    Column("first_opened", Float),
+    Column("last_opened", Float),
+    Column("opens", Integer, nullable=False, default=0),
+    UniqueConstraint("session_id", "contact"),
+)
+
+#: every time a link was opened (the page, not its live updates)
+opens = Table(
+    "opens",
+    metadata,
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+#: one notification of one contact on one channel: sent once per session and kind
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),  # "start" | "end"
+    Column("channel", String(32), nullable=False),  # email, sms, tgram, ...
+    Column("address", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | sending | sent | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_try", Float, nullable=False),
+    Column("claimed_by", String(128)),
+    Column("error", Text),
+    Column("sent_at", Float),
+    UniqueConstraint("link_id", "kind", "channel", "address"),
+)
+Index("notifications_due", notifications.c.state, notifications.c.next_try)
+
+#: "I'm on it" from a page: the command sent to the device, and its confirmation
+acks = Table(
+    "acks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), nullable=False),
+    Column("cmd_id", String(64), nullable=False, unique=True),
+    Column("requested", Float, nullable=False),
+    Column("confirmed", Float),
+    Column("error", Text),
+)
+
+#: links whose session was deleted or that were revoked: only the hash, to answer 410
+gone = Table(
+    "gone",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("at", Float, nullable=False),
+)
+
+meta = Table(
+    "relay_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+def engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL, ``synchronous=FULL`` and foreign
+    keys on every connection (a stored record survives a power cut)."""
+    if url.startswith("sqlite"):
+        eng = create_async_engine(url, **kwargs)
+
+        @event.listens_for(eng.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+        return eng
+    return create_async_engine(url, pool_size=10, max_overflow=10, **kwargs)
+
+
+async def create(eng: AsyncEngine) -> None:
+    """Create the tables that are missing (several relays may race here on PostgreSQL:
+    an advisory lock makes it one at a time)."""
+    async with eng.begin() as conn:
+        if eng.dialect.name == "postgresql":
+            await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+        await conn.run_sync(metadata.create_all)

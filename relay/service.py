@@ -1,0 +1,393 @@
+"""The running relay: one asyncio loop, one TaskGroup.
+
+* **ingest**: a persistent MQTT v5 session (clean start off) with a shared subscription
+  ``$share/<group>/<prefix>/+/#`` at QoS 1, and a plain one on ``<prefix>/+/sos`` for the
+  retained SOS state (a broker sends no retained message to a shared subscription).
+  A message is acknowledged (PUBACK) only after its records are committed, so a relay
+  that dies in between gets it again; a database error drops the connection and the
+  broker redelivers.
+* **notifier**: sends what :class:`relay.store.Store` says is due, with retries.
+* **sweeper**: deletes sessions whose 72 hours are over.
+* **receipts**: what reached whom, back to each device (retained, debounced).
+* **web**: the contacts' page (:mod:`relay.web`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import apprise
+
+from device.mqtt import Connection, Inbound, MqttError
+from device.wire import Address, AddressError, Received, decode_sos, decode_track, dumps
+from relay import notify
+from relay.config import RelayConfig
+from relay.store import Ingested, Store
+
+log = logging.getLogger("sos-relay")
+
+
+class Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+@dataclass
+class Counters:
+    messages: int = 0
+    records: int = 0
+    duplicates: int = 0
+    undecodable: int = 0
+    refused_tokens: int = 0
+    db_errors: int = 0
+
+
+@dataclass(eq=False)
+class Viewer:
+    queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
+    #: too slow to take its updates: its stream ends, the browser reconnects and reloads
+    dropped: bool = False
+
+
+class Hub:
+    """Live pages waiting for news of a session. One update is encoded once and handed
+    to every viewer's queue."""
+
+    def __init__(self) -> None:
+        self._viewers: dict[int, set[Viewer]] = defaultdict(set)
+
+    def join(self, sid: int) -> Viewer:
+        v = Viewer()
+        self._viewers[sid].add(v)
+        return v
+
+    def leave(self, sid: int, v: Viewer) -> None:
+        viewers = self._viewers.get(sid)
+        if viewers is not None:
+            viewers.discard(v)
+            if not viewers:
+                del self._viewers[sid]
+
+    def watched(self, sid: int) -> bool:
+        return bool(self._viewers.get(sid))
+
+    def publish(self, sid: int, event: bytes) -> None:
+        for v in list(self._viewers.get(sid, ())):
+            try:
+                v.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                v.dropped = True
+                self.leave(sid, v)
+
+    def viewers(self) -> int:
+        return sum(len(v) for v in self._viewers.values())
+
+
+def sse(kind: str, data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+@dataclass
+class Relay:
+    config: RelayConfig
+    store: Store
+    clock: Callable[[], float] = time.time
+    hub: Hub = field(default_factory=Hub)
+    counters: Counters = field(default_factory=Counters)
+    #: called with each Apprise URL and message instead of sending (tests of failure)
+    sender: Callable[[str, notify.Message], Any] | None = None
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _conn: Connection | None = None
+    _wake_notifier: asyncio.Event = field(default_factory=asyncio.Event)
+    _dirty: set[str] = field(default_factory=set)
+    _dirty_event: asyncio.Event = field(default_factory=asyncio.Event)
+    _me: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    @property
+    def prefix(self) -> str:
+        return self.config.mqtt.prefix.rstrip("/")
+
+    async def run(self, *, web: bool = True) -> None:
+        await self.store.create()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._mqtt())
+            tg.create_task(self._notifier())
+            tg.create_task(self._sweeper())
+            tg.create_task(self._receipts())
+            if web:
+                from relay.web import serve
+
+                tg.create_task(serve(self))
+
+    # -- MQTT ----------------------------------------------------------------------------
+
+    async def _mqtt(self) -> None:
+        delay = 0.5
+        while True:
+            conn = Connection(self.config.broker_config())
+            try:
+                ack = await conn.connect(clean_start=False)
+                share = f"$share/{self.config.mqtt.group}/{self.prefix}/+/#"
+                for topic in (share, f"{self.prefix}/+/sos"):
+                    rc = await conn.subscribe(topic)
+                    if rc.is_failure:
+                        raise MqttError(f"subscription to {topic} refused: {rc}")
+                self._conn = conn
+                self.connected.set()
+                log.info(
+                    "relay: connected to %s (session %s)",
+                    self.config.mqtt.broker.rsplit("@", 1)[-1],
+                    "resumed" if ack.session_present else "new",
+                )
+                delay = 0.5
+                self._dirty_event.set()  # receipts that could not go out
+                while True:
+                    m = await _next(conn)
+                    if await self._take(m):
+                        conn.ack(m)
+                    else:
+                        raise MqttError("database unavailable: the broker will redeliver")
+            except MqttError as exc:
+                log.warning("relay: %s; reconnecting in %.1f s", exc, delay)
+            finally:
+                self.connected.clear()
+                self._conn = None
+                conn.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _take(self, m: Inbound) -> bool:
+        """Handle one message; False when it could not be stored (not acknowledged)."""
+        self.counters.messages += 1
+        parts = m.topic.split("/")
+        if len(parts) < 3 or parts[0] != self.prefix:
+            return True
+        device, leaf = parts[1], parts[2]
+        try:
+            got: list[Received] = []
+            if leaf == "track" and len(parts) == 3:
+                got = decode_track(m.payload)
+            elif leaf == "sos" and len(parts) == 3 and m.payload:
+                got = [decode_sos(m.payload)]
+            elif leaf == "reply" and m.payload:
+                await self._reply(m.payload)
+                return True
+            else:
+                return True
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            self.counters.undecodable += 1
+            log.warning("relay: undecodable message on %s: %s", m.topic, str(exc)[:200])
+            return True
+        try:
+            done = await self.store.ingest(device, got, now=self.clock())
+        except Exception:
+            self.counters.db_errors += 1
+            log.exception("relay: storing a message from %s failed", device)
+            return False
+        self.counters.records += len(got)
+        self.counters.duplicates += done.duplicates
+        await self._after(done)
+        return True
+
+    async def _after(self, done: Ingested) -> None:
+        if done.started or done.ended:
+            self._wake_notifier.set()
+        for sid, recs in done.new.items():
+            if self.hub.watched(sid):
+                await self.push(sid, since=min(r.seq for r in recs) - 1)
+        for device in done.devices:
+            self.mark(device)
+
+    async def push(self, sid: int, *, since: int) -> None:
+        """Tell the session's live pages what changed."""
+        page = await self.store.page(sid, since_seq=since)
+        self.hub.publish(sid, sse("update", page))
+
+    async def _reply(self, payload: bytes) -> None:
+        try:
+            msg = json.loads(payload)
+            cmd_id = msg.get("id") if isinstance(msg, dict) else None
+        except ValueError:
+            return
+        if not isinstance(cmd_id, str) or not cmd_id.startswith("relay-"):
+            return
+        sid = await self.store.ack_answered(
+            cmd_id, ok=msg.get("ok") is True, error=str(msg.get("error") or "")[:200],
+            now=self.clock(),
+        )  # fmt: skip
+        if sid:
+            await self.push(sid, since=1 << 62)
+            key = await self.store.session_key(sid)
+            if key:
+                self.mark(key[0])
+
+    async def send_ack(self, link_id: int, sid: int, name: str) -> str:
+        """The page's "I'm on it": an ``ack`` command to the device, for this session."""
+        key = await self.store.session_key(sid)
+        conn = self._conn
+        if key is None or conn is None:
+            raise MqttError("the relay is not connected to the broker right now")
+        device, sess = key
+        cmd_id = f"relay-{secrets.token_hex(8)}"
+        await self.store.ack_requested(link_id, cmd_id, now=self.clock())
+        payload = dumps({"cmd": "ack", "id": cmd_id, "by": name[:64], "session": sess})
+        rc = await conn.publish(
+            f"{self.prefix}/{device}/cmd", payload,
+            response_topic=f"{self.prefix}/{device}/reply/{self.config.mqtt.client_id}",
+        )  # fmt: skip
+        if rc.is_failure:
+            raise MqttError(f"the broker refused the command: {rc}")
+        return cmd_id
+
+    # -- notifications -----------------------------------------------------------------
+
+    async def _notifier(self) -> None:
+        n = self.config.notify
+        while True:
+            due = await self._guarded(
+                self.store.claim_due(now=self.clock(), me=self._me, lease=n.timeout * 2 + 30)
+            )
+            for item in due or []:
+                await self._send_one(item)
+            self._wake_notifier.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake_notifier.wait()
+
+    async def _send_one(self, item: dict[str, Any]) -> None:
+        cfg, now = self.config, self.clock()
+        who = item["owner"] or item["device"]
+        link = cfg.link_base() + self.store.link_token(item["salt"])
+        if item["kind"] == "start":
+            msg = notify.start_message(
+                who=who, drill=bool(item["drill"]), start=item["start"] or {}, link=link,
+                now=now, sent=item["started"] or now,
+            )  # fmt: skip
+        else:
+            msg = notify.end_message(
+                who=who, drill=bool(item["drill"]), link=link, expires=item["expires"]
+            )
+        error: str | None = None
+        try:
+            address = Address(item["channel"], item["address"])
+            error = await self._deliver(notify.service_url(cfg.notify.services, address), msg)
+        except AddressError as exc:
+            await self.store.failed(item["id"], str(exc), retry_at=None)
+            log.warning("relay: cannot notify %s: %s", item["name"], exc)
+            self.mark(item["device"])
+            return
+        if error is None:
+            await self.store.sent(item["id"], now=self.clock())
+            log.info("relay: %s notified (%s, %s)", item["name"], item["channel"], item["kind"])
+        else:
+            attempts = item["attempts"] + 1
+            retry = None
+            if attempts < cfg.notify.attempts:
+                retry = self.clock() + min(
+                    cfg.notify.retry_max, cfg.notify.retry_min * 2 ** (attempts - 1)
+                )
+            await self.store.failed(item["id"], error, retry_at=retry)
+            log.warning(
+                "relay: notifying %s by %s failed (attempt %d): %s%s", item["name"],
+                item["channel"], attempts, error,
+                f"; again in {retry - self.clock():.0f} s" if retry else "; giving up",
+            )  # fmt: skip
+        self.mark(item["device"])
+
+    async def _deliver(self, url: str, msg: notify.Message) -> str | None:
+        """Send one message; ``None`` when it went, else why not."""
+        if self.sender is not None:
+            got = self.sender(url, msg)
+            if asyncio.iscoroutine(got):
+                got = await got
+            return None if got is None or got is True else str(got)
+        a = apprise.Apprise()
+        if not a.add(url):
+            return "Apprise does not understand this service URL (check notify.services)"
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as said:
+            try:
+                async with asyncio.timeout(self.config.notify.timeout):
+                    result = await a.async_notify(body=msg.body, title=msg.title)
+            except TimeoutError:
+                return f"no answer within {self.config.notify.timeout:g} s"
+        if result:
+            return None
+        lines = [ln.strip() for ln in str(said.getvalue()).splitlines() if ln.strip()]
+        return (lines[-1] if lines else "the service refused it")[:300]
+
+    # -- receipts, expiry --------------------------------------------------------------
+
+    def mark(self, device: str) -> None:
+        self._dirty.add(device)
+        self._dirty_event.set()
+
+    async def _receipts(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event.clear()
+            await asyncio.sleep(0.2)  # gather a burst into one receipt
+            conn = self._conn
+            if conn is None:
+                continue
+            devices, self._dirty = self._dirty, set()
+            for device in sorted(devices):
+                r = await self._guarded(self.store.receipt(device))
+                if r is None:
+                    self._dirty.add(device)
+                    continue
+                r["t"] = round(self.clock(), 3)
+                expiry = None
+                if r.get("exp"):
+                    expiry = max(1, int(r["exp"] - self.clock()))
+                try:
+                    await conn.publish(
+                        f"{self.prefix}/{device}/receipt", dumps(r), retain=True, expiry=expiry
+                    )
+                except MqttError:
+                    self._dirty.add(device)
+
+    async def _sweeper(self) -> None:
+        while True:
+            gone = await self._guarded(
+                self.store.sweep(now=self.clock(), gone_for=self.config.relay.gone_days * 86400)
+            )
+            if gone:
+                log.info("relay: %d expired session(s) deleted", gone)
+            await asyncio.sleep(self.config.relay.sweep_interval)
+
+    async def sweep_now(self) -> int:
+        return await self.store.sweep(
+            now=self.clock(), gone_for=self.config.relay.gone_days * 86400
+        )
+
+    async def _guarded(self, aw: Any) -> Any:
+        """A store call from a background loop: an error is logged, not fatal."""
+        try:
+            return await aw
+        except Exception:
+            self.counters.db_errors += 1
+            log.exception("relay: database call failed")
+            await asyncio.sleep(1.0)
+            return None
+
+
+async def _next(conn: Connection) -> Inbound:
+    get = asyncio.ensure_future(conn.messages.get())
+    either: set[asyncio.Future[Any]] = {get, conn.closed}
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        get.cancel()
+        raise
+    if not get.done():
+        get.cancel()
+        raise MqttError(conn.closed.result())
+    return get.result()

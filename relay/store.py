@@ -1,0 +1,692 @@
+"""What the relay keeps, and every question asked of it: one class over the tables of
+:mod:`relay.db`, the same queries on SQLite and PostgreSQL.
+
+Every method takes ``now`` (the relay's clock, epoch seconds) from its caller, so tests
+move time by passing it. Records are de-duplicated by (``box``, ``seq``) through each
+outbox's ledger row, which a transaction locks (``FOR UPDATE`` on PostgreSQL; SQLite has
+one writer) so that two relays on one database cannot both take the same record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from device.wire import AddressError, Received, addresses, parse_address
+from relay import db, links, ranges
+from relay.db import acks, boxes, gone, notifications, opens, records, sessions
+from relay.db import links as links_t
+
+log = logging.getLogger(__name__)
+
+#: record kinds kept with a session (routine telemetry is only counted in the ledger)
+SOS_EVENT_KINDS = ("sos-start", "sos-end", "sos-ack", "last-gasp", "gap")
+
+
+@dataclass
+class Ingested:
+    """What one message changed, for the live pages and the receipts."""
+
+    #: records new to the relay, by session row id
+    new: dict[int, list[Received]] = field(default_factory=lambda: defaultdict(list))
+    duplicates: int = 0
+    #: sessions whose sos-start arrived now (links were made): notify their contacts
+    started: list[int] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+    devices: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView:
+    link_id: int
+    session_id: int
+    name: str
+    #: None when the link works; else why it is gone ("expired", "revoked")
+    gone: str | None
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, *, link_key: bytes) -> None:
+        self.engine = engine
+        self.key = link_key
+        self._pg = engine.dialect.name == "postgresql"
+
+    async def create(self) -> None:
+        await db.create(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert(table) if self._pg else sqlite.insert(table)).values
+
+    # -- ingest ------------------------------------------------------------------------
+
+    async def ingest(self, device: str, got: Sequence[Received], *, now: float) -> Ingested:
+        """Store a message's records in one transaction; returns only after the commit
+        (the caller acknowledges the MQTT message then)."""
+        out = Ingested()
+        by_box: dict[str, list[Received]] = defaultdict(list)
+        for r in got:
+            by_box[r.box].append(r)
+        async with self.engine.begin() as conn:
+            for box, recs in sorted(by_box.items()):
+                fresh = await self._ledger(conn, device, box, recs, now, out)
+                await self._keep(conn, device, box, fresh, now, out)
+        if got:
+            out.devices.add(device)
+        return out
+
+    async def _ledger(
+        self,
+        conn: AsyncConnection,
+        device: str,
+        box: str,
+        recs: list[Received],
+        now: float,
+        out: Ingested,
+    ) -> list[Received]:
+        q = select(boxes.c.device, boxes.c.seen, boxes.c.removed).where(boxes.c.box == box)
+        if self._pg:
+            q = q.with_for_update()
+        row = (await conn.execute(q)).first()
+        if row is not None and row.device != device:
+            log.warning(
+                "relay: outbox %s of %s also published by %s: ignored", box, row.device, device
+            )
+            return []
+        seen: ranges.Ranges = list(row.seen) if row else []
+        removed: ranges.Ranges = list(row.removed) if row else []
+        fresh: list[Received] = []
+        taken: set[int] = set()
+        dups = 0
+        for r in recs:
+            if r.seq in taken or ranges.contains(seen, r.seq):
+                dups += 1
+                continue
+            taken.add(r.seq)
+            fresh.append(r)
+            if r.kind == "gap":
+                removed = ranges.merge(removed, r.data.get("ranges", []))
+        seen = ranges.merge(seen, ranges.of(taken))
+        if row is None:
+            await conn.execute(
+                insert(boxes).values(
+                    box=box,
+                    device=device,
+                    seen=seen,
+                    removed=removed,
+                    duplicates=dups,
+                    updated=now,
+                )
+            )
+        elif fresh or dups:
+            await conn.execute(
+                update(boxes)
+                .where(boxes.c.box == box)
+                .values(
+                    seen=seen,
+                    removed=removed,
+                    updated=now,
+                    duplicates=boxes.c.duplicates + dups,
+                )
+            )
+        out.duplicates += dups
+        return fresh
+
+    async def _keep(
+        self,
+        conn: AsyncConnection,
+        device: str,
+        box: str,
+        fresh: list[Received],
+        now: float,
+        out: Ingested,
+    ) -> None:
+        rows: list[dict[str, Any]] = []
+        for r in fresh:
+            if r.session is None:
+                continue  # routine telemetry: counted in the ledger, not kept
+            sid = await self._session_id(conn, device, r.session, r.drill, box, now)
+            out.new[sid].append(r)
+            fix = r.data.get("fix") if r.kind == "fix" else None
+            rows.append(
+                {
+                    "box": box,
+                    "seq": r.seq,
+                    "session_id": sid,
+                    "kind": r.kind,
+                    "at": r.t,
+                    "lat": fix.get("lat") if fix else None,
+                    "lon": fix.get("lon") if fix else None,
+                    "acc": fix.get("acc") if fix else None,
+                    "data": _extra(r),
+                    "received": now,
+                }
+            )
+            if r.kind == "sos-start":
+                if await self._started(conn, sid, r, now):
+                    out.started.append(sid)
+            elif r.kind == "sos-end":
+                await self._ended(conn, sid, r, now)
+                out.ended.append(sid)
+        if rows:
+            stmt = self._insert(records)(rows).on_conflict_do_nothing()
+            await conn.execute(stmt)
+
+    async def _session_id(
+        self, conn: AsyncConnection, device: str, sess: str, drill: bool, box: str, now: float
+    ) -> int:
+        key = (sessions.c.device == device) & (sessions.c.sess == sess)
+        sid = (await conn.execute(select(sessions.c.id).where(key))).scalar()
+        if sid is None:
+            stmt = self._insert(sessions)(
+                device=device, sess=sess, drill=drill, box=box, received=now
+            ).on_conflict_do_nothing()
+            await conn.execute(stmt)
+            sid = (await conn.execute(select(sessions.c.id).where(key))).scalar_one()
+        return int(sid)
+
+    async def _started(self, conn: AsyncConnection, sid: int, r: Received, now: float) -> bool:
+        """The session's start: its details, and one link per contact. False when the
+        session already had its links (a resend of the start under a new box)."""
+        start = {k: v for k, v in r.data.items() if k != "contacts"}
+        await conn.execute(
+            update(sessions)
+            .where(sessions.c.id == sid)
+            .values(
+                started=r.t,
+                drill=r.drill,
+                start=start,
+                stored_at=now,
+                owner=str(r.data.get("owner") or "") or None,
+            )
+        )
+        had = (
+            await conn.execute(select(func.count()).where(links_t.c.session_id == sid))
+        ).scalar_one()
+        if had:
+            return False
+        contacts = r.data.get("contacts") or []
+        for i, c in enumerate(contacts if isinstance(contacts, list) else []):
+            if not isinstance(c, dict):
+                continue
+            name = str(c.get("name") or f"contact {i + 1}")[:200]
+            salt = links.new_salt()
+            tok = links.token(self.key, salt)
+            res = await conn.execute(
+                insert(links_t).values(
+                    session_id=sid,
+                    contact=i,
+                    name=name,
+                    salt=salt,
+                    token_hash=links.token_hash(tok),
+                    created=now,
+                    opens=0,
+                )
+            )
+            link_id = res.inserted_primary_key[0]  # type: ignore[index]
+            await self._queue(conn, link_id, "start", str(c.get("reach") or ""), now)
+        return True
+
+    async def _queue(
+        self, conn: AsyncConnection, link_id: int, kind: str, reach: str, now: float
+    ) -> None:
+        for text in addresses(reach):
+            try:
+                a = parse_address(text)
+                channel, address, state, error = a.channel, a.target, "pending", None
+            except AddressError as exc:
+                channel, address, state, error = "unknown", text[:200], "failed", str(exc)
+            await conn.execute(
+                self._insert(notifications)(
+                    link_id=link_id,
+                    kind=kind,
+                    channel=channel,
+                    address=address,
+                    state=state,
+                    attempts=0,
+                    next_try=now,
+                    error=error,
+                ).on_conflict_do_nothing()
+            )
+
+    async def _ended(self, conn: AsyncConnection, sid: int, r: Received, now: float) -> None:
+        exp = r.exp
+        await conn.execute(
+            update(sessions)
+            .where(sessions.c.id == sid)
+            .values(ended=r.t, end_reason=str(r.data.get("reason") or ""), expires=exp)
+        )
+        # "SOS ended" goes to the channels that had the start
+        q = (
+            select(notifications.c.link_id, notifications.c.channel, notifications.c.address)
+            .join(links_t, links_t.c.id == notifications.c.link_id)
+            .where(links_t.c.session_id == sid, notifications.c.kind == "start")
+            .where(notifications.c.channel != "unknown")
+        )
+        for link_id, channel, address in (await conn.execute(q)).all():
+            await conn.execute(
+                self._insert(notifications)(
+                    link_id=link_id,
+                    kind="end",
+                    channel=channel,
+                    address=address,
+                    state="pending",
+                    attempts=0,
+                    next_try=now,
+                ).on_conflict_do_nothing()
+            )
+
+    async def set_expiry(self, device: str, sess: str, exp: float | None) -> None:
+        """The ``exp`` of a retained sos-end (it is also in the record itself)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.device == device, sessions.c.sess == sess)
+                .values(expires=exp)
+            )
+
+    # -- links -------------------------------------------------------------------------
+
+    async def open_link(self, tok: str, *, now: float, record: bool) -> LinkView | None:
+        """The link behind a token (``None``: no such link, never was or long gone).
+        ``record`` counts an open of the page (not of its live updates)."""
+        if not links.well_formed(tok):
+            return None
+        h = links.token_hash(tok)
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        links_t.c.id,
+                        links_t.c.session_id,
+                        links_t.c.name,
+                        links_t.c.revoked,
+                        sessions.c.expires,
+                    )
+                    .join(sessions, sessions.c.id == links_t.c.session_id)
+                    .where(links_t.c.token_hash == h)
+                )
+            ).first()
+            if row is None:
+                if (await conn.execute(select(gone.c.at).where(gone.c.token_hash == h))).first():
+                    return LinkView(0, 0, "", "expired")
+                return None
+            why = None
+            if row.revoked is not None:
+                why = "revoked"
+            elif row.expires is not None and now >= row.expires:
+                why = "expired"
+            if why is None and record:
+                await conn.execute(insert(opens).values(link_id=row.id, at=now))
+                await conn.execute(
+                    update(links_t)
+                    .where(links_t.c.id == row.id)
+                    .values(
+                        opens=links_t.c.opens + 1,
+                        last_opened=now,
+                        first_opened=func.coalesce(links_t.c.first_opened, now),
+                    )
+                )
+            return LinkView(row.id, row.session_id, row.name, why)
+
+    def link_token(self, salt: bytes) -> str:
+        return links.token(self.key, salt)
+
+    async def list_links(self) -> list[dict[str, Any]]:
+        q = (
+            select(
+                links_t.c.id,
+                links_t.c.name,
+                links_t.c.created,
+                links_t.c.revoked,
+                links_t.c.first_opened,
+                links_t.c.opens,
+                sessions.c.device,
+                sessions.c.sess,
+                sessions.c.drill,
+                sessions.c.ended,
+                sessions.c.expires,
+            )
+            .join(sessions, sessions.c.id == links_t.c.session_id)
+            .order_by(links_t.c.id)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(q)).all()]
+
+    async def revoke(self, link_id: int, *, now: float) -> bool:
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                update(links_t)
+                .where(links_t.c.id == link_id, links_t.c.revoked.is_(None))
+                .values(revoked=now)
+            )
+            return bool(res.rowcount)
+
+    # -- notifications -----------------------------------------------------------------
+
+    async def claim_due(self, *, now: float, me: str, lease: float) -> list[dict[str, Any]]:
+        """Notifications due now, claimed by ``me`` for ``lease`` seconds (a relay that
+        dies mid-send leaves its claim to expire, and another sends it)."""
+        cond = or_(
+            and_(notifications.c.state == "pending", notifications.c.next_try <= now),
+            and_(notifications.c.state == "sending", notifications.c.next_try <= now),
+        )
+        async with self.engine.begin() as conn:
+            q = select(notifications.c.id).where(cond).order_by(notifications.c.id).limit(50)
+            if self._pg:
+                q = q.with_for_update(skip_locked=True)
+            ids = [r[0] for r in (await conn.execute(q)).all()]
+            if not ids:
+                return []
+            await conn.execute(
+                update(notifications)
+                .where(notifications.c.id.in_(ids))
+                .values(state="sending", claimed_by=me, next_try=now + lease)
+            )
+            q2 = (
+                select(
+                    notifications,
+                    links_t.c.name,
+                    links_t.c.salt,
+                    sessions.c.id.label("sid"),
+                    sessions.c.device,
+                    sessions.c.drill,
+                    sessions.c.start,
+                    sessions.c.owner,
+                    sessions.c.started,
+                    sessions.c.expires,
+                )
+                .join(links_t, links_t.c.id == notifications.c.link_id)
+                .join(sessions, sessions.c.id == links_t.c.session_id)
+                .where(notifications.c.id.in_(ids))
+                .order_by(notifications.c.id)
+            )
+            return [dict(r._mapping) for r in (await conn.execute(q2)).all()]
+
+    async def sent(self, nid: int, *, now: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(notifications)
+                .where(notifications.c.id == nid)
+                .values(
+                    state="sent", sent_at=now, attempts=notifications.c.attempts + 1, error=None
+                )
+            )
+
+    async def failed(self, nid: int, error: str, *, retry_at: float | None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(notifications)
+                .where(notifications.c.id == nid)
+                .values(
+                    state="pending" if retry_at is not None else "failed",
+                    next_try=retry_at if retry_at is not None else notifications.c.next_try,
+                    attempts=notifications.c.attempts + 1,
+                    error=error[:500],
+                )
+            )
+
+    # -- acknowledgements ----------------------------------------------------------------
+
+    async def ack_requested(self, link_id: int, cmd_id: str, *, now: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(acks).values(link_id=link_id, cmd_id=cmd_id, requested=now))
+
+    async def ack_answered(self, cmd_id: str, *, ok: bool, error: str | None, now: float) -> int:
+        """The device's reply to an ack; returns the session row id (0: not ours)."""
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(acks.c.id, links_t.c.session_id)
+                    .join(links_t, links_t.c.id == acks.c.link_id)
+                    .where(acks.c.cmd_id == cmd_id)
+                )
+            ).first()
+            if row is None:
+                return 0
+            await conn.execute(
+                update(acks)
+                .where(acks.c.id == row.id)
+                .values(confirmed=now if ok else None, error=None if ok else error)
+            )
+            return int(row.session_id)
+
+    # -- what a page shows -------------------------------------------------------------
+
+    async def page(self, sid: int, *, since_seq: int = 0) -> dict[str, Any]:
+        """A session as its page shows it (the route from ``since_seq`` on, in time order)."""
+        async with self.engine.connect() as conn:
+            s = (await conn.execute(select(sessions).where(sessions.c.id == sid))).first()
+            if s is None:
+                return {}
+            pts = (
+                await conn.execute(
+                    select(records.c.seq, records.c.at, records.c.lat, records.c.lon, records.c.acc)
+                    .where(records.c.session_id == sid, records.c.kind == "fix")
+                    .where(records.c.seq > since_seq)
+                    .order_by(records.c.at, records.c.seq)
+                )
+            ).all()
+            bat = (
+                await conn.execute(
+                    select(records.c.at, records.c.data)
+                    .where(records.c.session_id == sid, records.c.kind == "battery")
+                    .order_by(records.c.at.desc())
+                    .limit(1)
+                )
+            ).first()
+            events = (
+                await conn.execute(
+                    select(records.c.seq, records.c.kind, records.c.at, records.c.data)
+                    .where(records.c.session_id == sid, records.c.kind.in_(SOS_EVENT_KINDS))
+                    .order_by(records.c.at)
+                )
+            ).all()
+            box = (
+                await conn.execute(
+                    select(boxes.c.seen, boxes.c.removed).where(boxes.c.box == s.box)
+                )
+            ).first()
+            acked = (
+                await conn.execute(
+                    select(links_t.c.name, acks.c.confirmed)
+                    .join(acks, acks.c.link_id == links_t.c.id)
+                    .where(links_t.c.session_id == sid, acks.c.confirmed.is_not(None))
+                )
+            ).all()
+        start = s.start or {}
+        battery = (bat.data or {}).get("battery") if bat else start.get("battery")
+        start_fix = start.get("fix") if isinstance(start.get("fix"), dict) else None
+        waiting = ranges.holes(box.seen, box.removed) if box else []
+        return {
+            "device": s.device,
+            "owner": s.owner or s.device,
+            "drill": bool(s.drill),
+            "started": s.started,
+            "ended": s.ended,
+            "end_reason": s.end_reason,
+            "expires": s.expires,
+            "points": [[p.seq, p.at, p.lat, p.lon, p.acc] for p in pts],
+            "start_fix": start_fix,
+            "start_fix_age": start.get("fix_age"),
+            "battery": battery,
+            "events": [
+                {"seq": e.seq, "kind": e.kind, "t": e.at, **_event_text(e.kind, e.data)}
+                for e in events
+            ],
+            "waiting": ranges.count(waiting),
+            "confirmed": [{"name": a.name, "at": a.confirmed} for a in acked],
+        }
+
+    # -- receipts ----------------------------------------------------------------------
+
+    async def receipt(self, device: str) -> dict[str, Any]:
+        """What the device is told: the seqs stored per box, and for its newest session
+        each contact's notifications, first open and acknowledgement."""
+        async with self.engine.connect() as conn:
+            stored = {
+                r.box: ranges.text(r.seen)
+                for r in (
+                    await conn.execute(
+                        select(boxes.c.box, boxes.c.seen).where(boxes.c.device == device)
+                    )
+                ).all()
+            }
+            s = (
+                await conn.execute(
+                    select(sessions.c.id, sessions.c.sess, sessions.c.stored_at, sessions.c.expires)
+                    .where(sessions.c.device == device)
+                    .order_by(sessions.c.received.desc(), sessions.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            contacts: list[dict[str, Any]] = []
+            if s is not None:
+                lrows = (
+                    await conn.execute(
+                        select(
+                            links_t.c.id, links_t.c.name, links_t.c.first_opened, links_t.c.revoked
+                        )
+                        .where(links_t.c.session_id == s.id)
+                        .order_by(links_t.c.contact)
+                    )
+                ).all()
+                nrows = (
+                    await conn.execute(
+                        select(
+                            notifications.c.link_id,
+                            notifications.c.kind,
+                            notifications.c.channel,
+                            notifications.c.state,
+                            notifications.c.sent_at,
+                            notifications.c.error,
+                        )
+                        .join(links_t, links_t.c.id == notifications.c.link_id)
+                        .where(links_t.c.session_id == s.id)
+                        .order_by(notifications.c.id)
+                    )
+                ).all()
+                arows = (
+                    await conn.execute(
+                        select(acks.c.link_id, func.min(acks.c.confirmed))
+                        .join(links_t, links_t.c.id == acks.c.link_id)
+                        .where(links_t.c.session_id == s.id, acks.c.confirmed.is_not(None))
+                        .group_by(acks.c.link_id)
+                    )
+                ).all()
+                acked = {r[0]: r[1] for r in arows}
+                for lk in lrows:
+                    sends = [
+                        {"kind": n.kind, "channel": n.channel, "state": n.state,
+                         **({"at": n.sent_at} if n.sent_at else {}),
+                         **({"error": n.error} if n.error and n.state != "sent" else {})}
+                        for n in nrows if n.link_id == lk.id
+                    ]  # fmt: skip
+                    contacts.append(
+                        {
+                            "name": lk.name,
+                            "notified": sends,
+                            "opened": lk.first_opened,
+                            "acked": acked.get(lk.id),
+                            **({"revoked": lk.revoked} if lk.revoked else {}),
+                        }
+                    )
+        out: dict[str, Any] = {"v": 1, "stored": stored}
+        if s is not None:
+            out.update(sess=s.sess, sos_stored=s.stored_at, exp=s.expires, contacts=contacts)
+        return out
+
+    async def session_key(self, sid: int) -> tuple[str, str] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(sessions.c.device, sessions.c.sess).where(sessions.c.id == sid)
+                )
+            ).first()
+        return (row.device, row.sess) if row else None
+
+    # -- expiry ------------------------------------------------------------------------
+
+    async def sweep(self, *, now: float, gone_for: float) -> int:
+        """Delete every session whose route has expired: its records, links, opens,
+        notifications and acks; each link's hash moves to ``gone`` (410). Returns how
+        many sessions went."""
+        async with self.engine.begin() as conn:
+            sids = [
+                r[0]
+                for r in (
+                    await conn.execute(
+                        select(sessions.c.id).where(
+                            sessions.c.expires.is_not(None), sessions.c.expires <= now
+                        )
+                    )
+                ).all()
+            ]
+            if sids:
+                hashes = (
+                    await conn.execute(
+                        select(links_t.c.token_hash).where(links_t.c.session_id.in_(sids))
+                    )
+                ).all()
+                if hashes:
+                    await conn.execute(
+                        self._insert(gone)(
+                            [{"token_hash": h[0], "at": now} for h in hashes]
+                        ).on_conflict_do_nothing()
+                    )
+                link_ids = select(links_t.c.id).where(links_t.c.session_id.in_(sids))
+                for table in (opens, notifications, acks):
+                    await conn.execute(delete(table).where(table.c.link_id.in_(link_ids)))
+                await conn.execute(delete(links_t).where(links_t.c.session_id.in_(sids)))
+                await conn.execute(delete(records).where(records.c.session_id.in_(sids)))
+                await conn.execute(delete(sessions).where(sessions.c.id.in_(sids)))
+            await conn.execute(delete(gone).where(gone.c.at < now - gone_for))
+        return len(sids)
+
+    async def counts(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            out = {}
+            for name, table in (("sessions", sessions), ("records", records),
+                                ("links", links_t), ("gone", gone)):  # fmt: skip
+                out[name] = (
+                    await conn.execute(select(func.count()).select_from(table))
+                ).scalar_one()
+            return out
+
+
+def _extra(r: Received) -> dict[str, Any] | None:
+    """What a record keeps beyond its columns."""
+    if r.kind == "fix":
+        fix = r.data.get("fix") or {}
+        rest = {k: v for k, v in fix.items() if k not in ("lat", "lon", "acc")}
+        return {"fix": rest} if rest else None
+    if r.kind == "sos-start":
+        return {k: v for k, v in r.data.items() if k != "contacts"}
+    return dict(r.data) or None
+
+
+def _event_text(kind: str, data: Any) -> dict[str, Any]:
+    """The part of an event a page shows (never a contact's address)."""
+    d = data or {}
+    if kind == "sos-ack":
+        return {"by": d.get("by")}
+    if kind == "sos-end":
+        return {"reason": d.get("reason")}
+    if kind == "gap":
+        return {"reason": d.get("reason"), "ranges": d.get("ranges")}
+    if kind == "last-gasp":
+        return {"reason": d.get("reason")}
+    return {"trigger": d.get("trigger")} if kind == "sos-start" else {}
+
+
+def sessions_of(rows: Iterable[dict[str, Any]]) -> set[int]:
+    return {int(r["sid"]) for r in rows}

@@ -1,0 +1,272 @@
+"""The contacts' relay, end to end through the real device outbox and uplink, a real
+Mosquitto, the relay's database, real local mail and HTTP sinks, and its web page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device.records import Priority, Record, RecordKind
+from device.wire import Topics
+from tests.mqtt_env import Rig, fix_record, rig
+from tests.relay_env import HttpSink, RelayRig, SmtpSink, relay_rig, relay_settings
+
+CONTACTS = [
+    {"name": "Alice", "reach": "alice@example.org"},
+    {"name": "Bob", "reach": "json:bob"},
+]
+H72 = 72 * 3600
+
+
+def sos_start(session: str, *, drill: bool = False, contacts: Any = None) -> Record:
+    now = datetime.now(UTC)
+    return Record(
+        kind=RecordKind.SOS_START,
+        time=now,
+        data={
+            "trigger": "button:long-press",
+            "owner": "Sam",
+            "contacts": CONTACTS if contacts is None else contacts,
+            "shared": {"precision": "exact", "battery": True, "events": True},
+            "fix": {"t": now.isoformat(), "lat": 55.944211, "lon": -3.161034, "acc": 4.2},
+            "fix_age": 1.5,
+            "battery": {"pct": 81, "status": "discharging"},
+        },
+        priority=Priority.SOS,
+        session=session,
+        drill=drill,
+    )
+
+
+def sos_end(session: str, *, ended: datetime, drill: bool = False) -> Record:
+    return Record(
+        kind=RecordKind.SOS_END,
+        time=ended,
+        data={"reason": "cli", "points": 3},
+        priority=Priority.SOS,
+        session=session,
+        drill=drill,
+        expires=ended + timedelta(seconds=H72),
+    )
+
+
+class World:
+    def __init__(self, device: Rig, relay: RelayRig, smtp: SmtpSink, hook: HttpSink) -> None:
+        self.device, self.relay, self.smtp, self.hook = device, relay, smtp, hook
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    with SmtpSink() as smtp, HttpSink() as hook:
+        async with rig(tmp_path) as device:
+            cfg = relay_settings(
+                tmp_path,
+                device.broker.port,
+                **{"notify.services": {"email": smtp.url(), "json": hook.url()}},
+            )
+            async with relay_rig(cfg) as relay:
+                yield World(device, relay, smtp, hook)
+
+
+async def test_an_sos_reaches_each_contact_once_with_a_link_to_a_live_page(world: World) -> None:
+    dev, relay = world.device, world.relay
+    sess = uuid.uuid4().hex[:16]
+    await dev.outbox.add(sos_start(sess))
+    for i in range(3):
+        await dev.outbox.add(fix_record(i, session=sess))
+
+    mails = await relay.wait(lambda: world.smtp.mails)
+    posts = await relay.wait(lambda: world.hook.posts)
+    links = await relay.links()
+    assert len(links) == 2 and links[0] != links[1]
+    alice, bob = links
+    mail = mails[0]
+    assert mail.to == ["alice@example.org"]
+    assert mail.subject == "SOS: Sam needs help"
+    assert alice in mail.body and bob not in mail.body
+    assert "Last position" in mail.body and "accurate to about 4 m" in mail.body
+    assert "Battery 81%" in mail.body and "I'm on it" in mail.body
+    path, body = posts[0]
+    assert path == "/hook/bob"
+    assert bob in body["message"] and body["title"] == "SOS: Sam needs help"
+
+    # the page: no login, and the headers that keep the link to itself
+    token = alice.rsplit("/", 1)[1]
+    assert len(token) >= 22  # at least 128 bits, URL-safe
+    r = await relay.http.get(f"/s/{token}")
+    assert (r.status_code == 200 and "I&#39;m on it" in r.text) or "I'm on it" in r.text
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert "noindex" in r.headers["X-Robots-Tag"]
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    data = (await relay.http.get(f"/s/{token}/data")).json()
+    await relay.wait(lambda: len(data["points"]) == 3 or None, within=1)
+    assert data["owner"] == "Sam" and data["drill"] is False and data["ended"] is None
+    assert [p[0] for p in data["points"]] == [2, 3, 4]  # seq 1 is the sos-start
+    assert data["battery"] == {"pct": 81, "status": "discharging"}
+    assert "alice@example.org" not in r.text + json.dumps(data)  # addresses stay private
+
+    # each contact is notified once; the opening is recorded for Alice alone
+    await asyncio.sleep(1.5)
+    assert len(world.smtp.mails) == 1 and len(world.hook.posts) == 1
+    rows = {r["name"]: r for r in await relay.store.list_links()}
+    assert rows["Alice"]["opens"] == 1 and rows["Alice"]["first_opened"] is not None
+    assert rows["Bob"]["opens"] == 0
+
+    # the receipt goes back to the device: stored seqs, who was notified, who opened
+    topics = Topics.for_device("dev1")
+    receipt_topic = f"{topics.base}/receipt"
+
+    def receipt() -> Any:
+        got = dev.receiver.json(receipt_topic)
+        if got and got.get("contacts") and got["contacts"][0].get("opened"):
+            return got
+        return None
+
+    got = await relay.wait(receipt)
+    assert got["sess"] == sess and got["sos_stored"]
+    assert list(got["stored"].values()) == ["1-4"]
+    by = {c["name"]: c for c in got["contacts"]}
+    assert by["Alice"]["notified"][0]["channel"] == "email"
+    assert by["Alice"]["notified"][0]["state"] == "sent"
+    assert by["Bob"]["notified"][0] == {**by["Bob"]["notified"][0], "state": "sent"}
+    assert by["Bob"]["opened"] is None
+
+
+async def test_a_link_lives_until_72_hours_after_the_end_then_answers_410(
+    world: World,
+) -> None:
+    dev, relay = world.device, world.relay
+    sess = uuid.uuid4().hex[:16]
+    await dev.outbox.add(sos_start(sess))
+    await dev.outbox.add(fix_record(0, session=sess))
+    await relay.wait(lambda: len(world.smtp.mails) == 1)
+    alice = (await relay.links())[0].rsplit("/", 1)[1]
+    ended = datetime.fromtimestamp(relay.clock(), UTC)
+    await dev.outbox.add(sos_end(sess, ended=ended))
+
+    # "SOS ended" to the same contacts
+    ends = await relay.wait(lambda: [m for m in world.smtp.mails if "ended" in m.subject])
+    assert "route stays available until" in ends[0].body
+    assert alice in ends[0].body
+
+    async def ended_shown() -> Any:
+        d = (await relay.http.get(f"/s/{alice}/data")).json()
+        return d if d["ended"] else None
+
+    d = await relay.wait(ended_shown)
+    assert d["expires"] == pytest.approx(ended.timestamp() + H72, abs=1)
+
+    # a second before the 72 hours: still there
+    relay.clock.advance(H72 - 2)
+    assert await relay.relay.sweep_now() == 0
+    assert (await relay.http.get(f"/s/{alice}")).status_code == 200
+    # after them: 410 Gone, a page that says so, and the data is deleted
+    relay.clock.advance(3)
+    r = await relay.http.get(f"/s/{alice}")
+    assert r.status_code == 410 and "expired" in r.text
+    assert await relay.relay.sweep_now() == 1
+    counts = await relay.store.counts()
+    assert counts["sessions"] == 0 and counts["records"] == 0 and counts["links"] == 0
+    for path in (f"/s/{alice}", f"/s/{alice}/data", f"/s/{alice}/events"):
+        assert (await relay.http.get(path)).status_code == 410, path
+    assert (await relay.http.post(f"/s/{alice}/ack")).status_code == 410
+
+
+async def test_a_revoked_link_answers_410_and_a_forged_one_404(world: World) -> None:
+    dev, relay = world.device, world.relay
+    sess = uuid.uuid4().hex[:16]
+    await dev.outbox.add(sos_start(sess))
+    await relay.wait(lambda: len(world.smtp.mails) == 1)
+    alice, bob = [u.rsplit("/", 1)[1] for u in await relay.links()]
+    rows = await relay.store.list_links()
+    assert await relay.store.revoke(rows[1]["id"], now=relay.clock())
+    assert (await relay.http.get(f"/s/{bob}")).status_code == 410
+    assert (await relay.http.get(f"/s/{alice}")).status_code == 200
+    forged = alice[:-4] + ("AAAA" if not alice.endswith("AAAA") else "BBBB")
+    for bad in (forged, "x", "../../etc/passwd", "A" * 500):
+        assert (await relay.http.get(f"/s/{bad}")).status_code == 404, bad
+    assert relay.relay.counters.refused_tokens >= 3
+
+
+async def test_a_failed_send_is_retried_and_a_restart_sends_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    with SmtpSink() as smtp, HttpSink() as hook:
+        hook.status = 500  # the messenger is down at first
+        async with rig(tmp_path) as dev:
+            cfg = relay_settings(
+                tmp_path, dev.broker.port,
+                **{"notify.services": {"email": smtp.url(), "json": hook.url()}},
+            )  # fmt: skip
+            sess = uuid.uuid4().hex[:16]
+            async with relay_rig(cfg) as relay:
+                await dev.outbox.add(sos_start(sess))
+                await relay.wait(lambda: len(smtp.mails) == 1 and len(hook.posts) >= 2)
+                hook.status = 200
+                await relay.wait(lambda: _sent(relay, "Bob"), within=10)
+            posts = len(hook.posts)
+            assert posts >= 3  # two refused, then the one that went
+            async with relay_rig(cfg) as relay:  # the same database, a new process
+                await asyncio.sleep(2.0)
+                assert len(smtp.mails) == 1 and len(hook.posts) == posts
+                assert await _state_async(relay, "Alice") == "sent"
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def _sent(relay: RelayRig, name: str) -> bool:
+    return await _state_async(relay, name) == "sent"
+
+
+async def _state_async(relay: RelayRig, name: str) -> str | None:
+    receipt = await relay.store.receipt("dev1")
+    for c in receipt.get("contacts", []):
+        if c["name"] == name and c["notified"]:
+            return str(c["notified"][0]["state"])
+    return None
+
+
+async def test_duplicates_and_garbage_are_counted_never_stored_twice_or_fatal(
+    world: World,
+) -> None:
+    dev, relay = world.device, world.relay
+    sess = uuid.uuid4().hex[:16]
+    await dev.outbox.add(sos_start(sess))
+    await dev.outbox.add(fix_record(0, session=sess))
+    await relay.wait(lambda: len(world.smtp.mails) == 1)
+    await relay.wait(lambda: relay.relay.counters.records >= 2)
+    # the same message again (a resend after a reconnect), and garbage
+    track = next(d for d in dev.receiver.history if d.topic.endswith("/track"))
+    from device.mqtt import BrokerConfig, Connection
+
+    conn = Connection(BrokerConfig(host="127.0.0.1", port=dev.broker.port, client_id="dev1x"))
+    await conn.connect()
+    try:
+        await conn.publish(track.topic, track.payload)
+        for junk in (b"{", b"[]", b'{"v":1}', b'{"v":1,"box":"b","fix":[["x"]]}', b"\xff"):
+            await conn.publish("sosbeacon/dev1/track", junk)
+        await conn.publish("sosbeacon/dev1/sos", b'{"v":1,"box":"b"}')
+    finally:
+        await conn.disconnect()
+    await relay.wait(lambda: relay.relay.counters.undecodable >= 6)
+    await relay.wait(lambda: relay.relay.counters.duplicates >= 1)
+    counts = await relay.store.counts()
+    assert counts["records"] == 2
+    # and it still works
+    await dev.outbox.add(fix_record(1, session=sess))
+
+    async def stored() -> int:
+        return (await relay.store.counts())["records"]
+
+    await relay.wait(lambda: _is(stored(), 3))
