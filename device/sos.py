@@ -64,6 +64,8 @@ class Contact:
 @dataclass(frozen=True, slots=True)
 class SosConfig:
     contacts: tuple[Contact, ...] = ()
+    #: the owner's name as the contacts know them ("Sam needs help"); the device id if ""
+    owner: str = ""
     countdown: float = 5.0
     min_distance: float = 10.0
     retention: float = 72 * 3600.0
@@ -336,6 +338,7 @@ class SosController:
         self.session = s
         data: dict[str, Any] = {
             "trigger": trigger,
+            **({"owner": self.config.owner} if self.config.owner else {}),
             "contacts": [{"name": c.name, "reach": c.reach} for c in self.config.contacts],
             "shared": {
                 "precision": self.privacy.precision.value,

@@ -312,7 +312,7 @@ class Relay:
         a = apprise.Apprise()
         if not a.add(url):
             return "Apprise does not understand this service URL (check notify.services)"
-        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as said:
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as said:  # type: ignore[no-untyped-call]
             try:
                 async with asyncio.timeout(self.config.notify.timeout):
                     result = await a.async_notify(body=msg.body, title=msg.title)

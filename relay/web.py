@@ -26,7 +26,13 @@ from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -90,6 +96,7 @@ class _Headers:
 _GONE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex"><title>{title}</title>
+<link rel="icon" href="/static/icon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/page.css"></head>
 <body class="gone"><main><h1>{title}</h1><p>{text}</p></main></body></html>"""
 
@@ -191,6 +198,9 @@ def app(relay: Relay) -> Starlette:
         log.info("web: link %d acknowledged the SOS (command %s)", view.link_id, cmd_id)
         return JSONResponse({"ok": True})
 
+    async def icon(_request: Request) -> Response:
+        return FileResponse(STATIC / "icon.svg", media_type="image/svg+xml")
+
     async def health(_request: Request) -> Response:
         return JSONResponse({"ok": True, "mqtt": relay.connected.is_set()})
 
@@ -200,6 +210,7 @@ def app(relay: Relay) -> Starlette:
         Route("/s/{token}/events", events, methods=["GET"]),
         Route("/s/{token}/ack", ack, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/favicon.ico", icon, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(_Headers, csp=_csp(cfg.web.tiles))])

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +74,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "installed (Debian package faketime) and does LD_PRELOAD reach this process?",
             returncode=3,
         )
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Any]:
+    """A throwaway PostgreSQL server for the session (``initdb`` in a temp directory, a
+    free port); each test takes a new database on it (``pg.new_db``)."""
+    from sim.postgres import find_bindir, postgres
+
+    bindir = find_bindir()
+    require("PostgreSQL (initdb, pg_ctl)", bindir is not None, "sudo apt-get install postgresql")
+    assert bindir is not None
+    with postgres(bindir) as server:
+        yield server

@@ -62,13 +62,17 @@ class World:
         self.device, self.relay, self.smtp, self.hook = device, relay, smtp, hook
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    db_url = ""
+    if request.param == "postgresql":
+        db_url = request.getfixturevalue("pg").new_db(f"t{uuid.uuid4().hex[:12]}")
     with SmtpSink() as smtp, HttpSink() as hook:
         async with rig(tmp_path) as device:
             cfg = relay_settings(
                 tmp_path,
                 device.broker.port,
+                db_url=db_url,
                 **{"notify.services": {"email": smtp.url(), "json": hook.url()}},
             )
             async with relay_rig(cfg) as relay:

@@ -87,6 +87,9 @@
     var b = d.battery;
     text("battery", b && typeof b.pct === "number" ? Math.round(b.pct) + "%" +
       (b.status ? " (" + b.status + ")" : "") : "not shared");
+    var n = Object.keys(state.points).length;
+    text("npoints", n === 1 ? "1 point" : n + " points");
+    $("map").setAttribute("data-points", String(n));
     $("buffered").hidden = !(d.waiting > 0);
     var ev = $("events");
     ev.textContent = "";
