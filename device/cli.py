@@ -29,6 +29,7 @@ from device.config import DEFAULT_CONFIG, Config
 from device.control import NotRunning, request
 from device.daemon import Daemon
 from device.parts import load_backend
+from device.receipts import describe
 from device.tomlconf import SECRET_KEYS, ConfigError, redact_url
 
 #: with --sim and no configuration file: a device that runs anywhere
@@ -333,6 +334,8 @@ def format_status(s: dict[str, Any]) -> str:
             f"storage     {o['fault']['what'].upper()} since {o['fault']['since']}: "
             f"{o['held']} record(s) held in memory until it can be written{dropped}"
         )
+    for text in describe(s.get("delivery") or {}):
+        lines.append(f"reached     {text}")
     if s.get("alarm"):
         lines.append(f"ALARM       {s['alarm']}")
         lines.append("            (acknowledge with: sosctl alarm --ack)")

@@ -451,6 +451,7 @@ class Daemon:
                 "held_dropped": outbox.held_dropped,
             },
             "alarm": outbox.alarm,
+            "delivery": uplink.delivery.status(s.id if s else None),
             "uptime": round(now - self.started_at, 1),
             "first_fix_after": (
                 None if self.first_fix_after is None else round(self.first_fix_after, 1)
@@ -474,6 +475,8 @@ class Daemon:
             line += f"; {o['fault']['what'].upper()} ({o['held']} held in memory)"
         if st["alarm"]:
             line += "; ALARM: see sosctl status"
+        if st["delivery"]["unheard"]:
+            line += "; SOS NOT YET RECEIVED BY ANYONE"
         return line
 
 

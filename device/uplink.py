@@ -42,6 +42,7 @@ from device.clock import Clock
 from device.commands import CommandHandler
 from device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, Inbound, MqttError, Will
 from device.outbox import Outbox, Pending
+from device.receipts import NO_SUBSCRIBERS, Delivery
 from device.records import FixRun, Item, Priority, RecordKind, Stored, seqs_of
 from device.wire import (
     RETAINED_KINDS,
@@ -186,6 +187,8 @@ class Uplink:
         self._ot_dirty = False
         self._done_commands: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.stats = UplinkStats()
+        #: what reached whom (the relay's receipts; an SOS nobody was subscribed to)
+        self.delivery = Delivery()
         #: set while connected and serving
         self.connected = asyncio.Event()
         #: set after a failed connection attempt or a lost connection, until connected
@@ -307,14 +310,18 @@ class Uplink:
                 self.topics.status,
                 rc,
             )
+        subscriptions = [(self.topics.receipt, "the relay's receipts")]
         if self._commands is not None:
-            rc = await conn.subscribe(self.topics.cmd)
+            subscriptions.insert(0, (self.topics.cmd, "commands"))
+        for topic, what in subscriptions:
+            rc = await conn.subscribe(topic)
             if rc.is_failure:
                 log.error(
-                    "subscribing to %s was refused (%s): commands will not arrive; check the "
+                    "subscribing to %s was refused (%s): %s will not arrive; check the "
                     "broker's ACL",
-                    self.topics.cmd,
+                    topic,
                     rc,
+                    what,
                 )
         log.info("connected to the broker %s:%d", self.broker.host, self.broker.port)
         self.disconnected.clear()
@@ -434,6 +441,10 @@ class Uplink:
             if budget is not None:
                 budget.release(len(msg.payload))
         if not rc.is_failure:
+            if rc.value == NO_SUBSCRIBERS and msg.topic == self.topics.sos:
+                for s in msg.records:
+                    if s.kind is RecordKind.SOS_START and s.session:
+                        self.delivery.no_subscribers(s.session)
             # shielded: a connection lost meanwhile must not cut the bookkeeping short
             await asyncio.shield(self._delivered(msg))
             await self._after_delivery(conn, msg)
@@ -674,6 +685,10 @@ class Uplink:
     async def _command_loop(self, conn: Connection) -> None:
         while True:
             m = await conn.messages.get()
+            if m.topic == self.topics.receipt:
+                self.delivery.take(m.payload)
+                conn.ack(m)
+                continue
             reply = await self._command(m)
             if m.response_topic:
                 with contextlib.suppress(MqttError):

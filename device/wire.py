@@ -66,6 +66,11 @@ class Topics:
     def cmd(self) -> str:
         return f"{self.base}/cmd"
 
+    @property
+    def receipt(self) -> str:
+        """The relay's receipts for the device (retained)."""
+        return f"{self.base}/receipt"
+
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()

@@ -13,9 +13,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from device import tomlconf
 from device.mqtt import BrokerConfig, TlsConfig
-from device.tomlconf import ConfigError, host_port, is_file, redact_url
+from device.tomlconf import (
+    ConfigError,
+    build,
+    host_port,
+    is_file,
+    out_of_range,
+    read,
+    redact_url,
+)
 from device.wire import Topics
 
 DEFAULT_CONFIG = Path("/etc/sosbeacon/sos-relay.toml")
@@ -163,9 +170,9 @@ def load(
     overrides: Mapping[str, Any] | None = None,
 ) -> RelayConfig:
     """Read, validate and return the relay's configuration."""
-    source, table = tomlconf.read(path, text, overrides, example="examples/sos-relay.toml")
+    source, table = read(path, text, overrides, example="examples/sos-relay.toml")
     errors: list[str] = []
-    cfg = tomlconf.build(RelayConfig, table, errors, filled={RelayConfig: {"source": "defaults"}})
+    cfg = build(RelayConfig, table, errors, filled={RelayConfig: {"source": "defaults"}})
     if isinstance(cfg, RelayConfig):
         errors += _check(cfg)
     if errors or not isinstance(cfg, RelayConfig):
@@ -174,7 +181,7 @@ def load(
 
 
 def _check(cfg: RelayConfig) -> list[str]:
-    errors = tomlconf.out_of_range(cfg, RANGES)
+    errors = out_of_range(cfg, RANGES)
     url = urlsplit(cfg.relay.public_url)
     if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
         errors.append(

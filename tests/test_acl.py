@@ -60,3 +60,35 @@ async def test_one_device_cannot_publish_or_read_anothers_topics(tmp_path: Path)
         assert dev1.messages.empty(), "dev1 read another device's topics"
         for c in conns.values():
             await c.disconnect()
+
+
+async def test_the_relay_reads_every_device_and_only_it_writes_their_receipts(
+    tmp_path: Path,
+) -> None:
+    broker = Mosquitto(tmp_path, binary=need_mosquitto())
+    for user in ("dev1", "dev2", "sos-relay"):
+        broker.add_user(user, f"{user}-pw")
+    broker.extra_config = (
+        f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\n"
+        f"acl_file {REPO / 'docs' / 'mosquitto' / 'acl'}\n"
+    )
+    with broker:
+        conns = {u: Connection(account(u, broker.port)) for u in ("dev1", "dev2", "sos-relay")}
+        for c in conns.values():
+            await c.connect()
+        dev1, dev2, relay = conns["dev1"], conns["dev2"], conns["sos-relay"]
+        assert (await relay.subscribe("$share/sos-relay/sosbeacon/+/#")).value < 0x80
+        assert (await dev1.subscribe("sosbeacon/dev1/receipt")).value < 0x80
+        assert not (await dev2.publish("sosbeacon/dev2/sos", b'{"from":"dev2"}')).is_failure
+        got = await asyncio.wait_for(relay.messages.get(), 5)
+        assert (got.topic, got.payload) == ("sosbeacon/dev2/sos", b'{"from":"dev2"}')
+        # a device cannot forge its own receipt, nor another's
+        for topic in ("sosbeacon/dev1/receipt", "sosbeacon/dev2/receipt"):
+            assert (await dev1.publish(topic, b'{"v":1}', retain=True)).value == 0x87
+        # the relay's receipt reaches its device; its "I'm on it" command too
+        assert not (await relay.publish("sosbeacon/dev1/receipt", b'{"v":1}')).is_failure
+        got = await asyncio.wait_for(dev1.messages.get(), 5)
+        assert got.topic == "sosbeacon/dev1/receipt"
+        assert not (await relay.publish("sosbeacon/dev1/cmd", b'{"cmd":"ack"}')).is_failure
+        for c in conns.values():
+            await c.disconnect()

@@ -4,6 +4,7 @@ Mosquitto, the relay's database, real local mail and HTTP sinks, and its web pag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -274,3 +275,57 @@ async def test_duplicates_and_garbage_are_counted_never_stored_twice_or_fatal(
         return (await relay.store.counts())["records"]
 
     await relay.wait(lambda: _is(stored(), 3))
+
+
+async def test_an_sos_nobody_heard_is_marked_until_the_relay_s_receipt_arrives(
+    tmp_path: Path,
+) -> None:
+    """PUBACK 0x10 (no matching subscribers): the device says the SOS has not reached
+    anyone, until a relay that starts later picks up the retained sos-start and sends
+    its receipt; ``sosctl status`` then names who was notified."""
+    from device.clock import MonotonicClock
+    from device.mqtt import BrokerConfig
+    from device.outbox import Outbox
+    from device.receipts import describe
+    from device.uplink import Uplink, UplinkConfig
+    from sim.broker import Mosquitto
+    from tests.mqtt_env import DURABLE, need_mosquitto
+
+    with (
+        SmtpSink() as smtp,
+        Mosquitto(tmp_path / "broker", config=DURABLE, binary=need_mosquitto()) as broker,
+    ):
+        async with await Outbox.open(tmp_path / "outbox.db") as box:
+            uplink = Uplink(
+                config=UplinkConfig(device_id="dev1", batch_count=1),
+                broker=BrokerConfig(host="127.0.0.1", port=broker.port),
+                outbox=box,
+                clock=MonotonicClock(),
+            )
+            task = asyncio.create_task(uplink.run())
+            try:
+                sess = uuid.uuid4().hex[:16]
+                await box.add(sos_start(sess, contacts=CONTACTS[:1]))
+                async with asyncio.timeout(15):
+                    while uplink.delivery.unheard != sess:
+                        await asyncio.sleep(0.05)
+                lines = describe(uplink.delivery.status(sess))
+                assert lines[0].startswith("NOT YET RECEIVED BY ANYONE")
+
+                cfg = relay_settings(
+                    tmp_path, broker.port, **{"notify.services": {"email": smtp.url()}}
+                )
+                async with relay_rig(cfg) as relay:
+                    await relay.wait(lambda: smtp.mails)
+                    await relay.wait(lambda: uplink.delivery.unheard is None)
+
+                    def told() -> list[str]:
+                        text = describe(uplink.delivery.status(sess))
+                        return text if text and "notified (email, ok)" in text[0] else []
+
+                    lines = await relay.wait(told)
+                assert lines == ["SOS delivered to the relay; Alice notified (email, ok)"]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
