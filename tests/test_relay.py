@@ -307,8 +307,11 @@ async def test_an_sos_nobody_heard_is_marked_until_the_relay_s_receipt_arrives(
                 sess = uuid.uuid4().hex[:16]
                 await box.add(sos_start(sess, contacts=CONTACTS[:1]))
                 async with asyncio.timeout(15):
-                    while uplink.delivery.unheard != sess:
-                        await asyncio.sleep(0.05)
+                    while True:  # the mark is made before the PUBACK is counted
+                        uplink.acked.clear()
+                        if uplink.delivery.unheard == sess:
+                            break
+                        await uplink.acked.wait()
                 lines = describe(uplink.delivery.status(sess))
                 assert lines[0].startswith("NOT YET RECEIVED BY ANYONE")
 
