@@ -5,68 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import json
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
-from aiosmtpd.controller import Controller
 
-from relay import config as relay_config
-from relay import db, links
+from relay import db
 from relay.config import RelayConfig
 from relay.service import Relay
 from relay.store import Store
-from sim.broker import free_port
-
-
-@dataclass
-class Mail:
-    to: list[str]
-    subject: str
-    body: str
-
-
-class SmtpSink:
-    """An SMTP server on a free loopback port that keeps every message it receives."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.mails: list[Mail] = []
-        self.arrived = threading.Condition()
-        sink = self
-
-        class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-                assert isinstance(msg, EmailMessage)
-                part = msg.get_body(preferencelist=("plain", "html"))
-                body = part.get_content() if part is not None else ""
-                with sink.arrived:
-                    sink.mails.append(Mail(list(envelope.rcpt_tos), str(msg["Subject"]), body))
-                    sink.arrived.notify_all()
-                return "250 OK"
-
-        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-
-    def url(self) -> str:
-        """The relay's ``notify.services.email``: plain SMTP on loopback, no login."""
-        return f"mailto://127.0.0.1:{self.port}?from=sos-relay@example.org&mode=insecure"
-
-    def __enter__(self) -> SmtpSink:
-        self._controller.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._controller.stop()
+from sim import localrelay
 
 
 class HttpSink:
@@ -126,7 +79,6 @@ class RelayRig:
     clock: RelayClock
     base: str
     http: httpx.AsyncClient
-    task: asyncio.Task[None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -153,25 +105,7 @@ class RelayRig:
             return [self.config.link_base() + self.store.link_token(s) for s in salts]
 
 
-def relay_settings(
-    tmp_path: Path, broker_port: int, *, db_url: str = "", **overrides: Any
-) -> RelayConfig:
-    port = free_port()
-    values: dict[str, Any] = {
-        "relay.data_dir": str(tmp_path / "relay"),
-        "relay.public_url": f"http://127.0.0.1:{port}",
-        "relay.sweep_interval": 3600.0,
-        "mqtt.broker": f"mqtt://127.0.0.1:{broker_port}",
-        "mqtt.client_id": f"relay-{port}",
-        "web.listen": f"127.0.0.1:{port}",
-        "web.tiles": "",  # no tile server in the tests: the route shows on its own
-        "notify.retry_min": 0.2,
-        "notify.retry_max": 1.0,
-        **overrides,
-    }
-    if db_url:
-        values["database.url"] = db_url
-    return relay_config.load(text="", overrides=values)
+relay_settings = localrelay.settings
 
 
 @contextlib.asynccontextmanager
@@ -179,30 +113,8 @@ async def relay_rig(
     cfg: RelayConfig, *, clock: RelayClock | None = None, **kw: Any
 ) -> AsyncIterator[RelayRig]:
     clock = clock or RelayClock()
-    cfg.relay.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(db.engine(cfg.database_url()), link_key=links.load_key(cfg.link_key_path()))
-    relay = Relay(cfg, store, clock=clock, **kw)
-    task = asyncio.create_task(relay.run())
-    base = cfg.relay.public_url
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-        rig = RelayRig(relay, cfg, clock, base, http, task)
-        try:
-            async with asyncio.timeout(20):
-                await relay.connected.wait()
-            await rig.wait(_up(http))
-            yield rig
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await store.close()
-
-
-def _up(http: httpx.AsyncClient) -> Any:
-    async def ok() -> bool:
-        try:
-            return (await http.get("/healthz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return ok
+    async with (
+        localrelay.running(cfg, clock=clock, **kw) as relay,
+        httpx.AsyncClient(base_url=cfg.relay.public_url, timeout=10) as http,
+    ):
+        yield RelayRig(relay, cfg, clock, cfg.relay.public_url, http)

@@ -16,8 +16,9 @@ import pytest
 
 from device.records import Priority, Record, RecordKind
 from device.wire import Topics
+from sim.mailsink import MailSink
 from tests.mqtt_env import Rig, fix_record, rig
-from tests.relay_env import HttpSink, RelayRig, SmtpSink, relay_rig, relay_settings
+from tests.relay_env import HttpSink, RelayRig, relay_rig, relay_settings
 
 CONTACTS = [
     {"name": "Alice", "reach": "alice@example.org"},
@@ -59,7 +60,7 @@ def sos_end(session: str, *, ended: datetime, drill: bool = False) -> Record:
 
 
 class World:
-    def __init__(self, device: Rig, relay: RelayRig, smtp: SmtpSink, hook: HttpSink) -> None:
+    def __init__(self, device: Rig, relay: RelayRig, smtp: MailSink, hook: HttpSink) -> None:
         self.device, self.relay, self.smtp, self.hook = device, relay, smtp, hook
 
 
@@ -68,7 +69,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     db_url = ""
     if request.param == "postgresql":
         db_url = request.getfixturevalue("pg").new_db(f"t{uuid.uuid4().hex[:12]}")
-    with SmtpSink() as smtp, HttpSink() as hook:
+    with MailSink() as smtp, HttpSink() as hook:
         async with rig(tmp_path) as device:
             cfg = relay_settings(
                 tmp_path,
@@ -205,7 +206,7 @@ async def test_a_revoked_link_answers_410_and_a_forged_one_404(world: World) -> 
 async def test_a_failed_send_is_retried_and_a_restart_sends_nothing_twice(
     tmp_path: Path,
 ) -> None:
-    with SmtpSink() as smtp, HttpSink() as hook:
+    with MailSink() as smtp, HttpSink() as hook:
         hook.status = 500  # the messenger is down at first
         async with rig(tmp_path) as dev:
             cfg = relay_settings(
@@ -292,7 +293,7 @@ async def test_an_sos_nobody_heard_is_marked_until_the_relay_s_receipt_arrives(
     from tests.mqtt_env import DURABLE, need_mosquitto
 
     with (
-        SmtpSink() as smtp,
+        MailSink() as smtp,
         Mosquitto(tmp_path / "broker", config=DURABLE, binary=need_mosquitto()) as broker,
     ):
         async with await Outbox.open(tmp_path / "outbox.db") as box:

@@ -19,10 +19,11 @@ from device.control import request
 from device.daemon import Daemon
 from device.parts import load_backend
 from sim.broker import Mosquitto
+from sim.mailsink import MailSink
 from tests.browser import chromium
 from tests.conftest import REPO
 from tests.mqtt_env import DURABLE, need_mosquitto
-from tests.relay_env import SmtpSink, relay_rig, relay_settings
+from tests.relay_env import relay_rig, relay_settings
 
 H72 = 72 * 3600
 
@@ -67,7 +68,7 @@ async def test_the_contact_follows_the_sos_on_the_page_and_acknowledges_it(
 ) -> None:
     with (
         Mosquitto(tmp_path / "broker", config=DURABLE, binary=need_mosquitto()) as broker,
-        SmtpSink() as smtp,
+        MailSink() as smtp,
     ):
         cfg = relay_settings(tmp_path, broker.port, **{"notify.services": {"email": smtp.url()}})
         async with relay_rig(cfg) as relay:

@@ -1,0 +1,69 @@
+"""A relay beside a throwaway broker, in this process: for the demo, the drills, the
+benchmarks and the tests. The real :class:`relay.service.Relay` with its web page on a
+free loopback port, SQLite in a work directory (or the database given), no map tiles
+(nothing leaves the machine), and the clock of the caller's choosing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from relay import config as relay_config
+from relay import db, links
+from relay.config import RelayConfig
+from relay.service import Relay
+from relay.store import Store
+from sim.broker import free_port
+
+
+def settings(workdir: Path, broker_port: int, *, db_url: str = "", **overrides: Any) -> RelayConfig:
+    port = free_port()
+    values: dict[str, Any] = {
+        "relay.data_dir": str(workdir / "relay"),
+        "relay.public_url": f"http://127.0.0.1:{port}",
+        "relay.sweep_interval": 3600.0,
+        "mqtt.broker": f"mqtt://127.0.0.1:{broker_port}",
+        "mqtt.client_id": f"relay-{port}",
+        "web.listen": f"127.0.0.1:{port}",
+        "web.tiles": "",  # no tile server: the route shows on its own
+        "notify.retry_min": 0.2,
+        "notify.retry_max": 1.0,
+        **overrides,
+    }
+    if db_url:
+        values["database.url"] = db_url
+    return relay_config.load(text="", overrides=values)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    cfg: RelayConfig, *, clock: Callable[[], float] = time.time, **kw: Any
+) -> AsyncIterator[Relay]:
+    """The relay, connected to its broker and serving its page, until the block ends."""
+    cfg.relay.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(db.engine(cfg.database_url()), link_key=links.load_key(cfg.link_key_path()))
+    relay = Relay(cfg, store, clock=clock, **kw)
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(20):
+            await relay.connected.wait()
+            async with httpx.AsyncClient(base_url=cfg.relay.public_url, timeout=5) as http:
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await http.get("/healthz")).status_code == 200:
+                            break
+                    if task.done():
+                        task.result()  # the relay failed to start: say why
+                    await asyncio.sleep(0.05)
+        yield relay
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()
