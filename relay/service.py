@@ -110,6 +110,17 @@ class Relay:
     _dirty: set[str] = field(default_factory=set)
     _dirty_event: asyncio.Event = field(default_factory=asyncio.Event)
     _me: str = field(default_factory=lambda: secrets.token_hex(4))
+    #: called as ``observer(what, details)`` when something a contact sees happens:
+    #: ``sos-stored``, ``notified``, ``opened``, ``ack-sent``, ``ack-confirmed`` (the
+    #: drills and the benchmarks time them; an observer must not block)
+    observers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
+
+    def tell(self, what: str, **details: Any) -> None:
+        for observe in self.observers:
+            try:
+                observe(what, details)
+            except Exception:
+                log.exception("relay: an observer of %s failed", what)
 
     @property
     def prefix(self) -> str:
@@ -200,6 +211,8 @@ class Relay:
     async def _after(self, done: Ingested) -> None:
         if done.started or done.ended:
             self._wake_notifier.set()
+        for sid in done.started:
+            self.tell("sos-stored", session_id=sid)
         for sid, recs in done.new.items():
             if self.hub.watched(sid):
                 await self.push(sid, since=min(r.seq for r in recs) - 1)
@@ -224,6 +237,7 @@ class Relay:
             now=self.clock(),
         )  # fmt: skip
         if sid:
+            self.tell("ack-confirmed", session_id=sid, ok=msg.get("ok") is True)
             await self.push(sid, since=1 << 62)
             key = await self.store.session_key(sid)
             if key:
@@ -245,6 +259,7 @@ class Relay:
         )  # fmt: skip
         if rc.is_failure:
             raise MqttError(f"the broker refused the command: {rc}")
+        self.tell("ack-sent", session_id=sid, name=name)
         return cmd_id
 
     # -- notifications -----------------------------------------------------------------
@@ -287,6 +302,7 @@ class Relay:
         if error is None:
             await self.store.sent(item["id"], now=self.clock())
             log.info("relay: %s notified (%s, %s)", item["name"], item["channel"], item["kind"])
+            self.tell("notified", name=item["name"], channel=item["channel"], kind=item["kind"])
         else:
             attempts = item["attempts"] + 1
             retry = None
@@ -315,7 +331,9 @@ class Relay:
         with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as said:  # type: ignore[no-untyped-call]
             try:
                 async with asyncio.timeout(self.config.notify.timeout):
-                    result = await a.async_notify(body=msg.body, title=msg.title)
+                    result = await a.async_notify(
+                        body=msg.body, title=msg.title, body_format=apprise.NotifyFormat.TEXT
+                    )
             except TimeoutError:
                 return f"no answer within {self.config.notify.timeout:g} s"
         if result:

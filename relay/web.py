@@ -145,6 +145,7 @@ def app(relay: Relay) -> Starlette:
         if isinstance(view, Response):
             return view
         log.info("web: link %d opened", view.link_id)
+        relay.tell("opened", link_id=view.link_id, name=view.name)
         key = await relay.store.session_key(view.session_id)
         if key:
             relay.mark(key[0])

@@ -1,22 +1,26 @@
 """``make demo``: the whole system, no hardware, in about 45 seconds.
 
-It starts a throwaway Mosquitto and the real daemon (``sosd run --sim``: a simulated GPS
-receiver on a pseudo-terminal walking round Arthur's Seat, a simulated battery, a
-simulated button), holds the SOS button, and shows what happens on the device and what an
-emergency contact receives over MQTT: the SOS, the route growing, the battery, the
-contact's acknowledgement; then a tunnel and a network outage (nothing is lost), and the
-SOS is stopped. It ends with the drill report (``sim/scenarios/demo.toml``).
+It starts a throwaway Mosquitto, the contacts' relay (``sos-relay``, with a local mail
+server standing in for the contacts' mailbox) and the real daemon (``sosd run --sim``: a
+simulated GPS receiver on a pseudo-terminal walking round Arthur's Seat, a simulated
+battery, a simulated button), holds the SOS button, and shows what happens on the device,
+at the relay and for an emergency contact: the e-mail with her link, the page she opens,
+the route growing, her "I'm on it" and the device's confirmation; then a tunnel and a
+network outage (nothing is lost), and the SOS is stopped. It ends with the drill report
+(``sim/scenarios/demo.toml``). From a terminal it then offers to keep the relay up, so
+that the link can be opened in a browser, until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
 
 from sim.broker import find_mosquitto
-from sim.drill import Drill, Scenario, resolve
+from sim.drill import Drill, Report, Scenario, resolve
 
 WHO = {
     "device": "DEVICE ",
@@ -24,13 +28,17 @@ WHO = {
     "contact": "CONTACT",
     "world": "WORLD  ",
     "sosctl": "SOSCTL ",
+    "relay": "RELAY  ",
 }
 
 
 def _color(who: str, text: str) -> str:
     if not sys.stdout.isatty():
         return text
-    code = {"contact": "1;32", "device": "36", "world": "33", "button": "35", "sosctl": "35"}
+    code = {
+        "contact": "1;32", "device": "36", "world": "33", "button": "35", "sosctl": "35",
+        "relay": "34",
+    }  # fmt: skip
     return f"\033[{code.get(who, '0')}m{text}\033[0m"
 
 
@@ -46,13 +54,18 @@ async def main() -> int:
         return 2
     scenario = Scenario.load(resolve("demo"))
     w(
-        "sosbeacon demo: the real daemon on simulated hardware, a real MQTT broker, and an\n"
-        "emergency contact (Alice) subscribed to the device. Lines marked CONTACT are what\n"
-        "Alice receives; DEVICE is the device itself; WORLD is what the demo does to it.\n\n"
+        "sosbeacon demo: the real daemon on simulated hardware, a real MQTT broker, the\n"
+        "contacts' relay, and an emergency contact (Alice). Lines marked CONTACT are what\n"
+        "Alice receives and does; RELAY is the relay that e-mails her a link to a live page;\n"
+        "DEVICE is the device itself; WORLD is what the demo does to it.\n\n"
     )
     with tempfile.TemporaryDirectory(prefix="sos-demo-") as tmp:
-        report = await Drill(scenario, Path(tmp), on_event=show).run()
-    w("\n" + report.text())
+        drill = Drill(scenario, Path(tmp), on_event=show)
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            drill.linger = lambda report: _linger(drill, report)
+        report = await drill.run()
+    if not drill.linger:
+        _summary(drill, report)
     w(
         "\nEvery record carries a sequence number, so Alice's side can prove that nothing\n"
         "was lost (records lost: 0 above) even though the network went down mid-SOS.\n"
@@ -61,5 +74,35 @@ async def main() -> int:
     return 0 if report.passed else 1
 
 
+def _summary(drill: Drill, report: Report) -> None:
+    w = sys.stdout.write
+    w("\n" + report.text())
+    if drill.mail is not None:
+        w("\nThe e-mail Alice received (at the demo's local mail server):\n")
+        w(f"  To: {', '.join(drill.mail.to)}\n  Subject: {drill.mail.subject}\n\n")
+        w("".join(f"  {line}\n" for line in drill.mail.body.splitlines()))
+    if drill.link:
+        w(f"\nHer link: {drill.link}\n")
+
+
+async def _linger(drill: Drill, report: Report) -> None:
+    """From a terminal: keep the relay and its page up until Ctrl-C."""
+    _summary(drill, report)
+    sys.stdout.write(
+        "\nKeep the relay running so you can open the link in a browser on this machine? [y/N] "
+    )
+    sys.stdout.flush()
+    answer = await asyncio.to_thread(sys.stdin.readline)
+    if answer.strip().lower() not in ("y", "yes"):
+        return
+    sys.stdout.write(f"Serving {drill.link} (the route stays; the SOS has ended). Ctrl-C stops.\n")
+    sys.stdout.flush()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.Event().wait()
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    try:
+        sys.exit(asyncio.run(main()))
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -27,10 +27,11 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import statistics
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,11 @@ from typing import Any
 from device.control import NotRunning, request
 from device.mqtt import BrokerConfig, Connection, MqttError
 from device.wire import Received, Topics, dumps
+from sim import localrelay
 from sim.broker import Mosquitto
 from sim.button import multi_press
+from sim.contact_page import PageVisitor
+from sim.mailsink import Mail, MailSink
 from sim.netfault import FaultProxy, LinkMode
 from sim.receiver import Receiver
 from sim.sosd_process import kill_sosd, start_sosd, stop_sosd
@@ -54,6 +58,7 @@ ACTIONS = {
     "sos-start": "sosctl sos start --now (value 'drill' for a drill)",
     "sos-stop": "sosctl sos stop",
     "ack": "a contact acknowledges the SOS over MQTT (value: the contact's name)",
+    "ack-page": 'Alice presses "I\'m on it" on the page her e-mail links to',
     "cancel": "a contact cancels the SOS over MQTT",
     "gps-lost": "the receiver loses its fix (a tunnel)",
     "gps-back": "the fix returns",
@@ -199,6 +204,14 @@ class Drill:
         self.proc: asyncio.subprocess.Process | None = None
         self.logfile = workdir / "sosd.log"
         self.receiver: Receiver | None = None
+        #: the relay's e-mail to Alice, and her view of the page it links to
+        self.mail: Mail | None = None
+        self.link: str | None = None
+        self.visitor: PageVisitor | None = None
+        self.relay_url: str | None = None
+        #: called with the report before the relay and broker stop (the demo keeps
+        #: serving the page there until Ctrl-C)
+        self.linger: Callable[[Report], Awaitable[None]] | None = None
 
     # -- timeline helpers --------------------------------------------------------------
 
@@ -226,11 +239,56 @@ class Drill:
         )
         broker.start()
         try:
-            async with FaultProxy(target_port=broker.port) as proxy:
-                return await asyncio.wait_for(self._run(broker, proxy), self.s.timeout)
+            with MailSink() as sink:
+                services: dict[str, Any] = {"notify.services": {"email": sink.url()}}
+                cfg = localrelay.settings(self.workdir, broker.port, **services)
+                async with (
+                    localrelay.running(cfg) as relay,
+                    FaultProxy(target_port=broker.port) as proxy,
+                ):
+                    self.relay_url = cfg.relay.public_url
+                    relay.observers.append(self._relay_event)
+                    mailer = asyncio.create_task(self._follow_mail(sink))
+                    try:
+                        report = await asyncio.wait_for(self._run(broker, proxy), self.s.timeout)
+                    finally:
+                        mailer.cancel()
+                        if self.visitor is not None:
+                            await self.visitor.close()
+                    if self.linger is not None:
+                        await self._stop_daemon()
+                        await self.linger(report)
+                    return report
         finally:
             await self._stop_daemon()
             broker.stop()
+
+    def _relay_event(self, what: str, details: dict[str, Any]) -> None:
+        if what == "sos-stored":
+            self.mark("relay-stored")
+            self.event("relay", "stored the SOS; e-mailing the contacts their links")
+        elif what == "opened":
+            self.mark("opened")
+            self.event("relay", f"{details['name']} opened the page")
+        elif what == "ack-confirmed":
+            self.mark("page-confirmed")
+            self.event("relay", "the device confirmed the acknowledgement; the page shows it")
+
+    async def _follow_mail(self, sink: MailSink) -> None:
+        """Alice's mailbox: the relay's e-mail, whose link she opens at once."""
+        mail = (await sink.wait(1, within=3600))[0]
+        self.mail = mail
+        self.mark("notified")
+        found = re.search(r"https?://\S+/s/[A-Za-z0-9_-]+", mail.body)
+        self.event("contact", f"e-mail to {', '.join(mail.to)}: {mail.subject!r}")
+        if found is None:
+            self.event("contact", "the e-mail has no link")
+            return
+        self.link = found.group(0)
+        self.event("contact", f"link in it: {self.link}")
+        self.visitor = PageVisitor(self.link)
+        status = await self.visitor.open()
+        self.event("contact", f"opened the page (HTTP {status})")
 
     async def _run(self, broker: Mosquitto, proxy: FaultProxy) -> Report:
         conf = self._write_config(proxy.port)
@@ -272,13 +330,13 @@ class Drill:
             f'data_dir = "{self.data}"',
             "[[sos.contacts]]",
             'name = "Alice"',
-            'reach = "+44 7700 900123"',
+            'reach = "alice@example.org"',
             "[mqtt]",
             f'broker = "mqtt://127.0.0.1:{port}"',
             "keepalive = 5",
             "connect_timeout = 5",
         ]
-        overrides = dict(self.s.config)
+        overrides = {"sos.owner": "Sam", **self.s.config}
         tables: dict[str, dict[str, Any]] = {}
         for dotted, value in overrides.items():
             section, _, key = dotted.rpartition(".")
@@ -355,6 +413,16 @@ class Drill:
                     response_topic=f"{self.topics.base}/reply/{name}",
                     correlation=payload["id"].encode(),
                 )
+        elif step.do == "ack-page":
+            self.event("contact", 'Alice presses "I\'m on it" on the page')
+            self.mark("ack")
+            self.mark("ack-page")
+            if self.visitor is None:
+                self.event("contact", "no page open: no e-mail with a link arrived")
+            else:
+                answer = await self.visitor.ack()
+                if not answer.get("ok"):
+                    self.event("contact", f"the page says: {answer.get('error')}")
         elif step.do == "gps-lost":
             self.event("world", "GPS fix lost (tunnel)")
             await self._ctl({"cmd": "sim.gps", "value": "lost"})
@@ -508,6 +576,16 @@ class Drill:
             "time to first fix (s)": final.get("first_fix_after"),
             "gesture/command to SOS at the contact (s, countdown included)": latency,
             "contact ack to device confirmation (s)": ack_latency,
+            "relay stored the SOS (s after the gesture)": _since(trig, "relay-stored", self.marks),
+            "contact notified by e-mail (s after the gesture)": _since(
+                trig, "notified", self.marks
+            ),
+            "link opened (s after the e-mail)": _since(
+                self.marks.get("notified", []), "opened", self.marks
+            ),
+            "ack from the page to the device's confirmation on it (s)": _since(
+                self.marks.get("ack-page", []), "page-confirmed", self.marks
+            ),
             "route points received": len(route),
             "longest gap between route points (s)": round(max(gaps), 1) if gaps else None,
             "median gap between route points (s)": (
@@ -543,6 +621,12 @@ class Drill:
         return Report(
             self.s.name, self.s.description, self.s.time_scale, figures, checks, self.events
         )
+
+
+def _since(start: list[float], name: str, marks: dict[str, list[float]]) -> float | None:
+    """Seconds from the first ``start`` mark to the first ``name`` mark after it."""
+    later = [m for m in marks.get(name, []) if start and m >= start[0]]
+    return round(later[0] - start[0], 2) if later else None
 
 
 def list_scenarios() -> list[Path]:

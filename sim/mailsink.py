@@ -31,7 +31,8 @@ class MailSink:
     def __init__(self) -> None:
         self.port = free_port()
         self.mails: list[Mail] = []
-        self._arrived = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         sink = self
 
         class Handler:
@@ -41,9 +42,11 @@ class MailSink:
                 part = msg.get_body(preferencelist=("plain", "html"))
                 body = part.get_content() if part is not None else ""
                 mail = Mail(list(envelope.rcpt_tos), str(msg["Subject"]), body, time.monotonic())
-                with sink._arrived:
+                with sink._lock:
                     sink.mails.append(mail)
-                    sink._arrived.notify_all()
+                    waiters = list(sink._waiters)
+                for loop, event in waiters:
+                    loop.call_soon_threadsafe(event.set)
                 return "250 OK"
 
         self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
@@ -55,13 +58,20 @@ class MailSink:
     async def wait(self, count: int = 1, within: float = 30.0) -> list[Mail]:
         """Until ``count`` messages have arrived (``TimeoutError`` after ``within`` s)."""
 
-        def arrived() -> bool:
-            with self._arrived:
-                return self._arrived.wait_for(lambda: len(self.mails) >= count, within)
-
-        if not await asyncio.to_thread(arrived):
-            raise TimeoutError(f"{len(self.mails)} of {count} e-mail(s) within {within:g} s")
-        return list(self.mails)
+        me = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiters.append(me)
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    me[1].clear()
+                    with self._lock:
+                        if len(self.mails) >= count:
+                            return list(self.mails)
+                    await me[1].wait()
+        finally:
+            with self._lock:
+                self._waiters.remove(me)
 
     def __enter__(self) -> MailSink:
         self._controller.start()

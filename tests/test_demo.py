@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,11 @@ def test_demo_runs_and_shows_what_the_contact_receives() -> None:
         "DEVICE   countdown beeping",
         "CONTACT  SOS STARTED at 55.",
         "CONTACT  route point",
+        "RELAY    stored the SOS",
+        "CONTACT  e-mail to alice@example.org: 'SOS: Sam needs help'",
+        "CONTACT  opened the page (HTTP 200)",
+        'CONTACT  Alice presses "I\'m on it" on the page',
+        "RELAY    the device confirmed the acknowledgement",
         "CONTACT  SOS acknowledged by Alice",
         "WORLD    network down",
         "DEVICE   link lost",
@@ -35,4 +41,16 @@ def test_demo_runs_and_shows_what_the_contact_receives() -> None:
     ):
         assert seen in out, (seen, out)
     assert out.index("SOS STARTED") < out.index("SOS ENDED")
+    # the e-mail is printed whole, with the link to open
+    link = re.search(r"Her link: (http://127\.0\.0\.1:\d+/s/[A-Za-z0-9_-]{32})", out)
+    assert link and f"Live route: {link.group(1)}" in out
+    # the relay's timings are measured, not left blank
+    for figure in (
+        "relay stored the SOS (s after the gesture)",
+        "contact notified by e-mail (s after the gesture)",
+        "link opened (s after the e-mail)",
+        "ack from the page to the device's confirmation on it (s)",
+    ):
+        value = re.search(re.escape(figure) + r"\s+(\S+)", out)
+        assert value and re.fullmatch(r"\d+\.\d+", value.group(1)), (figure, out)
     assert "Traceback" not in res.stderr

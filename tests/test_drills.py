@@ -40,6 +40,9 @@ async def test_drill(name: str, tmp_path: Path) -> None:
     assert report.figures["records lost"] == 0
     if name == "crash":
         assert sum("resumed after the restart" in e for e in report.events) == 2
+        # the relay got the SOS through the kills and the broker restart, and e-mailed
+        assert report.figures["relay stored the SOS (s after the gesture)"] is not None
+        assert report.figures["contact notified by e-mail (s after the gesture)"] is not None
 
 
 async def test_a_small_fleet_loses_nothing(tmp_path: Path) -> None:
