@@ -14,6 +14,9 @@ declare -A NEED=(
     [gpsfake]=gpsd-clients
     # libfaketime: part of the suite runs with the clock moved (make test, timeshift)
     [faketime]=faketime
+    # the relay's page is tested in a real browser, headless, driven by Selenium
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
@@ -22,6 +25,11 @@ missing=()
 for cmd in "${!NEED[@]}"; do
     have "$cmd" || missing+=("${NEED[$cmd]}")
 done
+# The relay's PostgreSQL tests start their own server (initdb in a temp dir); Debian keeps
+# initdb off PATH, in /usr/lib/postgresql/<major>/bin.
+if ! have initdb && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    missing+=("postgresql")
+fi
 # venv/ensurepip live in a separate package on Debian.
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=("python3-venv")

@@ -40,3 +40,28 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     unit.write_text(UNIT.read_text().replace("/opt/sosbeacon/.venv/bin/sosd", "/bin/true"))
     res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, check=False)
     assert res.returncode == 0 and "sosbeacon.service" not in res.stderr, res.stderr
+
+
+RELAY_UNIT = REPO / "deploy" / "sos-relay.service"
+
+
+def test_the_relay_unit_runs_unprivileged_with_its_own_state(tmp_path: Path) -> None:
+    text = RELAY_UNIT.read_text()
+    for line in (
+        "User=sos-relay",
+        "StateDirectory=sos-relay",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "sos-relay --config /etc/sosbeacon/sos-relay.toml run",
+    ):
+        assert line in text, line
+    from relay.config import RelaySettings
+
+    assert RelaySettings().data_dir == Path("/var/lib/sos-relay")
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (package systemd)")
+    unit = tmp_path / "sos-relay.service"
+    unit.write_text(text.replace("/opt/sosbeacon/.venv/bin/sos-relay", "/bin/true"))
+    res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and "sos-relay.service" not in res.stderr, res.stderr
