@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import footprint, nmea, outbox, uplink
+from bench import footprint, nmea, outbox, relay, uplink
 
 
 def section(title: str, figures: dict[str, Any]) -> None:
@@ -40,6 +40,7 @@ def main() -> int:
         ("nmea_decode", "NMEA decode (median of 7 rounds)", nmea.run),
         ("outbox_intake", "Durable intake: outbox, WAL + synchronous=FULL", outbox.run),
         ("uplink", "Uplink through Mosquitto on loopback", uplink.run),
+        ("relay", "The contacts' relay (sos-relay) through Mosquitto on loopback", relay.run),
         ("footprint", "Footprint of sosd run --sim", footprint.run),
     ]
     for key, title, fn in plan:

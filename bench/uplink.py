@@ -125,13 +125,15 @@ class Device:
 
 
 @contextlib.asynccontextmanager
-async def device(tmp: Path, port: int, backlog: int = 0) -> AsyncIterator[Device]:
+async def device(
+    tmp: Path, port: int, backlog: int = 0, contacts: tuple[Contact, ...] = (Contact("bench"),)
+) -> AsyncIterator[Device]:
     clock = MonotonicClock()
     async with await Outbox.open(tmp / f"o{backlog}.db", clock=clock) as box:
         if backlog:
             await asyncio.gather(*(box.store(r) for r in walk(backlog)))
         ctl = SosController(
-            config=SosConfig(contacts=(Contact("bench"),), countdown=0),
+            config=SosConfig(contacts=contacts, countdown=0),
             recorder=box,
             clock=clock,
         )

@@ -79,7 +79,12 @@ records = Table(
     Column("lat", Float),
     Column("lon", Float),
     Column("acc", Float),
-    Column("data", JSON),
+    Column("alt", Float),
+    Column("spd", Float),
+    Column("crs", Float),
+    Column(
+        "data", JSON(none_as_null=True)
+    ),  # what has no column (a battery sample, an event's details)
     Column("received", Float, nullable=False),
 )
 Index("records_session_t", records.c.session_id, records.c.kind, records.c.at)

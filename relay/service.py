@@ -34,6 +34,8 @@ from relay.config import RelayConfig
 from relay.store import Ingested, Store
 
 log = logging.getLogger("sos-relay")
+#: messages stored in one transaction at most, when they wait together (a backlog)
+BATCH = 16
 
 
 class Clock(Protocol):
@@ -161,11 +163,13 @@ class Relay:
                 delay = 0.5
                 self._dirty_event.set()  # receipts that could not go out
                 while True:
-                    m = await _next(conn)
-                    if await self._take(m):
-                        conn.ack(m)
-                    else:
+                    batch = [await _next(conn)]
+                    while len(batch) < BATCH and not conn.messages.empty():
+                        batch.append(conn.messages.get_nowait())
+                    if not await self._take(batch):
                         raise MqttError("database unavailable: the broker will redeliver")
+                    for m in batch:  # in the order they came (MQTT wants PUBACKs so)
+                        conn.ack(m)
             except MqttError as exc:
                 log.warning("relay: %s; reconnecting in %.1f s", exc, delay)
             finally:
@@ -175,35 +179,37 @@ class Relay:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    async def _take(self, m: Inbound) -> bool:
-        """Handle one message; False when it could not be stored (not acknowledged)."""
-        self.counters.messages += 1
-        parts = m.topic.split("/")
-        if len(parts) < 3 or parts[0] != self.prefix:
+    async def _take(self, batch: list[Inbound]) -> bool:
+        """Handle messages that arrived together, their records stored in one
+        transaction; False when they could not be stored (none is acknowledged)."""
+        items: list[tuple[str, list[Received]]] = []
+        for m in batch:
+            self.counters.messages += 1
+            parts = m.topic.split("/")
+            if len(parts) != 3 and not (len(parts) > 3 and parts[2] == "reply"):
+                continue
+            if parts[0] != self.prefix:
+                continue
+            device, leaf = parts[1], parts[2]
+            try:
+                if leaf == "track":
+                    items.append((device, decode_track(m.payload)))
+                elif leaf == "sos" and m.payload:
+                    items.append((device, [decode_sos(m.payload)]))
+                elif leaf == "reply" and m.payload:
+                    await self._reply(m.payload)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+                self.counters.undecodable += 1
+                log.warning("relay: undecodable message on %s: %s", m.topic, str(exc)[:200])
+        if not items:
             return True
-        device, leaf = parts[1], parts[2]
         try:
-            got: list[Received] = []
-            if leaf == "track" and len(parts) == 3:
-                got = decode_track(m.payload)
-            elif leaf == "sos" and len(parts) == 3 and m.payload:
-                got = [decode_sos(m.payload)]
-            elif leaf == "reply" and m.payload:
-                await self._reply(m.payload)
-                return True
-            else:
-                return True
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            self.counters.undecodable += 1
-            log.warning("relay: undecodable message on %s: %s", m.topic, str(exc)[:200])
-            return True
-        try:
-            done = await self.store.ingest(device, got, now=self.clock())
+            done = await self.store.ingest_many(items, now=self.clock())
         except Exception:
             self.counters.db_errors += 1
-            log.exception("relay: storing a message from %s failed", device)
+            log.exception("relay: storing %d message(s) failed", len(items))
             return False
-        self.counters.records += len(got)
+        self.counters.records += sum(len(got) for _, got in items)
         self.counters.duplicates += done.duplicates
         await self._after(done)
         return True

@@ -57,6 +57,7 @@ class Store:
         self.engine = engine
         self.key = link_key
         self._pg = engine.dialect.name == "postgresql"
+        self._insert_records = self._insert(records)().on_conflict_do_nothing()
 
     async def create(self) -> None:
         await db.create(self.engine)
@@ -72,16 +73,24 @@ class Store:
     async def ingest(self, device: str, got: Sequence[Received], *, now: float) -> Ingested:
         """Store a message's records in one transaction; returns only after the commit
         (the caller acknowledges the MQTT message then)."""
+        return await self.ingest_many([(device, got)], now=now)
+
+    async def ingest_many(
+        self, messages: Sequence[tuple[str, Sequence[Received]]], *, now: float
+    ) -> Ingested:
+        """Several messages' records (device, records) in one transaction: a backlog
+        arriving costs one commit per batch of messages, not per message."""
         out = Ingested()
-        by_box: dict[str, list[Received]] = defaultdict(list)
-        for r in got:
-            by_box[r.box].append(r)
+        by_box: dict[tuple[str, str], list[Received]] = defaultdict(list)
+        for device, got in messages:
+            for r in got:
+                by_box[(r.box, device)].append(r)
+            if got:
+                out.devices.add(device)
         async with self.engine.begin() as conn:
-            for box, recs in sorted(by_box.items()):
+            for (box, device), recs in sorted(by_box.items()):
                 fresh = await self._ledger(conn, device, box, recs, now, out)
                 await self._keep(conn, device, box, fresh, now, out)
-        if got:
-            out.devices.add(device)
         return out
 
     async def _ledger(
@@ -151,12 +160,17 @@ class Store:
         out: Ingested,
     ) -> None:
         rows: list[dict[str, Any]] = []
+        sids: dict[str, int] = {}
         for r in fresh:
             if r.session is None:
                 continue  # routine telemetry: counted in the ledger, not kept
-            sid = await self._session_id(conn, device, r.session, r.drill, box, now)
+            sid = sids.get(r.session)
+            if sid is None:
+                sid = await self._session_id(conn, device, r.session, r.drill, box, now)
+                sids[r.session] = sid
             out.new[sid].append(r)
             fix = r.data.get("fix") if r.kind == "fix" else None
+            f = fix if isinstance(fix, dict) else {}
             rows.append(
                 {
                     "box": box,
@@ -164,9 +178,7 @@ class Store:
                     "session_id": sid,
                     "kind": r.kind,
                     "at": r.t,
-                    "lat": fix.get("lat") if fix else None,
-                    "lon": fix.get("lon") if fix else None,
-                    "acc": fix.get("acc") if fix else None,
+                    **{k: f.get(k) for k in _FIX_COLUMNS},
                     "data": _extra(r),
                     "received": now,
                 }
@@ -178,8 +190,9 @@ class Store:
                 await self._ended(conn, sid, r, now)
                 out.ended.append(sid)
         if rows:
-            stmt = self._insert(records)(rows).on_conflict_do_nothing()
-            await conn.execute(stmt)
+            # executemany of one cached statement (a multi-VALUES insert of 500 rows would
+            # be compiled afresh for every message)
+            await conn.execute(self._insert_records, rows)
 
     async def _session_id(
         self, conn: AsyncConnection, device: str, sess: str, drill: bool, box: str, now: float
@@ -663,11 +676,16 @@ class Store:
             return out
 
 
+_FIX_COLUMNS = ("lat", "lon", "acc", "alt", "spd", "crs")
+
+
 def _extra(r: Received) -> dict[str, Any] | None:
     """What a record keeps beyond its columns."""
     if r.kind == "fix":
         fix = r.data.get("fix") or {}
-        rest = {k: v for k, v in fix.items() if k not in ("lat", "lon", "acc")}
+        if len(fix) <= len(_FIX_COLUMNS) and fix.keys() <= set(_FIX_COLUMNS):
+            return None  # the common case: all in columns
+        rest = {k: v for k, v in fix.items() if k not in _FIX_COLUMNS}
         return {"fix": rest} if rest else None
     if r.kind == "sos-start":
         return {k: v for k, v in r.data.items() if k != "contacts"}
