@@ -357,7 +357,7 @@ def decode_track(payload: bytes) -> list[Received]:
     not one (a receiver logs it and goes on)."""
     try:
         return _decode_track(payload)
-    except (KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
+    except (KeyError, TypeError, IndexError, AttributeError, RecursionError, OverflowError) as exc:
         raise ValueError(f"not a track message: {type(exc).__name__}: {exc}") from None
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from device.wire import Received, seq_ranges
 from device.wire import ranges_text as text
-from device.wire import seq_ranges
 
 Ranges = list[list[int]]
 
@@ -54,4 +56,57 @@ def count(ranges: Sequence[Sequence[int]]) -> int:
     return sum(b - a + 1 for a, b in ranges)
 
 
-__all__ = ["Ranges", "contains", "count", "holes", "merge", "of", "text"]
+#: the largest seq taken seriously (a device would need 285 years at 1,000 records/s)
+MAX_SEQ = 2**53
+
+
+def pairs(value: Any) -> Ranges:
+    """The well-formed ``[first, last]`` pairs of a gap notice's ``ranges`` (from the
+    wire: anything else in it is dropped, never trusted)."""
+    out: Ranges = []
+    if isinstance(value, list):
+        for r in value[:10_000]:
+            if (
+                isinstance(r, list | tuple) and len(r) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+                and 1 <= r[0] <= r[1] <= MAX_SEQ
+            ):  # fmt: skip
+                out.append([r[0], r[1]])
+    return out
+
+
+@dataclass
+class Taken:
+    """What one outbox's ledger makes of a batch of records."""
+
+    fresh: list[Received]
+    seen: Ranges
+    removed: Ranges
+    duplicates: int
+
+
+def take(seen: Ranges, removed: Ranges, recs: Iterable[Received]) -> Taken:
+    """The receiver's proof of no loss (as :class:`device.wire.SeqLedger`), kept as
+    ranges: a record whose seq was seen before is a duplicate; a gap notice's ranges are
+    removed on purpose; every other seq up to the highest seen that is neither seen nor
+    removed is a hole (:func:`holes`)."""
+    fresh: list[Received] = []
+    taken: set[int] = set()
+    dups = 0
+    for r in recs:
+        if not isinstance(r.seq, int) or not 1 <= r.seq <= MAX_SEQ:
+            dups += 1  # not a seq at all: counted with the duplicates, never stored
+            continue
+        if r.seq in taken or contains(seen, r.seq):
+            dups += 1
+            continue
+        taken.add(r.seq)
+        fresh.append(r)
+        if r.kind == "gap":
+            removed = merge(removed, pairs(r.data.get("ranges")))
+    return Taken(fresh, merge(seen, of(taken)), removed, dups)
+
+
+__all__ = [
+    "Ranges", "Taken", "contains", "count", "holes", "merge", "of", "pairs", "take", "text",
+]  # fmt: skip

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import apprise
+import sqlalchemy.exc
 
 from device.mqtt import Connection, Inbound, MqttError
 from device.wire import Address, AddressError, Received, decode_sos, decode_track, dumps
@@ -36,6 +37,9 @@ from relay.store import Ingested, Store
 log = logging.getLogger("sos-relay")
 #: messages stored in one transaction at most, when they wait together (a backlog)
 BATCH = 16
+#: errors that say the database is away, not that a message is bad: retried (the
+#: connection is dropped and the broker redelivers)
+TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError)
 
 
 class Clock(Protocol):
@@ -50,6 +54,8 @@ class Counters:
     undecodable: int = 0
     refused_tokens: int = 0
     db_errors: int = 0
+    #: messages dropped because the database refused them for what they hold
+    unstorable: int = 0
 
 
 @dataclass(eq=False)
@@ -198,21 +204,38 @@ class Relay:
                     items.append((device, [decode_sos(m.payload)]))
                 elif leaf == "reply" and m.payload:
                     await self._reply(m.payload)
-            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            except Exception as exc:  # the decoders are pure: whatever they raise, it is the input
                 self.counters.undecodable += 1
                 log.warning("relay: undecodable message on %s: %s", m.topic, str(exc)[:200])
         if not items:
             return True
         try:
-            done = await self.store.ingest_many(items, now=self.clock())
-        except Exception:
+            await self._store(items)
+        except TRANSIENT:
             self.counters.db_errors += 1
             log.exception("relay: storing %d message(s) failed", len(items))
             return False
+        except Exception:
+            # something in one message the database will never take (a bug, or a
+            # malformed record that decoded): store the others one by one, and count and
+            # drop the one, rather than have it redelivered for ever
+            for item in items:
+                try:
+                    await self._store([item])
+                except TRANSIENT:
+                    self.counters.db_errors += 1
+                    log.exception("relay: storing a message from %s failed", item[0])
+                    return False
+                except Exception:
+                    self.counters.unstorable += 1
+                    log.exception("relay: a message from %s cannot be stored: dropped", item[0])
+        return True
+
+    async def _store(self, items: list[tuple[str, list[Received]]]) -> None:
+        done = await self.store.ingest_many(items, now=self.clock())
         self.counters.records += sum(len(got) for _, got in items)
         self.counters.duplicates += done.duplicates
         await self._after(done)
-        return True
 
     async def _after(self, done: Ingested) -> None:
         if done.started or done.ended:

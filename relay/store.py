@@ -111,20 +111,8 @@ class Store:
                 "relay: outbox %s of %s also published by %s: ignored", box, row.device, device
             )
             return []
-        seen: ranges.Ranges = list(row.seen) if row else []
-        removed: ranges.Ranges = list(row.removed) if row else []
-        fresh: list[Received] = []
-        taken: set[int] = set()
-        dups = 0
-        for r in recs:
-            if r.seq in taken or ranges.contains(seen, r.seq):
-                dups += 1
-                continue
-            taken.add(r.seq)
-            fresh.append(r)
-            if r.kind == "gap":
-                removed = ranges.merge(removed, r.data.get("ranges", []))
-        seen = ranges.merge(seen, ranges.of(taken))
+        got = ranges.take(list(row.seen) if row else [], list(row.removed) if row else [], recs)
+        fresh, seen, removed, dups = got.fresh, got.seen, got.removed, got.duplicates
         if row is None:
             await conn.execute(
                 insert(boxes).values(

@@ -260,15 +260,25 @@ async def test_duplicates_and_garbage_are_counted_never_stored_twice_or_fatal(
     await conn.connect()
     try:
         await conn.publish(track.topic, track.payload)
-        for junk in (b"{", b"[]", b'{"v":1}', b'{"v":1,"box":"b","fix":[["x"]]}', b"\xff"):
+        for junk in (b"{", b"[]", b'{"v":1}', b'{"v":1,"box":"b","fix":[["x"]]}', b"\xff",
+                     b'{"v":1,"box":"b","fix":[[1,1e308,1,2]]}'):  # fmt: skip
             await conn.publish("sosbeacon/dev1/track", junk)
+        # decodable, but nonsense: a seq that is not a number, gap ranges that are not
+        # ranges. Counted and left out; never a message redelivered for ever.
+        odd = (
+            b'{"v":1,"box":"b","sess":"s","fix":[["x",1,2,3]]}',
+            b'{"v":1,"box":"b","gap":[{"seq":1,"t":1,"ranges":[["a"],[5,2],1]}]}',
+        )
+        for payload in odd:
+            await conn.publish("sosbeacon/dev1/track", payload)
         await conn.publish("sosbeacon/dev1/sos", b'{"v":1,"box":"b"}')
     finally:
         await conn.disconnect()
-    await relay.wait(lambda: relay.relay.counters.undecodable >= 6)
-    await relay.wait(lambda: relay.relay.counters.duplicates >= 1)
+    await relay.wait(lambda: relay.relay.counters.undecodable >= 7)
+    await relay.wait(lambda: relay.relay.counters.duplicates >= 2)
     counts = await relay.store.counts()
-    assert counts["records"] == 2
+    assert counts["records"] == 2  # the gap notice of box "b" has no session: ledger only
+    assert relay.relay.counters.unstorable == 0
     # and it still works
     await dev.outbox.add(fix_record(1, session=sess))
 

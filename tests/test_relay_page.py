@@ -146,3 +146,66 @@ async def run_page(drv: WebDriver, link: str, relay: Any, sock: Path) -> None:
     await asyncio.to_thread(drv.refresh)
     await until(drv, "the expired page", lambda d: "expired" in d.page_source)
     assert "Route no longer available" in drv.title
+
+
+async def test_a_drill_shows_its_banner_and_a_buffered_backlog_says_it_is_arriving(
+    tmp_path: Path,
+) -> None:
+    """Crafted wire messages straight to the broker: a drill, then route points 4-5 ahead
+    of 2-3 (the device is draining its buffer): the page says points are arriving until
+    the hole fills. A revoked link then answers 410 in the browser too."""
+    from datetime import UTC, datetime
+
+    from device.mqtt import BrokerConfig, Connection
+    from device.records import Priority, Record, RecordKind, Stored
+    from device.wire import encode_sos, encode_track, track_row
+    from tests.mqtt_env import fix_record
+
+    with (
+        Mosquitto(tmp_path / "broker", config=DURABLE, binary=need_mosquitto()) as broker,
+        MailSink() as smtp,
+    ):
+        cfg = relay_settings(tmp_path, broker.port, **{"notify.services": {"email": smtp.url()}})
+        async with relay_rig(cfg) as relay:
+            dev = Connection(BrokerConfig(host="127.0.0.1", port=broker.port, client_id="d2"))
+            await dev.connect()
+            box, sess = "0123456789abcdef", "feedfacecafebeef"
+            start = Record(
+                RecordKind.SOS_START, datetime.now(UTC),
+                {"owner": "Sam", "contacts": [{"name": "Alice", "reach": "alice@example.org"}]},
+                Priority.SOS, sess, drill=True,
+            )  # fmt: skip
+            await dev.publish("sosbeacon/d2/sos", encode_sos(box, 1, start), retain=True)
+
+            def track(*seqs: int) -> bytes:
+                items = []
+                for s in seqs:
+                    r = fix_record(s, session=sess)
+                    r = Record(r.kind, r.time, r.data, r.priority, sess, drill=True)
+                    items.append(Stored(s, None, r, track_row(r)))
+                return encode_track(box, items)
+
+            await dev.publish("sosbeacon/d2/track", track(4, 5))
+            mail = (await relay.wait(lambda: smtp.mails))[0]
+            assert mail.subject.startswith("DRILL (not a real emergency): ")
+            link = re.search(r"http://\S+/s/[A-Za-z0-9_-]+", mail.body)
+            assert link
+            with chromium() as drv:
+                await asyncio.to_thread(drv.get, link.group(0))
+                await until(drv, "the drill banner", lambda d: d.find_element(By.ID, "drill")
+                            .is_displayed())  # fmt: skip
+                banner = text(drv, "drill")
+                assert "DRILL" in banner and "not a real emergency" in banner
+                assert "Drill: Sam is testing their SOS" in text(drv, "title")
+                await until(drv, "points arriving", lambda d: d.find_element(By.ID, "buffered")
+                            .is_displayed())  # fmt: skip
+                assert "arriving" in text(drv, "buffered")
+                await dev.publish("sosbeacon/d2/track", track(2, 3))
+                await until(drv, "the hole filled", lambda d: not d.find_element(By.ID, "buffered")
+                            .is_displayed())  # fmt: skip
+                assert text(drv, "npoints") == "4 points"
+                rows = await relay.store.list_links()
+                assert await relay.store.revoke(rows[0]["id"], now=relay.clock())
+                await asyncio.to_thread(drv.refresh)
+                await until(drv, "the withdrawn page", lambda d: "withdrawn" in d.page_source)
+            await dev.disconnect()
