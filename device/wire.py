@@ -433,7 +433,7 @@ class SeqLedger:
                 continue
             self.seen.add(r.seq)
             if r.kind == RecordKind.GAP.value:
-                for a, b in r.data.get("ranges", []):
+                for a, b in gap_ranges(r.data.get("ranges")):
                     self.removed.update(range(a, b + 1))
 
     @property
@@ -443,6 +443,26 @@ class SeqLedger:
     def missing(self) -> list[int]:
         accounted = self.seen | self.removed
         return [s for s in range(1, self.last + 1) if s not in accounted]
+
+
+#: the largest seq taken seriously (a device would need 285 years at 1,000 records/s)
+MAX_SEQ = 2**53
+
+
+def gap_ranges(value: Any) -> list[list[int]]:
+    """The well-formed ``[first, last]`` pairs of a gap notice's ``ranges``, as received:
+    anything else in it is dropped, never trusted."""
+    out: list[list[int]] = []
+    if isinstance(value, list):
+        for r in value[:10_000]:
+            if (
+                isinstance(r, list | tuple)
+                and len(r) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+                and 1 <= r[0] <= r[1] <= MAX_SEQ
+            ):
+                out.append([r[0], r[1]])
+    return out
 
 
 # -- commands ----------------------------------------------------------------------------

@@ -7,9 +7,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from device.wire import Received, seq_ranges
+from device.wire import MAX_SEQ, Received, seq_ranges
+from device.wire import gap_ranges as pairs
 from device.wire import ranges_text as text
 
 Ranges = list[list[int]]
@@ -54,25 +54,6 @@ def holes(seen: Sequence[Sequence[int]], removed: Sequence[Sequence[int]]) -> Ra
 
 def count(ranges: Sequence[Sequence[int]]) -> int:
     return sum(b - a + 1 for a, b in ranges)
-
-
-#: the largest seq taken seriously (a device would need 285 years at 1,000 records/s)
-MAX_SEQ = 2**53
-
-
-def pairs(value: Any) -> Ranges:
-    """The well-formed ``[first, last]`` pairs of a gap notice's ``ranges`` (from the
-    wire: anything else in it is dropped, never trusted)."""
-    out: Ranges = []
-    if isinstance(value, list):
-        for r in value[:10_000]:
-            if (
-                isinstance(r, list | tuple) and len(r) == 2
-                and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
-                and 1 <= r[0] <= r[1] <= MAX_SEQ
-            ):  # fmt: skip
-                out.append([r[0], r[1]])
-    return out
 
 
 @dataclass

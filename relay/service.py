@@ -296,12 +296,15 @@ class Relay:
     async def _notifier(self) -> None:
         n = self.config.notify
         while True:
+            # cleared before looking, so that a start stored while sending is not missed
+            self._wake_notifier.clear()
             due = await self._guarded(
                 self.store.claim_due(now=self.clock(), me=self._me, lease=n.timeout * 2 + 30)
             )
-            for item in due or []:
-                await self._send_one(item)
-            self._wake_notifier.clear()
+            if due:
+                # every contact at once: one slow service must not hold up the others
+                await asyncio.gather(*(self._send_one(item) for item in due))
+                continue  # more may be due (at most 50 are claimed at a time)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._wake_notifier.wait()
