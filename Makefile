@@ -28,11 +28,13 @@ typecheck: bootstrap
 pytest: bootstrap
 	$(BIN)/pytest -q
 
-# The tests most bound to dates (outbox, uplink, SOS lifecycle, the device's clock), run
+# The tests most bound to dates (outbox, uplink, SOS lifecycle, the device's clock, the
+# relay's 72-hour links), run
 # again with the clock 400 days ahead under libfaketime: a test that mixes a fixed date
 # with the wall clock fails the day it is written, not months later.
 SHIFT_DAYS  := 400
-SHIFT_TESTS := tests/test_outbox.py tests/test_uplink.py tests/test_sos.py tests/test_device_clock.py
+SHIFT_TESTS := tests/test_outbox.py tests/test_uplink.py tests/test_sos.py tests/test_device_clock.py \
+	tests/test_relay.py tests/test_relay_page.py
 timeshift: bootstrap
 	SOSBEACON_CLOCK_SHIFT_DAYS=$(SHIFT_DAYS) SOSBEACON_REAL_EPOCH=$$(env -u LD_PRELOAD date +%s) \
 		faketime -f '+$(SHIFT_DAYS)d' $(BIN)/pytest -q -p no:cacheprovider $(SHIFT_TESTS)
