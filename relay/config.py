@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -251,8 +251,6 @@ def _check(cfg: RelayConfig) -> list[str]:
 
 def public(cfg: RelayConfig) -> dict[str, Any]:
     """The configuration without secrets, for ``check-config``."""
-    from dataclasses import asdict
-
     out = asdict(cfg)
     for section, key in (("mqtt", "password"),):
         if out[section].get(key):

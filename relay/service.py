@@ -110,8 +110,6 @@ class Relay:
     clock: Callable[[], float] = time.time
     hub: Hub = field(default_factory=Hub)
     counters: Counters = field(default_factory=Counters)
-    #: called with each Apprise URL and message instead of sending (tests of failure)
-    sender: Callable[[str, notify.Message], Any] | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _conn: Connection | None = None
     _wake_notifier: asyncio.Event = field(default_factory=asyncio.Event)
@@ -352,11 +350,6 @@ class Relay:
 
     async def _deliver(self, url: str, msg: notify.Message) -> str | None:
         """Send one message; ``None`` when it went, else why not."""
-        if self.sender is not None:
-            got = self.sender(url, msg)
-            if asyncio.iscoroutine(got):
-                got = await got
-            return None if got is None or got is True else str(got)
         a = apprise.Apprise()
         if not a.add(url):
             return "Apprise does not understand this service URL (check notify.services)"

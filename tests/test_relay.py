@@ -87,6 +87,10 @@ async def test_an_sos_reaches_each_contact_once_with_a_link_to_a_live_page(world
     await dev.outbox.add(sos_start(sess))
     for i in range(3):
         await dev.outbox.add(fix_record(i, session=sess))
+    battery = {"pct": 79, "status": "discharging", "v": 3.81}
+    await dev.outbox.add(
+        Record(RecordKind.BATTERY, datetime.now(UTC), {"battery": battery}, Priority.LIVE, sess)
+    )
 
     mails = await relay.wait(lambda: world.smtp.mails)
     posts = await relay.wait(lambda: world.hook.posts)
@@ -113,11 +117,16 @@ async def test_an_sos_reaches_each_contact_once_with_a_link_to_a_live_page(world
     csp = r.headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
     assert "unsafe-inline" not in csp
-    data = (await relay.http.get(f"/s/{token}/data")).json()
-    await relay.wait(lambda: len(data["points"]) == 3 or None, within=1)
+
+    async def page_data() -> Any:
+        d = (await relay.http.get(f"/s/{token}/data")).json()
+        return d if len(d["points"]) == 3 and d["battery"] != {} else None
+
+    data = await relay.wait(page_data)
     assert data["owner"] == "Sam" and data["drill"] is False and data["ended"] is None
     assert [p[0] for p in data["points"]] == [2, 3, 4]  # seq 1 is the sos-start
-    assert data["battery"] == {"pct": 81, "status": "discharging"}
+    assert data["points"][0][2:] == [55.944, -3.161, 5]  # lat, lon, accuracy (m, rounded up)
+    await relay.wait(lambda: _battery(relay, token, battery))
     assert "alice@example.org" not in r.text + json.dumps(data)  # addresses stay private
 
     # each contact is notified once; the opening is recorded for Alice alone
@@ -139,7 +148,7 @@ async def test_an_sos_reaches_each_contact_once_with_a_link_to_a_live_page(world
 
     got = await relay.wait(receipt)
     assert got["sess"] == sess and got["sos_stored"]
-    assert list(got["stored"].values()) == ["1-4"]
+    assert list(got["stored"].values()) == ["1-5"]
     by = {c["name"]: c for c in got["contacts"]}
     assert by["Alice"]["notified"][0]["channel"] == "email"
     assert by["Alice"]["notified"][0]["state"] == "sent"
@@ -225,6 +234,11 @@ async def test_a_failed_send_is_retried_and_a_restart_sends_nothing_twice(
                 await asyncio.sleep(2.0)
                 assert len(smtp.mails) == 1 and len(hook.posts) == posts
                 assert await _state_async(relay, "Alice") == "sent"
+
+
+async def _battery(relay: RelayRig, token: str, expected: dict[str, Any]) -> bool:
+    """The page shows the newest battery sample (stored as JSON: SQLite and PostgreSQL)."""
+    return bool((await relay.http.get(f"/s/{token}/data")).json()["battery"] == expected)
 
 
 async def _is(value: Any, expected: Any) -> bool:
