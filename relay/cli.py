@@ -19,11 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from device.tomlconf import ConfigError
+import sqlalchemy.exc
+
+from device.tomlconf import ConfigError, redact_url
 from relay import config as config_mod
 from relay import db, links
 from relay.config import DEFAULT_CONFIG, RelayConfig
 from relay.store import Store
+from relay.web import WebError
 
 
 def _load(path: Path | None) -> RelayConfig:
@@ -117,10 +120,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "links":
         return asyncio.run(_links(cfg, args.action, getattr(args, "id", None)))
     try:
-        asyncio.run(_run(cfg))
+        return _serve(cfg)
     except KeyboardInterrupt:
         return 0
-    return 0
+
+
+def _serve(cfg: RelayConfig) -> int:
+    """Run until stopped; a port taken or a database out of reach is said plainly."""
+    said: list[str] = []
+    try:
+        asyncio.run(_run(cfg))
+    except* WebError as group:
+        said += [f"sos-relay: {exc}" for exc in group.exceptions]
+    except* (sqlalchemy.exc.SQLAlchemyError, OSError) as group:
+        said += [
+            f"sos-relay: the database at {redact_url(cfg.database_url())} cannot be used: "
+            f"{str(exc).splitlines()[0][:300]}\n"
+            "  (check database.url, that the server is up and the user may create tables)"
+            for exc in group.exceptions
+        ]
+    for line in said:
+        sys.stderr.write(line + "\n")
+    return 1 if said else 0
 
 
 if __name__ == "__main__":

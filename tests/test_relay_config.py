@@ -100,3 +100,31 @@ def test_links_are_listed_and_revoked_from_the_command_line(
     assert main(["--config", str(conf), "links", "revoke", link_id]) == 1  # not twice
     assert main(["--config", str(conf), "links", "list"]) == 0
     assert "revoked" in capsys.readouterr().out
+
+
+def test_a_taken_port_or_an_unreachable_database_is_said_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from sim.broker import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "relay.toml"
+        conf.write_text(
+            f'[relay]\ndata_dir = "{tmp_path / "data"}"\n[web]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        assert main(["--config", str(conf), "run"]) == 1
+    err = capsys.readouterr().err
+    assert f"web.listen 127.0.0.1:{port}: cannot listen there" in err and "Traceback" not in err
+    conf.write_text(
+        f'[relay]\ndata_dir = "{tmp_path / "data"}"\n[database]\n'
+        f'url = "postgresql+asyncpg://relay:s3cret@127.0.0.1:{free_port()}/nowhere"\n'
+    )
+    assert main(["--config", str(conf), "run"]) == 1
+    err = capsys.readouterr().err
+    assert "the database at postgresql+asyncpg://relay:***@127.0.0.1:" in err
+    assert "s3cret" not in err and "check database.url" in err
