@@ -14,13 +14,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from device.errors import SosbeaconError
+
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 #: an answer (an export) may be large; requests are small
 LIMIT = 64 * 1024 * 1024
 
 
-class NotRunning(ConnectionError):
+class NotRunning(SosbeaconError, ConnectionError):
     """No daemon answers on the socket."""
 
 

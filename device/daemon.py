@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, replace
@@ -38,7 +37,7 @@ from device.config import Config
 from device.gesture import GestureDetector
 from device.gps import Fix
 from device.notify import Notifier
-from device.outbox import Outbox
+from device.outbox import Outbox, OutboxError
 from device.parts import Backend, Parts
 from device.records import run_retention
 from device.sos import Session, SosController, SosRefused
@@ -198,7 +197,7 @@ class Daemon:
             await asyncio.to_thread(self._mark.write, state)
         try:
             await self.outbox.set_meta("active_session", json.dumps(state) if state else "")
-        except sqlite3.OperationalError as exc:
+        except OutboxError as exc:
             log.warning(
                 "the SOS session was not saved in the outbox (%s); its mark %s has it",
                 exc,
@@ -233,7 +232,7 @@ class Daemon:
             kept_until = newest.ended + timedelta(seconds=self.config.sos.retention)
             if await outbox.has_end(newest.id) or self.clock.now() >= kept_until:
                 if raw:
-                    with contextlib.suppress(sqlite3.OperationalError):
+                    with contextlib.suppress(OutboxError):
                         await outbox.set_meta("active_session", "")
                 return
         await ctl.resume(newest)

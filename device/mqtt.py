@@ -31,6 +31,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from device.errors import SosbeaconError
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +71,7 @@ class BrokerConfig:
     session_expiry: int = 24 * 3600
 
 
-class MqttError(Exception):
+class MqttError(SosbeaconError):
     """The connection failed or was lost; the message says why."""
 
 

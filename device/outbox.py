@@ -43,6 +43,7 @@ import asyncio
 import bisect
 import contextlib
 import functools
+import inspect
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from device.clock import Clock, MonotonicClock
+from device.errors import SosbeaconError
 from device.records import FixRun, Item, Priority, Record, RecordKind, Stored, TrackRow
 from device.salvage import RECORD_COLUMNS, read_readable
 from device.storage import CorruptOutbox, Fault, Reserve, classify
@@ -132,11 +134,29 @@ _COLUMNS = (
 )
 
 
-class OutboxFull(OSError):
+class OutboxError(SosbeaconError, OSError):
+    """The outbox could not do what was asked: the database refused (its ``__cause__``
+    is SQLite's own error). ``fault`` says what kind (full, locked, I/O, read-only, ...).
+    Every public method of :class:`Outbox` raises this, never ``sqlite3``'s errors, so
+    nothing outside the outbox needs to know it is SQLite."""
+
+    fault: Fault = Fault.OTHER
+
+    @classmethod
+    def of(cls, exc: sqlite3.Error) -> OutboxError:
+        fault = classify(exc)
+        err = (OutboxFull if fault is Fault.FULL else OutboxError)(f"outbox: {exc}")
+        err.fault = fault
+        return err
+
+
+class OutboxFull(OutboxError):
     """The record could not be stored: the disk (or the configured cap) is full."""
 
+    fault = Fault.FULL
 
-class OutboxUnavailable(OSError):
+
+class OutboxUnavailable(OutboxError):
     """The outbox cannot be opened, for a reason that says nothing about its contents
     (a full disk, a lock held too long, an I/O error, a read-only file system): the
     file is left as it is, and the message says what to do."""
@@ -1335,6 +1355,25 @@ _PRIORITIES = {int(p): p for p in Priority}
 
 
 In = TypeVar("In")
+
+
+def _speaking_for_itself(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A public coroutine of :class:`Outbox` with SQLite's errors as :class:`OutboxError`."""
+
+    @functools.wraps(fn)
+    async def translated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise OutboxError.of(exc) from exc
+
+    return translated
+
+
+for _name, _member in list(vars(Outbox).items()):
+    if not _name.startswith("_") and inspect.iscoroutinefunction(_member):
+        setattr(Outbox, _name, _speaking_for_itself(_member))
+del _name, _member
 
 
 class _Grouped(Generic[In, T]):

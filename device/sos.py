@@ -33,6 +33,7 @@ from typing import Any
 from device.actuators import Cue, GpsPower, GpsPowerMode, Indicator, NetworkLink
 from device.battery import BatteryLevel, BatteryPolicy, BatterySample
 from device.clock import Clock
+from device.errors import SosbeaconError
 from device.geo import haversine
 from device.gesture import Detected, Press
 from device.gps import Fix
@@ -48,7 +49,7 @@ class SosState(enum.StrEnum):
     ACTIVE = "active"
 
 
-class SosRefused(Exception):
+class SosRefused(SosbeaconError):
     """A start that cannot be honoured; the message says what to do."""
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from device.errors import SosbeaconError
 
-class ConfigError(ValueError):
+
+class ConfigError(SosbeaconError, ValueError):
     """The configuration cannot be used; ``problems`` lists every reason."""
 
     def __init__(self, source: str, problems: list[str]) -> None:

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import random
-import sqlite3
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -41,7 +40,7 @@ from device.backoff import Backoff
 from device.clock import Clock
 from device.commands import CommandHandler
 from device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, Inbound, MqttError, Will
-from device.outbox import Outbox, Pending
+from device.outbox import Outbox, OutboxError, Pending
 from device.receipts import NO_SUBSCRIBERS, Delivery
 from device.records import FixRun, Item, Priority, RecordKind, Stored, seqs_of
 from device.wire import (
@@ -226,7 +225,7 @@ class Uplink:
                     await self._serve(conn, connack)
                 except MqttError as exc:
                     self._note_error(f"broker connection lost: {exc}", log.warning)
-                except (sqlite3.Error, OSError) as exc:
+                except OSError as exc:  # OutboxError among them
                     # e.g. the disk is full: the records stay where they are; try again
                     self._note_error(f"outbox error while sending: {exc}", log.error)
                 except asyncio.CancelledError:
@@ -548,7 +547,7 @@ class Uplink:
         if new:
             try:
                 await self._outbox.bind({m.msg_id: m.seqs for m in new})
-            except sqlite3.OperationalError as exc:
+            except OutboxError as exc:
                 # A full disk: the messages go anyway. Unbound, a resend after a restart
                 # would carry new ids (receivers still drop duplicates by seq).
                 self._note_once("bind", f"message ids not stored ({exc}); sending anyway")
@@ -599,7 +598,7 @@ class Uplink:
         the delivery of the rest)."""
         try:
             await self._update_views(conn, msg)
-        except (sqlite3.OperationalError, OSError) as exc:
+        except OSError as exc:  # OutboxError among them
             self._note_once("views", f"the retained views' state was not stored: {exc}")
 
     async def _update_views(self, conn: Connection, msg: Message) -> None:
@@ -653,7 +652,7 @@ class Uplink:
         last = self._ot_last
         try:
             await self._outbox.set_meta("owntracks", json.dumps(last))
-        except (sqlite3.OperationalError, OSError) as exc:
+        except OSError as exc:  # OutboxError among them
             self._note_once("views", f"the retained views' state was not stored: {exc}")
         await self._publish_view(conn, self.owntracks_topic, dumps(last["loc"]), last["expiry"])
         if self._ot_last is last:

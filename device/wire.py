@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from device.errors import SosbeaconError
 from device.records import FixRun, Item, Record, RecordKind, TrackRow
 
 WIRE_VERSION = 1
@@ -475,7 +476,7 @@ class CommandName(enum.StrEnum):
     LOCATE_NOW = "locate-now"
 
 
-class CommandError(ValueError):
+class CommandError(SosbeaconError, ValueError):
     """A command that cannot be accepted; the message is sent back to the sender."""
 
 
@@ -577,7 +578,7 @@ _PHONE = re.compile(r"\+?[0-9][0-9 ().-]{5,30}")
 _SCHEMED = re.compile(r"([a-z][a-z0-9+.-]{0,31}):([^\s/@:]{1,256})")
 
 
-class AddressError(ValueError):
+class AddressError(SosbeaconError, ValueError):
     """A contact address that is not one (or that must not go through the broker)."""
 
 

@@ -37,6 +37,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from device.errors import SosbeaconError
 from device.mqtt import MqttError
 from device.tomlconf import host_port
 from relay.service import Relay, sse
@@ -225,7 +226,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-class WebError(Exception):
+class WebError(SosbeaconError, OSError):
     """The page cannot be served; the message says why and what to do."""
 
 

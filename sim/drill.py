@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from device.control import NotRunning, request
+from device.errors import SosbeaconError
 from device.mqtt import BrokerConfig, Connection, MqttError
 from device.wire import Received, Topics, dumps
 from sim import localrelay
@@ -81,7 +82,7 @@ EXPECTATIONS = {
 }
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SosbeaconError, ValueError):
     pass
 
 

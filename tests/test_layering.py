@@ -42,9 +42,12 @@ def test_hw_does_not_import_sim() -> None:
 
 
 #: what the relay may take from device/: the wire contract (and the record kinds it is
-#: written in, with their clock), the MQTT v5 connection and the TOML loader. Nothing of
-#: the daemon.
-RELAY_MAY_USE = {"device.wire", "device.records", "device.clock", "device.mqtt", "device.tomlconf"}
+#: written in, with their clock), the MQTT v5 connection, the TOML loader and the error
+#: base. Nothing of the daemon.
+RELAY_MAY_USE = {
+    "device.wire", "device.records", "device.clock", "device.mqtt", "device.tomlconf",
+    "device.errors",
+}  # fmt: skip
 
 
 def test_the_relay_uses_only_the_wire_contract_and_plain_libraries_of_device() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from device.outbox import SCHEMA_VERSION, Limits, Outbox, OutboxFull
+from device.outbox import SCHEMA_VERSION, Limits, Outbox, OutboxError, OutboxFull
 from device.records import Priority, Record, RecordKind, Stored
 
 T0 = datetime(2026, 11, 22, 10, tzinfo=UTC)
@@ -275,14 +275,15 @@ async def test_a_write_that_fails_halfway_leaves_nothing_half_done(
             raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(box, "_insert_gap_sync", full)
-        with pytest.raises(sqlite3.OperationalError, match="full"):
+        with pytest.raises(OutboxError, match="full") as err:
             await box.purge(T0)
-        with pytest.raises(sqlite3.OperationalError, match="full"):
+        assert isinstance(err.value.__cause__, sqlite3.OperationalError)  # SQLite's, inside
+        with pytest.raises(OutboxError, match="full"):
             await box.wipe()
         with pytest.raises(TypeError):  # a record that cannot be stored at all
             await box.store(Record(RecordKind.BATTERY, T0, {"battery": object()}))
         box.limits = Limits(max_rows=15, min_free_bytes=0)
-        with pytest.raises(sqlite3.OperationalError, match="full"):
+        with pytest.raises(OutboxError, match="full"):
             await box.store(rec(20))  # its eviction fails first: the record is not stored
         assert box._rows == (await box.stats()).depth == 20
         monkeypatch.setattr(box, "_insert_gap_sync", real)
