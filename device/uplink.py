@@ -29,7 +29,7 @@ import math
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -339,7 +339,12 @@ class Uplink:
         if self._ot_dirty and self.owntracks_topic:
             self._schedule_owntracks(conn)
         try:
-            await _first_failure(tasks)
+            async with asyncio.TaskGroup() as tg:
+                for job in tasks:
+                    tg.create_task(job)
+        except ExceptionGroup as group:
+            # the first failure is why this connection ended (the others are its echo)
+            raise group.exceptions[0] from None
         finally:
             if self._ot_flush is not None:
                 self._ot_flush.cancel()
@@ -763,20 +768,6 @@ def _too_large(msg: Message, rc: ReasonCode) -> bool:
 async def _raise_when_closed(conn: Connection) -> None:
     why = await asyncio.shield(conn.closed)
     raise MqttError(why)
-
-
-async def _first_failure(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run together; when one fails, cancel the others and raise its exception."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            if t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 __all__ = ["Message", "Uplink", "UplinkConfig", "UplinkStats", "routine_due", "sos_message_id"]
