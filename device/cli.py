@@ -26,7 +26,7 @@ import gpxpy.gpx
 from device import config as config_mod
 from device.clock import MonotonicClock, ScaledClock
 from device.config import DEFAULT_CONFIG, Config
-from device.control import NotRunning, request
+from device.control import NotRunning, follow, request
 from device.daemon import Daemon
 from device.parts import load_backend
 from device.receipts import describe
@@ -216,6 +216,10 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="state, last fix and its age, battery, link, outbox")
+    events = sub.add_parser("events", help="follow what happens, live")
+    events.add_argument(
+        "--json", action="store_true", dest="events_json", help="one JSON object a line"
+    )
     sos = sub.add_parser("sos", help="start or stop an SOS")
     sos_sub = sos.add_subparsers(dest="action", required=True)
     start = sos_sub.add_parser("start", help="start an SOS (after the countdown)")
@@ -236,6 +240,14 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     path = socket_path(args)
 
+    if args.command == "events":
+        try:
+            return asyncio.run(_print_events(path, as_json=args.json or args.events_json))
+        except NotRunning as exc:
+            sys.stderr.write(f"sosctl: {exc}\n")
+            return 3
+        except KeyboardInterrupt:
+            return 0
     if args.command == "status":
         req: dict[str, Any] = {"cmd": "status"}
     elif args.command == "sos":
@@ -392,6 +404,26 @@ def sosd_command(*args: str) -> list[str]:
 
 def sosd_main() -> None:
     sys.exit(sosd())
+
+
+async def _print_events(path: Path, *, as_json: bool) -> int:
+    """``sosctl events``: until the daemon stops (exit 0) or Ctrl-C."""
+    async for ev in follow(path, {"cmd": "events"}):
+        if "kind" not in ev:
+            continue  # the first line: following
+        line = json.dumps(ev) if as_json else format_event(ev)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def format_event(ev: dict[str, Any]) -> str:
+    """One line a person reads: ``14:02:07  sos       started (trigger cli)``."""
+    when = datetime.fromtimestamp(ev["t"]).strftime("%H:%M:%S")
+    rest = {k: v for k, v in ev.items() if k not in ("kind", "t")}
+    head = rest.pop("what", None) or rest.pop("state", None) or rest.pop("cue", None) or ""
+    details = ", ".join(f"{k} {v}" for k, v in rest.items() if v not in (None, "", []))
+    return f"{when}  {ev['kind']:<13} {head}{f' ({details})' if details else ''}"
 
 
 def sosctl_main() -> None:

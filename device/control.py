@@ -10,14 +10,16 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from device.errors import SosbeaconError
 
 log = logging.getLogger(__name__)
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+#: a handler answers a request with one object, or with a stream of them (``events``):
+#: each a line, until the client goes away
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | AsyncIterator[dict[str, Any]]]]
 #: an answer (an export) may be large; requests are small
 LIMIT = 64 * 1024 * 1024
 
@@ -48,6 +50,9 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
                     if not isinstance(request, dict):
                         raise ValueError("a request is a JSON object")
                     answer = await handler(request)
+                    if not isinstance(answer, dict):
+                        await _stream(answer, reader, writer)
+                        return
                 except (ValueError, json.JSONDecodeError) as exc:
                     answer = {"ok": False, "error": f"bad request: {exc}"}
                 except Exception as exc:  # a control request must never take the daemon down
@@ -67,6 +72,55 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
         os.umask(old)
     os.chmod(path, 0o660)
     return server
+
+
+async def _stream(
+    items: AsyncIterator[dict[str, Any]],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """Write ``items`` a line each until the client leaves (noticed at once, even with
+    nothing to send: a follower that went away holds nothing)."""
+    gone = asyncio.ensure_future(reader.read())  # EOF when the client closes
+    it = aiter(items)
+    try:
+        while True:
+            nxt: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(it))
+            either: set[asyncio.Future[Any]] = {nxt, gone}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                nxt.cancel()
+                return
+            try:
+                item = nxt.result()
+            except StopAsyncIteration:
+                return
+            writer.write(json.dumps(item, default=str).encode() + b"\n")
+            await writer.drain()
+    except ConnectionError:
+        return
+    finally:
+        gone.cancel()
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):  # already closing
+                await aclose()
+
+
+async def follow(path: Path, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Send a streaming request (``{"cmd": "events"}``) and yield what comes, until the
+    daemon closes the connection; raises :class:`NotRunning` if none answers."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=LIMIT)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NotRunning(f"sosd is not running (nothing answers on {path})") from exc
+    try:
+        writer.write(json.dumps(message).encode() + b"\n")
+        await writer.drain()
+        while line := await reader.readline():
+            yield json.loads(line)
+    finally:
+        writer.close()
 
 
 async def request(path: Path, message: dict[str, Any], *, within: float = 30.0) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
@@ -34,6 +34,7 @@ from device.button import run_button
 from device.clock import Clock, MonotonicClock
 from device.commands import SosCommands
 from device.config import Config
+from device.events import Events
 from device.gesture import GestureDetector
 from device.gps import Fix
 from device.notify import Notifier
@@ -67,6 +68,8 @@ class Daemon:
         self._backend = backend
         self.clock = clock or MonotonicClock()
         self.notifier = notifier or Notifier()
+        #: what happens, for ``sosctl events`` and the drills (never the log's wording)
+        self.events = Events(clock=lambda: self.clock.now().timestamp())
         self._config_path = config_path
         self._overrides = dict(overrides or {})
         self._stopping = asyncio.Event()
@@ -125,6 +128,7 @@ class Daemon:
                 gps_power=parts.gps_power,
                 network=parts.network,
                 on_session=self._persist_session,
+                events=self.events,
             )
             await self._resume_session(ctl, outbox)
             self.uplink = uplink = Uplink(
@@ -134,6 +138,7 @@ class Daemon:
                 clock=self.clock,
                 commands=SosCommands(ctl, clock=self.clock),
                 sos_active=lambda: ctl.session is not None,
+                events=self.events,
             )
             server = await control.serve(cfg.socket_path, self.handle)
             stack.callback(server.close)
@@ -344,13 +349,26 @@ class Daemon:
 
     # -- sosctl ------------------------------------------------------------------------
 
-    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def _follow_events(self, since: float | None) -> AsyncIterator[dict[str, Any]]:
+        """The events as they happen (after those kept since ``since``): a first line
+        that says so, then one per event."""
+        async with self.events.follow(since) as stream:
+            yield {"ok": True, "following": "events"}
+            async for ev in stream:
+                yield ev.to_json()
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
         ctl, outbox = self.controller, self.outbox
         assert ctl is not None and outbox is not None and self.parts is not None
         cmd = req.get("cmd")
         try:
             if cmd == "status":
                 return {"ok": True, **await self.status()}
+            if cmd == "events":
+                since = req.get("since")
+                if since is not None and not isinstance(since, int | float):
+                    return {"ok": False, "error": "since: epoch seconds"}
+                return self._follow_events(since)
             if cmd == "sos-start":
                 await ctl.start(
                     trigger="cli", drill=bool(req.get("drill")), now=bool(req.get("now"))

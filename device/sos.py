@@ -34,6 +34,7 @@ from device.actuators import Cue, GpsPower, GpsPowerMode, Indicator, NetworkLink
 from device.battery import BatteryLevel, BatteryPolicy, BatterySample
 from device.clock import Clock
 from device.errors import SosbeaconError
+from device.events import EventKind, Events
 from device.geo import haversine
 from device.gesture import Detected, Press
 from device.gps import Fix
@@ -97,8 +98,11 @@ class SosController:
         gps_power: GpsPower | None = None,
         network: NetworkLink | None = None,
         on_session: Callable[[Session | None], Awaitable[None]] | None = None,
+        events: Events | None = None,
     ) -> None:
         self.config = config
+        #: the lifecycle, cues and battery levels as they happen (``sosctl events``)
+        self.events = events or Events(clock=lambda: clock.now().timestamp())
         self.privacy = privacy or PrivacyConfig()
         self.battery = battery_policy or BatteryPolicy()
         self._recorder = recorder
@@ -285,6 +289,12 @@ class SosController:
         self._last_battery = sample
         if level is not before:
             log.warning("battery level %s -> %s (%s%%)", before.name, level.name, sample.capacity)
+            self.events.emit(
+                EventKind.BATTERY,
+                level=level.name.lower(),
+                **{"from": before.name.lower()},
+                pct=sample.capacity,
+            )
             if level is not BatteryLevel.OK:
                 await self._cue(Cue.LOW_BATTERY)
             if self.session is None:
@@ -331,6 +341,7 @@ class SosController:
 
     async def _activate(self, *, trigger: str, drill: bool) -> None:
         if self.session is not None and self.session.drill and not drill:
+            self.events.emit(EventKind.SOS, what="overridden", session=self.session.id)
             await self._end(self.session, reason="overridden by a real SOS")
             self.session = None
         s = Session(
@@ -462,8 +473,11 @@ class SosController:
 
     def _event(self, what: str, **info: Any) -> None:
         self._events.append({"t": self._clock.now().isoformat(), "event": what, **info})
+        s = self.session
+        self.events.emit(EventKind.SOS, what=what, **info, **({"session": s.id} if s else {}))
 
     async def _cue(self, cue: Cue) -> None:
+        self.events.emit(EventKind.CUE, cue=cue.value)
         if self._indicator is None:
             return
         try:

@@ -39,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device.backoff import Backoff
 from device.clock import Clock
 from device.commands import CommandHandler
+from device.events import EventKind, Events
 from device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, Inbound, MqttError, Will
 from device.outbox import Outbox, OutboxError, Pending
 from device.receipts import NO_SUBSCRIBERS, Delivery
@@ -157,8 +158,11 @@ class Uplink:
         commands: CommandHandler | None = None,
         sos_active: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
+        events: Events | None = None,
     ) -> None:
         self.config = config
+        #: link up and down, commands, receipts (``sosctl events``)
+        self.events = events or Events()
         self.topics = Topics.for_device(config.device_id, config.prefix)
         self.broker = broker if broker.client_id else replace(broker, client_id=config.device_id)
         self.owntracks_topic = (
@@ -217,6 +221,7 @@ class Uplink:
             except MqttError as exc:
                 if not outage:
                     self._note_error(f"{exc}; buffering in the outbox and retrying", log.warning)
+                    self.events.emit(EventKind.LINK, state="down", why=str(exc), lost=False)
                 outage = True
             else:
                 outage = False
@@ -225,6 +230,7 @@ class Uplink:
                     await self._serve(conn, connack)
                 except MqttError as exc:
                     self._note_error(f"broker connection lost: {exc}", log.warning)
+                    self.events.emit(EventKind.LINK, state="down", why=str(exc), lost=True)
                 except OSError as exc:  # OutboxError among them
                     # e.g. the disk is full: the records stay where they are; try again
                     self._note_error(f"outbox error while sending: {exc}", log.error)
@@ -323,6 +329,9 @@ class Uplink:
                     what,
                 )
         log.info("connected to the broker %s:%d", self.broker.host, self.broker.port)
+        self.events.emit(
+            EventKind.LINK, state="up", broker=f"{self.broker.host}:{self.broker.port}"
+        )
         self.disconnected.clear()
         self.connected.set()
         window = max(1, min(self.config.window, connack.receive_maximum - 2))
@@ -690,7 +699,11 @@ class Uplink:
         while True:
             m = await conn.messages.get()
             if m.topic == self.topics.receipt:
-                self.delivery.take(m.payload)
+                if self.delivery.take(m.payload) and self.delivery.receipt:
+                    r = self.delivery.receipt
+                    self.events.emit(
+                        EventKind.RECEIPT, sess=r.get("sess"), contacts=r.get("contacts", [])
+                    )
                 conn.ack(m)
                 continue
             reply = await self._command(m)
@@ -725,6 +738,13 @@ class Uplink:
             self.stats.commands_rejected += 1
             log.exception("command on %s failed", m.topic)
             reply = {"id": cmd_id, "ok": False, "error": f"internal error: {exc}"}
+        self.events.emit(
+            EventKind.COMMAND,
+            cmd=reply.get("cmd"),
+            id=reply.get("id"),
+            ok=reply["ok"],
+            **({"error": reply["error"]} if not reply["ok"] else {}),
+        )
         if cmd_id is not None:
             self._done_commands[cmd_id] = reply
             while len(self._done_commands) > 256:

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.control import NotRunning, request
+from device.control import NotRunning, follow, request
 from device.errors import SosbeaconError
 from device.mqtt import BrokerConfig, Connection, MqttError
 from device.wire import Received, Topics, dumps
@@ -301,7 +301,7 @@ class Drill:
         self.receiver = rx
         await rx.start()
         watcher = asyncio.create_task(self._watch(rx))
-        follower = asyncio.create_task(self._follow_log())
+        follower = asyncio.create_task(self._follow_events())
         contact = Connection(BrokerConfig(host="127.0.0.1", port=broker.port, client_id="alice"))
         await contact.connect()
         await contact.subscribe(f"{self.topics.base}/reply/#")
@@ -471,44 +471,22 @@ class Drill:
             if ups and len(done) < len(ups) and not rx.ledger().missing():
                 self.mark("caught-up")  # everything stored so far has arrived
 
-    #: daemon log lines worth a line in the timeline: (text in the log, what to show)
-    DEVICE_LINES = (
-        ("indicator: countdown", "countdown beeping (any press cancels)"),
-        ("SOS countdown cancelled", "countdown cancelled: no SOS"),
-        ("indicator: sos-active", "SOS active: LED flashing, GPS at full rate"),
-        ("indicator: acknowledged", "buzzer: a contact acknowledged"),
-        ("resumed after a restart", "SOS resumed after the restart"),
-        ("broker connection lost", "link lost: recording into the outbox"),
-        ("cannot reach the broker", "offline: recording into the outbox"),
-        ("connected to the broker", "online"),
-        ("battery level", "battery level changed"),
-        ("overridden by a real SOS", "the drill is overridden by a real SOS"),
-    )
-
-    async def _follow_log(self) -> None:
-        """The daemon's own view, from its log: cues, link changes, resumptions."""
-        pos = 0
-        last = ""
+    async def _follow_events(self) -> None:
+        """The daemon's own view, from its event stream (``sosctl events``): cues, link
+        changes, resumptions. Across a restart it asks for what happened since the last
+        event it saw, so a resumption before the control socket was up is not missed."""
+        since = 0.0
         while True:
-            await asyncio.sleep(0.1)
             try:
-                with self.logfile.open("rb") as fh:
-                    fh.seek(pos)
-                    chunk = fh.read()
-            except FileNotFoundError:
-                continue
-            cut = chunk.rfind(b"\n") + 1
-            pos += cut
-            for line in chunk[:cut].decode(errors="replace").splitlines():
-                for needle, shown in self.DEVICE_LINES:
-                    if needle in line:
-                        if needle == "battery level":
-                            shown = line.split("battery level", 1)[1].strip()
-                            shown = f"battery level {shown}"
-                        if shown != last or "countdown" not in shown:
+                async for ev in follow(self.sock, {"cmd": "events", "since": since}):
+                    if "kind" in ev:
+                        since = max(since, ev["t"])
+                        shown = device_line(ev)
+                        if shown:
                             self.event("device", shown)
-                        last = shown
-                        break
+            except (NotRunning, ConnectionError, OSError, ValueError):
+                pass
+            await asyncio.sleep(0.1)  # the daemon is (re)starting
 
     def _contact_event(self, r: Received) -> None:
         tag = "DRILL" if r.drill else "SOS"
@@ -622,6 +600,38 @@ class Drill:
         return Report(
             self.s.name, self.s.description, self.s.time_scale, figures, checks, self.events
         )
+
+
+#: the daemon's events worth a line in the timeline
+_CUES = {
+    "countdown": "countdown beeping (any press cancels)",
+    "sos-active": "SOS active: LED flashing, GPS at full rate",
+    "acknowledged": "buzzer: a contact acknowledged",
+}
+_SOS = {
+    "cancelled": "countdown cancelled: no SOS",
+    "resumed": "SOS resumed after the restart",
+    "overridden": "the drill is overridden by a real SOS",
+}
+
+
+def device_line(ev: dict[str, Any]) -> str | None:
+    """A daemon event (``device.events``) as the timeline shows it, or None."""
+    kind = ev.get("kind")
+    if kind == "cue":
+        return _CUES.get(ev.get("cue", ""))
+    if kind == "sos":
+        return _SOS.get(ev.get("what", ""))
+    if kind == "link":
+        if ev.get("state") == "up":
+            return "online"
+        return ("link lost" if ev.get("lost") else "offline") + ": recording into the outbox"
+    if kind == "battery-level":
+        return (
+            f"battery level {str(ev.get('from')).upper()} -> {str(ev.get('level')).upper()} "
+            f"({ev.get('pct')}%)"
+        )
+    return None
 
 
 def _since(start: list[float], name: str, marks: dict[str, list[float]]) -> float | None:
