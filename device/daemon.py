@@ -358,75 +358,96 @@ class Daemon:
                 yield ev.to_json()
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        ctl, outbox = self.controller, self.outbox
-        assert ctl is not None and outbox is not None and self.parts is not None
+        """A control-socket request, by the table of :meth:`_requests` (the backend's
+        controls, such as the simulator's ``sim.press``, among them)."""
+        assert self.parts is not None
+        table = {**self._requests(), **self.parts.controls}
         cmd = req.get("cmd")
+        handler = table.get(cmd) if isinstance(cmd, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown request {cmd!r}; known: {', '.join(table)}"}
         try:
-            if cmd == "status":
-                return {"ok": True, **await self.status()}
-            if cmd == "events":
-                since = req.get("since")
-                if since is not None and not isinstance(since, int | float):
-                    return {"ok": False, "error": "since: epoch seconds"}
-                return self._follow_events(since)
-            if cmd == "sos-start":
-                await ctl.start(
-                    trigger="cli", drill=bool(req.get("drill")), now=bool(req.get("now"))
-                )
-                return {"ok": True, "state": ctl.state.value}
-            if cmd == "sos-stop":
-                stopped = await ctl.stop(trigger="cli")
-                if not stopped:
-                    return {"ok": False, "error": "no SOS or countdown is active"}
-                answer: dict[str, Any] = {"ok": True, "state": ctl.state.value}
-                if outbox.held:
-                    answer["warning"] = (
-                        "sharing stopped now, but the disk is full: the end of the SOS is "
-                        "held in memory and goes out once there is room (a restart "
-                        "meanwhile still ends it, never resumes it)"
-                    )
-                return answer
-            if cmd == "alarm-ack":
-                return {"ok": True, "acknowledged": await outbox.ack_alarm()}
-            if cmd == "export":
-                return {
-                    "ok": True,
-                    "device": self.config.device.id,
-                    "box": outbox.outbox_id,
-                    "records": [
-                        {
-                            "seq": s.seq,
-                            "kind": s.record.kind.value,
-                            "time": s.record.time.isoformat(),
-                            "session": s.record.session,
-                            "drill": s.record.drill,
-                            "expires": s.record.expires.isoformat() if s.record.expires else None,
-                            "delivered": delivered,
-                            "data": s.record.data,
-                        }
-                        for s, delivered in await outbox.export()
-                    ],
-                }
-            if cmd == "purge":
-                if ctl.session is not None:
-                    return {"ok": False, "error": "an SOS is active: stop it before purging"}
-                return {"ok": True, "deleted": await outbox.wipe()}
-            if isinstance(cmd, str) and cmd in self.parts.controls:
-                return {"ok": True, **await self.parts.controls[cmd](req)}
+            answer: dict[str, Any] | AsyncIterator[dict[str, Any]] = await handler(req)
         except SosRefused as exc:
             return {"ok": False, "error": str(exc)}
         except OSError as exc:  # a full disk, say: the message says what to do
             return {"ok": False, "error": str(exc)}
-        known = [
-            "status",
-            "sos-start",
-            "sos-stop",
-            "export",
-            "purge",
-            "alarm-ack",
-            *self.parts.controls,
-        ]
-        return {"ok": False, "error": f"unknown request {cmd!r}; known: {', '.join(known)}"}
+        if isinstance(answer, dict) and "ok" not in answer:
+            answer = {"ok": True, **answer}
+        return answer
+
+    def _requests(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        """Every request the control socket takes: one place to add one."""
+        return {
+            "status": self._req_status,
+            "events": self._req_events,
+            "sos-start": self._req_sos_start,
+            "sos-stop": self._req_sos_stop,
+            "export": self._req_export,
+            "purge": self._req_purge,
+            "alarm-ack": self._req_alarm_ack,
+        }
+
+    async def _req_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        return await self.status()
+
+    async def _req_events(self, req: dict[str, Any]) -> Any:
+        since = req.get("since")
+        if since is not None and not isinstance(since, int | float):
+            return {"ok": False, "error": "since: epoch seconds"}
+        return self._follow_events(since)
+
+    async def _req_sos_start(self, req: dict[str, Any]) -> dict[str, Any]:
+        ctl = self.controller
+        assert ctl is not None
+        await ctl.start(trigger="cli", drill=bool(req.get("drill")), now=bool(req.get("now")))
+        return {"state": ctl.state.value}
+
+    async def _req_sos_stop(self, req: dict[str, Any]) -> dict[str, Any]:
+        ctl, outbox = self.controller, self.outbox
+        assert ctl is not None and outbox is not None
+        if not await ctl.stop(trigger="cli"):
+            return {"ok": False, "error": "no SOS or countdown is active"}
+        answer: dict[str, Any] = {"state": ctl.state.value}
+        if outbox.held:
+            answer["warning"] = (
+                "sharing stopped now, but the disk is full: the end of the SOS is held in "
+                "memory and goes out once there is room (a restart meanwhile still ends "
+                "it, never resumes it)"
+            )
+        return answer
+
+    async def _req_alarm_ack(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.outbox is not None
+        return {"acknowledged": await self.outbox.ack_alarm()}
+
+    async def _req_export(self, req: dict[str, Any]) -> dict[str, Any]:
+        outbox = self.outbox
+        assert outbox is not None
+        return {
+            "device": self.config.device.id,
+            "box": outbox.outbox_id,
+            "records": [
+                {
+                    "seq": s.seq,
+                    "kind": s.record.kind.value,
+                    "time": s.record.time.isoformat(),
+                    "session": s.record.session,
+                    "drill": s.record.drill,
+                    "expires": s.record.expires.isoformat() if s.record.expires else None,
+                    "delivered": delivered,
+                    "data": s.record.data,
+                }
+                for s, delivered in await outbox.export()
+            ],
+        }
+
+    async def _req_purge(self, req: dict[str, Any]) -> dict[str, Any]:
+        ctl, outbox = self.controller, self.outbox
+        assert ctl is not None and outbox is not None
+        if ctl.session is not None:
+            return {"ok": False, "error": "an SOS is active: stop it before purging"}
+        return {"deleted": await outbox.wipe()}
 
     async def status(self) -> dict[str, Any]:
         ctl, outbox, uplink = self.controller, self.outbox, self.uplink
