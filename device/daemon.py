@@ -23,7 +23,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,7 @@ class Daemon:
         a stop on a full disk survives a restart. The mark keeps an ended session
         (a restart then ends it, never resumes it) until the next one starts."""
         assert self.outbox is not None
-        state = _session_state(s) if s is not None else None
+        state = s.to_json() if s is not None else None
         if state is not None and self._mark is not None:
             await asyncio.to_thread(self._mark.write, state)
         try:
@@ -221,7 +221,7 @@ class Daemon:
             try:
                 state = read()
                 if state:
-                    found.append(_session_from(state))
+                    found.append(Session.from_json(state))
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("the SOS session saved in the %s is unreadable (%s)", where, exc)
         if not found:
@@ -516,28 +516,6 @@ class Daemon:
         if st["delivery"]["unheard"]:
             line += "; SOS NOT YET RECEIVED BY ANYONE"
         return line
-
-
-def _session_state(s: Session) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "drill": s.drill,
-        "started": s.started.isoformat(),
-        "trigger": s.trigger,
-        "ended": s.ended.isoformat() if s.ended else None,
-        "points": s.points,
-    }
-
-
-def _session_from(d: dict[str, Any]) -> Session:
-    return Session(
-        id=str(d["id"]),
-        drill=bool(d["drill"]),
-        started=datetime.fromisoformat(d["started"]),
-        trigger=str(d["trigger"]),
-        ended=datetime.fromisoformat(d["ended"]) if d.get("ended") else None,
-        points=int(d.get("points", 0)),
-    )
 
 
 def _lock(path: Path) -> int:

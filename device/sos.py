@@ -84,6 +84,29 @@ class Session:
     last_point_at: float | None = None
     last_point: tuple[float, float] | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """What survives a restart (the session mark and the outbox keep it): enough to
+        resume the session, or to finish ending it."""
+        return {
+            "id": self.id,
+            "drill": self.drill,
+            "started": self.started.isoformat(),
+            "trigger": self.trigger,
+            "ended": self.ended.isoformat() if self.ended else None,
+            "points": self.points,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Session:
+        return cls(
+            id=str(d["id"]),
+            drill=bool(d["drill"]),
+            started=datetime.fromisoformat(d["started"]),
+            trigger=str(d["trigger"]),
+            ended=datetime.fromisoformat(d["ended"]) if d.get("ended") else None,
+            points=int(d.get("points", 0)),
+        )
+
 
 class SosController:
     def __init__(
