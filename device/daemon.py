@@ -34,7 +34,7 @@ from device.button import run_button
 from device.clock import Clock, MonotonicClock
 from device.commands import SosCommands
 from device.config import Config
-from device.events import Events
+from device.events import EventKind, Events
 from device.gesture import GestureDetector
 from device.gps import Fix
 from device.notify import Notifier
@@ -266,7 +266,13 @@ class Daemon:
 
     async def _gps_loop(self) -> None:
         assert self.parts is not None and self.controller is not None
+        had = ever = False
         async for fix in self.parts.gps.fixes():
+            if fix.has_position != had:
+                had = fix.has_position
+                state = ("back" if ever else "first") if had else "lost"
+                self.events.emit(EventKind.FIX, state=state)
+                ever = ever or had
             if fix.has_position:
                 self.last_fix = fix
                 if self.first_fix_after is None:

@@ -32,6 +32,11 @@ class EventKind(enum.StrEnum):
     LINK = "link"
     #: the battery policy's level changed (``data.level``, ``from``, ``pct``)
     BATTERY = "battery-level"
+    #: the receiver's fix: ``data.state`` first, lost or back
+    FIX = "fix"
+    #: records: ``stored`` (``record`` kind, ``session``) or ``acked`` (``count``, ``seq``
+    #: ranges) by the broker
+    RECORDS = "records"
     #: a command from a contact was handled (``cmd``, ``by``, ``ok``, ``error``)
     COMMAND = "command"
     #: a receipt from the relay arrived (``sess``, ``contacts``)

@@ -493,6 +493,9 @@ class SosController:
                 drill=s.drill if s else False,
             )
         )
+        self.events.emit(
+            EventKind.RECORDS, what="stored", record=kind.value, session=s.id if s else None
+        )
 
     def _event(self, what: str, **info: Any) -> None:
         self._events.append({"t": self._clock.now().isoformat(), "event": what, **info})

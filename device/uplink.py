@@ -493,6 +493,9 @@ class Uplink:
 
     async def _delivered(self, msg: Message) -> None:
         await self._outbox.ack(msg.seqs)
+        self.events.emit(
+            EventKind.RECORDS, what="acked", count=len(msg.seqs), seq=seq_ranges_text(msg.seqs)
+        )
         self.stats.records_acked += len(msg.seqs)
         self.acked.set()
         self._conn_acks += 1

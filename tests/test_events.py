@@ -70,12 +70,20 @@ async def test_the_daemon_streams_what_happens_and_forgets_a_follower_that_left(
                         await got.wait()
 
             await until(lambda e: e.get("kind") == "link" and e.get("state") == "up")
+            await until(lambda e: e.get("kind") == "fix" and e.get("state") == "first")
+            assert (await request(sock, {"cmd": "sim.gps", "value": "lost"}))["ok"]
+            await until(lambda e: e.get("kind") == "fix" and e.get("state") == "lost")
+            assert (await request(sock, {"cmd": "sim.gps", "value": "back"}))["ok"]
+            await until(lambda e: e.get("kind") == "fix" and e.get("state") == "back")
             assert seen[0] == {"ok": True, "following": "events"}
             assert (await request(sock, {"cmd": "sos-start", "now": True}))["ok"]
             await until(lambda e: e.get("kind") == "sos" and e.get("what") == "started")
             await until(lambda e: e.get("cue") == "sos-active")
             assert (await request(sock, {"cmd": "sos-stop"}))["ok"]
             await until(lambda e: e.get("kind") == "sos" and e.get("what") == "ended")
+            await until(lambda e: e.get("kind") == "records" and e.get("what") == "stored"
+                        and e.get("record") == "sos-end")  # fmt: skip
+            await until(lambda e: e.get("kind") == "records" and e.get("what") == "acked")
             started = next(e for e in seen if e.get("what") == "started")
             assert started["trigger"] == "cli" and started["drill"] is False
             assert started["session"]
