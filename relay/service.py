@@ -115,6 +115,7 @@ class Relay:
     _wake_notifier: asyncio.Event = field(default_factory=asyncio.Event)
     _dirty: set[str] = field(default_factory=set)
     _dirty_event: asyncio.Event = field(default_factory=asyncio.Event)
+    _urgent: asyncio.Event = field(default_factory=asyncio.Event)
     _me: str = field(default_factory=lambda: secrets.token_hex(4))
     #: called as ``observer(what, details)`` when something a contact sees happens:
     #: ``sos-stored``, ``notified``, ``opened``, ``ack-sent``, ``ack-confirmed`` (the
@@ -244,7 +245,9 @@ class Relay:
             if self.hub.watched(sid):
                 await self.push(sid, since=min(r.seq for r in recs) - 1)
         for device in done.devices:
-            self.mark(device)
+            # a new SOS stored is told at once (the device stops saying "not yet
+            # received"); anything else waits a moment to share one receipt
+            self.mark(device, urgent=bool(done.started))
 
     async def push(self, sid: int, *, since: int) -> None:
         """Tell the session's live pages what changed."""
@@ -368,15 +371,22 @@ class Relay:
 
     # -- receipts, expiry --------------------------------------------------------------
 
-    def mark(self, device: str) -> None:
+    def mark(self, device: str, *, urgent: bool = False) -> None:
         self._dirty.add(device)
+        if urgent:
+            self._urgent.set()
         self._dirty_event.set()
 
     async def _receipts(self) -> None:
         while True:
             await self._dirty_event.wait()
             self._dirty_event.clear()
-            await asyncio.sleep(0.2)  # gather a burst into one receipt
+            # gather a burst into one receipt, unless something is urgent (now or while
+            # gathering)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await self._urgent.wait()
+            self._urgent.clear()
             conn = self._conn
             if conn is None:
                 continue
