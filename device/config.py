@@ -11,26 +11,23 @@ span fields are here. ``examples/sosbeacon.toml`` is the annotated example and
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from device import tomlconf
+from device import brokerconf, tomlconf
 from device.battery import BatteryPolicyConfig
+from device.brokerconf import MqttSettings, broker_from
 from device.gesture import GestureConfig
-from device.mqtt import BrokerConfig, TlsConfig
+from device.mqtt import BrokerConfig
 from device.outbox import Limits
 from device.privacy import PrivacyConfig
 from device.sos import SosConfig
 from device.tomlconf import (
     ConfigError,
     host_port,
-    is_file,
-    redact_url,
     topic_problem,
 )
 from device.uplink import UplinkConfig
@@ -108,29 +105,6 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class MqttTls:
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MqttSettings:
-    #: ``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (TLS); user:password@ allowed
-    #: but ``password_file`` keeps the secret out of the configuration
-    broker: str = "mqtt://localhost"
-    username: str = ""
-    password: str = field(default="", repr=False)
-    #: a file holding the password (first line), readable by the daemon only
-    password_file: str = ""
-    client_id: str = ""
-    keepalive: int = 30
-    connect_timeout: float = 15.0
-    session_expiry: int = 24 * 3600
-    tls: MqttTls = field(default_factory=MqttTls)
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     device: DeviceSettings = field(default_factory=DeviceSettings)
     sos: SosConfig = field(default_factory=SosConfig)
@@ -164,32 +138,6 @@ class Config:
         return broker_from(self.mqtt, self.device.id)
 
 
-def broker_from(m: MqttSettings, device_id: str) -> BrokerConfig:
-    url = urlsplit(m.broker)
-    tls_on = url.scheme == "mqtts"
-    password = m.password or unquote(url.password or "") or None
-    if m.password_file:
-        password = Path(m.password_file).read_text().splitlines()[0].strip()
-    tls = None
-    if tls_on:
-        tls = TlsConfig(
-            ca_file=m.tls.ca_file or None,
-            cert_file=m.tls.cert_file or None,
-            key_file=m.tls.key_file or None,
-        )
-    return BrokerConfig(
-        host=url.hostname or "localhost",
-        port=url.port or (8883 if tls_on else 1883),
-        client_id=m.client_id or device_id,
-        username=m.username or unquote(url.username or "") or None,
-        password=password,
-        tls=tls,
-        keepalive=m.keepalive,
-        connect_timeout=m.connect_timeout,
-        session_expiry=m.session_expiry,
-    )
-
-
 # -- loading -----------------------------------------------------------------------------
 
 
@@ -220,22 +168,7 @@ def _check(cfg: Config) -> list[str]:
         errors.append(f"device.id / uplink.prefix: {exc}")
     if not cfg.device.id:
         errors.append("device.id: required: the device's name in MQTT topics, e.g. beacon-01")
-    url = urlsplit(cfg.mqtt.broker)
-    shown = redact_url(cfg.mqtt.broker)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        errors.append(
-            f"mqtt.broker: expected mqtt://host[:port] or mqtts://host[:port], got {shown!r}"
-        )
-    else:
-        try:
-            port = url.port
-        except ValueError:
-            port = 0
-        if port == 0 or url.path not in ("", "/") or url.query or url.fragment:
-            errors.append(
-                f"mqtt.broker: expected mqtt://host[:port] with a port from 1 to 65535 and "
-                f"nothing after it, got {shown!r}"
-            )
+    errors += brokerconf.problems(cfg.mqtt)
     try:
         host_port(cfg.gps.gpsd)
     except ValueError as exc:
@@ -266,15 +199,6 @@ def _check(cfg: Config) -> list[str]:
                 f"battery.policy.{name}.gps_on: must not be longer than its gps_cycle "
                 f"({c.gps_cycle:g} s), got {c.gps_on:g}"
             )
-    pw = cfg.mqtt.password_file
-    if pw and not (is_file(pw) and os.access(pw, os.R_OK)):
-        errors.append(f"mqtt.password_file: {pw[:200]} cannot be read (or is not a file)")
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(cfg.mqtt.tls, key)
-        if value and not is_file(value):
-            errors.append(f"mqtt.tls.{key}: {value[:200]} does not exist")
-    if bool(cfg.mqtt.tls.cert_file) != bool(cfg.mqtt.tls.key_file):
-        errors.append("mqtt.tls: cert_file and key_file go together")
     for i, contact in enumerate(cfg.sos.contacts):
         where = f"sos.contacts[{i}].reach"
         for a in addresses(contact.reach):
@@ -324,9 +248,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "battery.policy.hysteresis": (0, 50),
     "battery.policy.cadence_*.sos_*": (0.1, _DAY),
     "battery.policy.cadence_*": (0, 7 * _DAY),
-    "mqtt.keepalive": (2, 65535),
-    "mqtt.connect_timeout": (1, 600),
-    "mqtt.session_expiry": (0, 2**32 - 1),
+    **brokerconf.RANGES,
     "uplink.routine_expiry": (1, 2**32 - 1),
     "uplink.batch_count": (1, 1_000_000),
     "uplink.batch_interval": (0, 30 * _DAY),

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from device.mqtt import BrokerConfig, TlsConfig
+import device.brokerconf as brokerconf
+from device.brokerconf import MqttSettings, broker_from
+from device.mqtt import BrokerConfig
 from device.tomlconf import (
     ConfigError,
     build,
@@ -45,28 +47,18 @@ class RelaySettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Tls:
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+class RelayMqtt(MqttSettings):
+    """The broker as sosd's ``[mqtt]`` describes it (``device.brokerconf``), and what
+    only the relay has: the devices' prefix and the shared-subscription group."""
 
-
-@dataclass(frozen=True, slots=True)
-class RelayMqtt:
-    broker: str = "mqtt://localhost:1883"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    password_file: str | None = None
-    tls: Tls = field(default_factory=Tls)
     #: the relay's own client id (each relay instance needs its own)
     client_id: str = "sos-relay"
+    #: how long the broker keeps the relay's session while it is down, seconds
+    session_expiry: int = 7 * 86400
     #: the devices' topic prefix (their ``uplink.prefix``)
     prefix: str = "sosbeacon"
     #: the shared-subscription group: relays in one group split the messages
     group: str = "sos-relay"
-    #: how long the broker keeps the relay's session while it is down, seconds
-    session_expiry: int = 7 * 86400
-    keepalive: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,24 +114,7 @@ class RelayConfig:
         return url
 
     def broker_config(self) -> BrokerConfig:
-        m = self.mqtt
-        url = urlsplit(m.broker)
-        password = m.password
-        if m.password_file:
-            password = Path(m.password_file).read_text().strip()
-        tls = None
-        if url.scheme == "mqtts" or m.tls.ca_file:
-            tls = TlsConfig(m.tls.ca_file, m.tls.cert_file, m.tls.key_file)
-        return BrokerConfig(
-            host=url.hostname or "localhost",
-            port=url.port or (8883 if url.scheme == "mqtts" else 1883),
-            client_id=m.client_id,
-            username=m.username,
-            password=password,
-            tls=tls,
-            keepalive=m.keepalive,
-            session_expiry=m.session_expiry,
-        )
+        return broker_from(self.mqtt, self.mqtt.client_id)
 
     def link_key_path(self) -> Path:
         return Path(self.relay.link_key_file or self.relay.data_dir / "link.key")
@@ -152,8 +127,8 @@ _DAY = 86400.0
 RANGES: dict[str, tuple[float, float]] = {
     "relay.sweep_interval": (1, _DAY),
     "relay.gone_days": (0, 3650),
-    "mqtt.session_expiry": (60, 2**32 - 1),
-    "mqtt.keepalive": (2, 65535),
+    "mqtt.session_expiry": (60, 2**32 - 1),  # the relay's session must outlive a restart
+    **brokerconf.RANGES,
     "notify.retry_min": (0.1, _DAY),
     "notify.retry_max": (0.1, 7 * _DAY),
     "notify.attempts": (1, 1000),
@@ -194,16 +169,7 @@ def _check(cfg: RelayConfig) -> list[str]:
             f"proxy with TLS, see docs/relay.md), got {cfg.relay.public_url!r}"
         )
     m = cfg.mqtt
-    b = urlsplit(m.broker)
-    try:
-        port_ok = b.port != 0
-    except ValueError:
-        port_ok = False
-    if b.scheme not in ("mqtt", "mqtts") or not b.hostname or not port_ok:
-        errors.append(
-            "mqtt.broker: expected mqtt://host[:port] or mqtts://host[:port], got "
-            f"{redact_url(m.broker)!r}"
-        )
+    errors += brokerconf.problems(m)
     try:
         Topics.for_device("x", m.prefix)
     except ValueError as exc:
@@ -215,15 +181,9 @@ def _check(cfg: RelayConfig) -> list[str]:
         )
     if not m.client_id or len(m.client_id) > 128:
         errors.append("mqtt.client_id: required, at most 128 characters")
-    for key, value in (("mqtt.password_file", m.password_file),
-                       ("mqtt.tls.ca_file", m.tls.ca_file),
-                       ("mqtt.tls.cert_file", m.tls.cert_file),
-                       ("mqtt.tls.key_file", m.tls.key_file),
-                       ("database.password_file", cfg.database.password_file)):  # fmt: skip
-        if value and not is_file(value):
-            errors.append(f"{key}: {value[:200]} does not exist")
-    if bool(m.tls.cert_file) != bool(m.tls.key_file):
-        errors.append("mqtt.tls: cert_file and key_file go together")
+    pw = cfg.database.password_file
+    if pw and not is_file(pw):
+        errors.append(f"database.password_file: {pw[:200]} does not exist")
     db = cfg.database.url
     if db and not db.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         errors.append(

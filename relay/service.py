@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import apprise
 import sqlalchemy.exc
@@ -40,10 +40,6 @@ BATCH = 16
 #: errors that say the database is away, not that a message is bad: retried (the
 #: connection is dropped and the broker redelivers)
 TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError)
-
-
-class Clock(Protocol):
-    def __call__(self) -> float: ...
 
 
 @dataclass
@@ -409,14 +405,14 @@ class Relay:
 
     async def _sweeper(self) -> None:
         while True:
-            gone = await self._guarded(
-                self.store.sweep(now=self.clock(), gone_for=self.config.relay.gone_days * 86400)
-            )
+            gone = await self._guarded(self.sweep_now())
             if gone:
                 log.info("relay: %d expired session(s) deleted", gone)
             await asyncio.sleep(self.config.relay.sweep_interval)
 
     async def sweep_now(self) -> int:
+        """Delete the sessions whose route has expired (the sweeper does it every
+        ``relay.sweep_interval``); how many went."""
         return await self.store.sweep(
             now=self.clock(), gone_for=self.config.relay.gone_days * 86400
         )

@@ -18,18 +18,29 @@ def account(user: str, port: int) -> BrokerConfig:
     )
 
 
-async def test_one_device_cannot_publish_or_read_anothers_topics(tmp_path: Path) -> None:
+def acl_broker(tmp_path: Path, users: tuple[str, ...]) -> Mosquitto:
+    """A broker with the shipped ACL, a password for each of ``users``, no anonymous."""
     broker = Mosquitto(tmp_path, binary=need_mosquitto())
-    for user in ("dev1", "dev2", "contacts"):
+    for user in users:
         broker.add_user(user, f"{user}-pw")
     broker.extra_config = (
         f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\n"
         f"acl_file {REPO / 'docs' / 'mosquitto' / 'acl'}\n"
     )
-    with broker:
-        conns = {u: Connection(account(u, broker.port)) for u in ("dev1", "dev2", "contacts")}
-        for c in conns.values():
-            await c.connect()
+    return broker
+
+
+async def connected(users: tuple[str, ...], port: int) -> dict[str, Connection]:
+    conns = {u: Connection(account(u, port)) for u in users}
+    for c in conns.values():
+        await c.connect()
+    return conns
+
+
+async def test_one_device_cannot_publish_or_read_anothers_topics(tmp_path: Path) -> None:
+    users = ("dev1", "dev2", "contacts")
+    with acl_broker(tmp_path, users) as broker:
+        conns = await connected(users, broker.port)
         dev1, dev2, contacts = conns["dev1"], conns["dev2"], conns["contacts"]
         await contacts.subscribe("sosbeacon/#")
         spy = await dev1.subscribe("sosbeacon/dev2/#")  # reading another device: refused
@@ -65,17 +76,9 @@ async def test_one_device_cannot_publish_or_read_anothers_topics(tmp_path: Path)
 async def test_the_relay_reads_every_device_and_only_it_writes_their_receipts(
     tmp_path: Path,
 ) -> None:
-    broker = Mosquitto(tmp_path, binary=need_mosquitto())
-    for user in ("dev1", "dev2", "sos-relay"):
-        broker.add_user(user, f"{user}-pw")
-    broker.extra_config = (
-        f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\n"
-        f"acl_file {REPO / 'docs' / 'mosquitto' / 'acl'}\n"
-    )
-    with broker:
-        conns = {u: Connection(account(u, broker.port)) for u in ("dev1", "dev2", "sos-relay")}
-        for c in conns.values():
-            await c.connect()
+    users = ("dev1", "dev2", "sos-relay")
+    with acl_broker(tmp_path, users) as broker:
+        conns = await connected(users, broker.port)
         dev1, dev2, relay = conns["dev1"], conns["dev2"], conns["sos-relay"]
         assert (await relay.subscribe("$share/sos-relay/sosbeacon/+/#")).value < 0x80
         assert (await dev1.subscribe("sosbeacon/dev1/receipt")).value < 0x80

@@ -32,14 +32,21 @@ def test_unit_declares_notify_watchdog_and_an_unprivileged_user() -> None:
     assert DeviceSettings().data_dir == Path("/var/lib/sosbeacon")
 
 
-def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+def verify_unit(tmp_path: Path, unit_file: Path, program: str) -> None:
+    """``systemd-analyze verify`` accepts the unit (its program replaced by /bin/true)."""
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.skip("systemd-analyze is not installed (package systemd)")
-    unit = tmp_path / "sosbeacon.service"
-    unit.write_text(UNIT.read_text().replace("/opt/sosbeacon/.venv/bin/sosd", "/bin/true"))
+    unit = tmp_path / unit_file.name
+    unit.write_text(
+        unit_file.read_text().replace(f"/opt/sosbeacon/.venv/bin/{program}", "/bin/true")
+    )
     res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, check=False)
-    assert res.returncode == 0 and "sosbeacon.service" not in res.stderr, res.stderr
+    assert res.returncode == 0 and unit_file.name not in res.stderr, res.stderr
+
+
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    verify_unit(tmp_path, UNIT, "sosd")
 
 
 RELAY_UNIT = REPO / "deploy" / "sos-relay.service"
@@ -58,10 +65,4 @@ def test_the_relay_unit_runs_unprivileged_with_its_own_state(tmp_path: Path) -> 
     from relay.config import RelaySettings
 
     assert RelaySettings().data_dir == Path("/var/lib/sos-relay")
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is not installed (package systemd)")
-    unit = tmp_path / "sos-relay.service"
-    unit.write_text(text.replace("/opt/sosbeacon/.venv/bin/sos-relay", "/bin/true"))
-    res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, check=False)
-    assert res.returncode == 0 and "sos-relay.service" not in res.stderr, res.stderr
+    verify_unit(tmp_path, RELAY_UNIT, "sos-relay")
