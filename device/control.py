@@ -65,13 +65,25 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
         finally:
             writer.close()
 
-    old = os.umask(0o117)  # the socket is born 0660
-    try:
-        server = await asyncio.start_unix_server(on_client, str(path), limit=1024 * 1024)
-    finally:
-        os.umask(old)
+    server = await asyncio.start_unix_server(on_client, sock=_bound(path), limit=1024 * 1024)
     os.chmod(path, 0o660)
     return server
+
+
+def _bound(path: Path) -> socket.socket:
+    """A socket bound at ``path`` that nobody but its owner can connect to until it is
+    opened to the group. Linux gives the new file the socket's own mode (less the umask),
+    so the mode is set on the socket before ``bind``: the process-wide umask is never
+    touched (changing it across an ``await`` leaked into every thread and every other
+    daemon in the process, and made their temp directories unenterable)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.fchmod(sock.fileno(), 0o600)
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def _stream(

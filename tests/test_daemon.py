@@ -96,6 +96,32 @@ async def test_the_daemon_on_simulated_hardware_end_to_end(tmp_path: Path) -> No
         await rx.wait_until(lambda: (rx.json("sosbeacon/t1/status") or {}).get("why") == "shutdown")
 
 
+async def test_control_sockets_start_owner_only_and_leave_the_umask_alone(tmp_path: Path) -> None:
+    """Several daemons in one process (the tests, a fleet) start their control sockets at
+    once. Changing the umask across the start's await once leaked 0o117 into the whole
+    process: every later temp directory was born 0600 and PostgreSQL's initdb, run as
+    its own user, could not enter it."""
+    from device import control
+
+    async def answer(_: dict[str, object]) -> dict[str, object]:
+        return {"ok": True}
+
+    before = os.umask(0o022)
+    try:
+        servers = await asyncio.gather(
+            *(control.serve(tmp_path / f"{n}.sock", answer) for n in range(4))
+        )
+        now = os.umask(0o022)
+        assert now == 0o022
+        for n in range(4):
+            assert (tmp_path / f"{n}.sock").stat().st_mode & 0o777 == 0o660
+            assert (await request(tmp_path / f"{n}.sock", {"cmd": "x"}))["ok"]
+        for server in servers:
+            server.close()
+    finally:
+        os.umask(before)
+
+
 def test_sosctl_says_when_the_daemon_is_not_running(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
