@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -38,11 +37,10 @@ from device.events import EventKind, Events
 from device.gesture import GestureDetector
 from device.gps import Fix
 from device.notify import Notifier
-from device.outbox import Outbox, OutboxError
+from device.outbox import ACTIVE_SESSION, Outbox, OutboxError, SessionMark
 from device.parts import Backend, Parts
 from device.records import run_retention
 from device.sos import Session, SosController, SosRefused
-from device.storage import SessionMark
 from device.tomlconf import ConfigError
 from device.uplink import Uplink
 
@@ -201,7 +199,7 @@ class Daemon:
         if state is not None and self._mark is not None:
             await asyncio.to_thread(self._mark.write, state)
         try:
-            await self.outbox.set_meta("active_session", json.dumps(state) if state else "")
+            await self.outbox.state.put(ACTIVE_SESSION, state)
         except OutboxError as exc:
             log.warning(
                 "the SOS session was not saved in the outbox (%s); its mark %s has it",
@@ -213,11 +211,13 @@ class Daemon:
         """Carry on with the session that was running, or end the one that was being
         stopped: the outbox's record and the mark, the newer of them."""
         found: list[Session] = []
-        raw = await outbox.get_meta("active_session")
-        for where, read in (
-            ("mark", lambda: self._mark.read() if self._mark is not None else None),
-            ("outbox", lambda: json.loads(raw) if raw else None),
-        ):
+        saved = await outbox.state.get(ACTIVE_SESSION)
+        mark = self._mark
+        reads: tuple[tuple[str, Callable[[], dict[str, Any] | None]], ...] = (
+            ("mark", lambda: mark.read() if mark is not None else None),
+            ("outbox", lambda: saved),
+        )
+        for where, read in reads:
             try:
                 state = read()
                 if state:
@@ -236,9 +236,9 @@ class Daemon:
             # route lasts (once purged, has_end cannot tell).
             kept_until = newest.ended + timedelta(seconds=self.config.sos.retention)
             if await outbox.has_end(newest.id) or self.clock.now() >= kept_until:
-                if raw:
+                if saved:
                     with contextlib.suppress(OutboxError):
-                        await outbox.set_meta("active_session", "")
+                        await outbox.state.put(ACTIVE_SESSION, None)
                 return
         await ctl.resume(newest)
 

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import math
 import random
@@ -41,7 +40,7 @@ from device.clock import Clock
 from device.commands import CommandHandler
 from device.events import EventKind, Events
 from device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, Inbound, MqttError, Will
-from device.outbox import Outbox, OutboxError, Pending
+from device.outbox import OWNTRACKS_LAST, RETAINED_SOS_SEQ, Outbox, OutboxError, Pending
 from device.receipts import NO_SUBSCRIBERS, Delivery
 from device.records import FixRun, Item, Priority, RecordKind, Stored, seqs_of
 from device.wire import (
@@ -209,8 +208,8 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, serve, reconnect: forever (cancel to stop, with a clean goodbye)."""
-        self._retained_seq = int(await self._outbox.get_meta("sos_retained_seq") or 0)
-        self._ot_last = json.loads(await self._outbox.get_meta("owntracks") or "{}")
+        self._retained_seq = await self._outbox.state.get(RETAINED_SOS_SEQ)
+        self._ot_last = await self._outbox.state.get(OWNTRACKS_LAST)
         outage = False
         while True:
             conn = Connection(self.broker, will=self._will())
@@ -627,7 +626,7 @@ class Uplink:
         first = msg.records[0]
         if msg.retain:
             self._retained_seq = max(self._retained_seq, first.seq)
-            await self._outbox.set_meta("sos_retained_seq", str(self._retained_seq))
+            await self._outbox.state.put(RETAINED_SOS_SEQ, self._retained_seq)
         if not self.owntracks_topic:
             return
         if first.kind is RecordKind.SOS_END and msg.expiry is not None:
@@ -668,7 +667,7 @@ class Uplink:
         await self._clock.sleep(VIEW_DEBOUNCE)
         last = self._ot_last
         try:
-            await self._outbox.set_meta("owntracks", json.dumps(last))
+            await self._outbox.state.put(OWNTRACKS_LAST, last)
         except OSError as exc:  # OutboxError among them
             self._note_once("views", f"the retained views' state was not stored: {exc}")
         await self._publish_view(conn, self.owntracks_topic, dumps(last["loc"]), last["expiry"])
@@ -682,7 +681,7 @@ class Uplink:
             if self._ot_flush is not None:
                 self._ot_flush.cancel()
             self._ot_last = {**last, "expiry": expiry}
-            await self._outbox.set_meta("owntracks", json.dumps(self._ot_last))
+            await self._outbox.state.put(OWNTRACKS_LAST, self._ot_last)
             await self._publish_view(conn, self.owntracks_topic, dumps(last["loc"]), expiry)
 
     async def _publish_view(

@@ -34,11 +34,29 @@ def test_every_error_of_ours_has_the_one_base_and_its_builtin_kind(
 
 
 def test_no_module_beside_the_outbox_names_sqlite() -> None:
-    """The outbox, its storage helpers and its salvage are the only ones that know."""
-    knows = {"outbox.py", "storage.py", "salvage.py"}
+    """The outbox package is the only part of the device that knows it is SQLite."""
+    outbox = REPO / "device" / "outbox"
     naming = [
-        p.name
-        for p in sorted((REPO / "device").glob("*.py"))
-        if p.name not in knows and "sqlite3" in imported_modules(p)
+        str(p.relative_to(REPO))
+        for p in sorted((REPO / "device").rglob("*.py"))
+        if outbox not in p.parents and "sqlite3" in imported_modules(p)
     ]
     assert naming == []
+
+
+def test_the_outbox_shows_its_api_and_no_connection() -> None:
+    """What the rest of the device may use is ``device.outbox.__all__``; neither it nor
+    the front class offers a database connection, and only tests use the probe."""
+    import device.outbox as pkg
+    from device.outbox import Outbox
+
+    assert set(pkg.__all__) <= set(dir(pkg))
+    assert {"Outbox", "Limits", "OutboxError", "SessionMark"} <= set(pkg.__all__)
+    public = {n for n in dir(Outbox) if not n.startswith("_")}
+    assert not public & {"db", "reader", "connection", "get_meta", "set_meta"}
+    probing = [
+        str(p.relative_to(REPO))
+        for p in sorted((REPO / "device").rglob("*.py"))
+        if p.name != "testing.py" and "device.outbox.testing" in imported_modules(p)
+    ]
+    assert probing == []

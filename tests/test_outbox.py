@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from device.outbox import SCHEMA_VERSION, Limits, Outbox, OutboxError, OutboxFull
+from device.outbox.testing import Probe
 from device.records import Priority, Record, RecordKind, Stored
 
 T0 = datetime(2026, 11, 22, 10, tzinfo=UTC)
@@ -118,7 +119,7 @@ async def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> N
         for i in range(5):
             await box.store(rec(i, priority=Priority.SOS, session="s"))
         # Cap the database file: what a full file system looks like to SQLite.
-        await box._run(lambda: box.db.execute("PRAGMA max_page_count=20"))
+        await Probe(box).sql("PRAGMA max_page_count=20")
 
         async def fill() -> None:
             for i in range(5, 500):
@@ -126,7 +127,7 @@ async def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> N
 
         with pytest.raises(OutboxFull, match="free some space"):
             await fill()
-        await box._run(lambda: box.db.execute("PRAGMA max_page_count=1000000"))
+        await Probe(box).sql("PRAGMA max_page_count=1000000")
         nxt = await box.store(rec(999))  # the daemon carries on once there is room
         seqs = [s.seq for s in await box.take(1000)]
         assert len(seqs) > 5
@@ -183,23 +184,25 @@ async def test_a_slow_commit_never_blocks_the_event_loop(tmp_path: Path) -> None
     some work of its own: if the commit ran on the loop, the loop could not do it, and
     the commit would wait in vain."""
     async with await Outbox.open(tmp_path / "o.db") as box:
-        real = box._insert_sync
         loop_ran = threading.Event()
         released: list[bool] = []
 
-        def slow(records):  # type: ignore[no-untyped-def]
-            released.append(loop_ran.wait(10))
-            return real(records)
+        def slow(real: Callable[..., Any]) -> Callable[..., Any]:
+            def commit(records: Any) -> Any:
+                released.append(loop_ran.wait(10))
+                return real(records)
 
-        box._insert_sync = slow  # type: ignore[method-assignment]
-        storing = asyncio.create_task(box.store(rec(1)))
-        turns = 0
-        while not storing.done():  # the loop keeps turning while the commit is held
-            turns += 1
-            if turns == 100:
-                loop_ran.set()
-            await asyncio.sleep(0)
-        assert (await storing).seq == 1
+            return commit
+
+        with Probe(box).wrap("store", slow):
+            storing = asyncio.create_task(box.store(rec(1)))
+            turns = 0
+            while not storing.done():  # the loop keeps turning while the commit is held
+                turns += 1
+                if turns == 100:
+                    loop_ran.set()
+                await asyncio.sleep(0)
+            assert (await storing).seq == 1
         assert released == [True], "the commit was never released: the loop was blocked"
 
 
@@ -252,14 +255,12 @@ async def test_the_kept_row_count_matches_the_table(tmp_path: Path) -> None:
         await box.ack([s.seq for s in taken] + [10_000])  # an unknown seq deletes nothing
         await box.expire_session("s", T0)
         await box.purge(T0)
-        assert box._rows == (await box.stats()).depth
+        assert Probe(box).rows == (await box.stats()).depth
     async with await Outbox.open(path) as box:
-        assert box._rows == (await box.stats()).depth
+        assert Probe(box).rows == (await box.stats()).depth
 
 
-async def test_a_write_that_fails_halfway_leaves_nothing_half_done(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_write_that_fails_halfway_leaves_nothing_half_done(tmp_path: Path) -> None:
     """An error in the middle of an expiry, an eviction, a wipe or a store rolls the whole of
     it back: the records are all still there, counted, and the next write works (an
     open transaction left behind would refuse every later store)."""
@@ -269,27 +270,25 @@ async def test_a_write_that_fails_halfway_leaves_nothing_half_done(
         for i in range(20):
             await box.store(rec(i, session="s" if i < 10 else None))
         await box.expire_session("s", T0)
-        real = box._insert_gap_sync
 
         def full(*args: Any) -> int:
             raise sqlite3.OperationalError("database or disk is full")
 
-        monkeypatch.setattr(box, "_insert_gap_sync", full)
-        with pytest.raises(OutboxError, match="full") as err:
-            await box.purge(T0)
-        assert isinstance(err.value.__cause__, sqlite3.OperationalError)  # SQLite's, inside
-        with pytest.raises(OutboxError, match="full"):
-            await box.wipe()
-        with pytest.raises(TypeError):  # a record that cannot be stored at all
-            await box.store(Record(RecordKind.BATTERY, T0, {"battery": object()}))
-        box.limits = Limits(max_rows=15, min_free_bytes=0)
-        with pytest.raises(OutboxError, match="full"):
-            await box.store(rec(20))  # its eviction fails first: the record is not stored
-        assert box._rows == (await box.stats()).depth == 20
-        monkeypatch.setattr(box, "_insert_gap_sync", real)
+        with Probe(box).wrap("gap", lambda real: full):
+            with pytest.raises(OutboxError, match="full") as err:
+                await box.purge(T0)
+            assert isinstance(err.value.__cause__, sqlite3.OperationalError)  # SQLite's
+            with pytest.raises(OutboxError, match="full"):
+                await box.wipe()
+            with pytest.raises(TypeError):  # a record that cannot be stored at all
+                await box.store(Record(RecordKind.BATTERY, T0, {"battery": object()}))
+            box.limits = Limits(max_rows=15, min_free_bytes=0)
+            with pytest.raises(OutboxError, match="full"):
+                await box.store(rec(20))  # its eviction fails first: the record is not stored
+            assert Probe(box).rows == (await box.stats()).depth == 20
         assert (await box.store(rec(21))).seq == 22  # evicted to make room: 21 is the gap
         assert await box.purge(T0) == 10
-        assert box._rows == (await box.stats()).depth
+        assert Probe(box).rows == (await box.stats()).depth
 
 
 async def test_delivered_sos_records_stay_until_expiry_and_export_and_purge(
@@ -335,7 +334,7 @@ async def test_message_ids_survive_a_restart_and_a_message_formed_anew_takes_new
         await box.ack([1, 2, 3])
         await box.requeue()
         assert [(s.seq, s.msg_id) for s in await box.take()] == [(4, "m-b"), (5, "m-b"), (6, "m-b")]
-        names = await box._run(lambda: box.db.execute("SELECT msg_id FROM bindings").fetchall())
+        names = await Probe(box).sql("SELECT msg_id FROM bindings")
         assert names == [("m-b",)]  # the delivered message's names went with it
 
 
@@ -412,14 +411,12 @@ async def test_an_outbox_of_the_first_release_opens_with_nothing_lost(tmp_path: 
         fix = {"t": "2026-11-22T10:00:05Z", "lat": 48.3, "lon": 11.7}
         new = await box.store(Record(RecordKind.FIX, T0, {"fix": fix}))
         assert new.seq == 5 and new.row is not None  # new fixes get their track rows
-        version = await box._run(lambda: box.db.execute("PRAGMA user_version").fetchone()[0])
+        version = (await Probe(box).sql("PRAGMA user_version"))[0][0]
         assert version == SCHEMA_VERSION == 3
         # records from before commit times were kept count as committed at the upgrade
         assert {s.committed for s in taken} == {taken[0].committed} != {None}
         await box.store(Record(RecordKind.FIX, T0, {"fix": {**fix, "lat": 48.31}}))
-        chain = await box._run(
-            lambda: box.db.execute("SELECT seq, row_prev FROM records WHERE seq>=5").fetchall()
-        )
+        chain = await Probe(box).sql("SELECT seq, row_prev FROM records WHERE seq>=5")
         assert chain == [(5, None), (6, 5)]  # fixes stored after the upgrade are chained
 
 
@@ -488,7 +485,7 @@ async def test_the_wal_stays_bounded_while_a_backlog_drains(
 ) -> None:
     """Checkpoints run beside the commits (never inside one), yet the WAL starts over
     even while acknowledgements are committed back to back."""
-    import device.outbox as outbox_module
+    import device.outbox.writer as outbox_module
     from device.records import seqs_of
 
     mark = 128 * 1024
@@ -548,26 +545,29 @@ async def test_expiry_extending_a_gap_record_while_the_send_loop_takes_it(
         await box.expire_session("a", T0)
         assert await box.purge(T0) == 1  # seq 1 expired undelivered: gap record, seq 3
         await box.expire_session("b", T0)  # the next purge extends seq 3 to name seq 2
-        lock = _WatchedLock(box._handout)
-        box._handout = lock  # type: ignore[assignment]
+        probe = Probe(box)
+        lock = _WatchedLock(probe.lock)
+        probe.lock = lock
         extended, go = threading.Event(), threading.Event()
-        real = box._insert_gap_sync
 
-        def held(*args: Any) -> int:
-            out = real(*args)
-            extended.set()  # rewritten inside the expiry's transaction, not committed yet
-            go.wait(10)
-            return out
+        def held(real: Callable[..., int]) -> Callable[..., int]:
+            def gap(*args: Any) -> int:
+                out = real(*args)
+                extended.set()  # rewritten inside the expiry's transaction, uncommitted
+                go.wait(10)
+                return out
 
-        box._insert_gap_sync = held  # type: ignore[method-assignment]
-        purge = asyncio.create_task(box.purge(T0))
-        assert await asyncio.to_thread(extended.wait, 10)
-        take = asyncio.create_task(box.take(first=Priority.SOS, last=Priority.LIVE))
-        waited = asyncio.create_task(asyncio.to_thread(lock.waited.wait, 10))
-        # either the take went ahead beside the half-done expiry, or it waits for it
-        await asyncio.wait({take, waited}, return_when=asyncio.FIRST_COMPLETED)
-        go.set()
-        assert await purge == 1
+            return gap
+
+        with probe.wrap("gap", held):
+            purge = asyncio.create_task(box.purge(T0))
+            assert await asyncio.to_thread(extended.wait, 10)
+            take = asyncio.create_task(box.take(first=Priority.SOS, last=Priority.LIVE))
+            waited = asyncio.create_task(asyncio.to_thread(lock.waited.wait, 10))
+            # either the take went ahead beside the half-done expiry, or it waits for it
+            await asyncio.wait({take, waited}, return_when=asyncio.FIRST_COMPLETED)
+            go.set()
+            assert await purge == 1
         taken = [s for s in await take if isinstance(s, Stored)]
         # what the receiver is told: the gap records as they were taken (an expired fix
         # taken meanwhile is dropped when the message is formed, never sent) ...

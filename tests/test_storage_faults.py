@@ -16,22 +16,23 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from device.outbox import Limits, Outbox, OutboxUnavailable
+from device.outbox import ACTIVE_SESSION, Limits, Outbox, OutboxUnavailable, SessionMark
+from device.outbox.faults import Fault, classify
+from device.outbox.testing import Probe
 from device.records import Priority, Record, RecordKind
-from device.storage import Fault, SessionMark, classify
 from sim.smalldisk import can_mount, fill
 from sim.smalldisk import small_disk as mounted
 from tests.conftest import require
 
 T0 = datetime.now(UTC).replace(microsecond=0)
-SESSION = '{"id":"s1","drill":false,"started":"2026-01-01T00:00:00+00:00","trigger":"cli"}'
+SESSION = {"id": "s1", "drill": False, "started": "2026-01-01T00:00:00+00:00", "trigger": "cli"}
 
 
 def point(i: int, *, pad: int = 300) -> Record:
@@ -49,7 +50,7 @@ def point(i: int, *, pad: int = 300) -> Record:
 async def sos_outbox(path: Path, n: int = 95, **kw: object) -> str:
     """An outbox with an active SOS session and ``n`` unsent route points; its id."""
     async with await Outbox.open(path, **kw) as box:  # type: ignore[arg-type]
-        await box.set_meta("active_session", SESSION)
+        await box.state.put(ACTIVE_SESSION, SESSION)
         for i in range(n):
             await box.store(point(i))
         return box.outbox_id
@@ -112,7 +113,7 @@ async def test_a_lock_at_start_up_is_waited_for_and_nothing_is_moved(tmp_path: P
         holder.close()
         async with await opening as box:
             assert box.outbox_id == box_id
-            assert await box.get_meta("active_session") == SESSION
+            assert await box.state.get(ACTIVE_SESSION) == SESSION
             assert (await box.stats()).depth == 95
     assert set_aside(tmp_path) == []
 
@@ -193,7 +194,7 @@ async def test_damaged_indexes_lose_nothing_and_the_sos_resumes(tmp_path: Path) 
     damage_pages(path, root_pages(path, "records_order", "records_by_session"))
     async with await Outbox.open(path) as box:
         assert box.outbox_id == box_id  # the seq counter was readable: numbering goes on
-        assert await box.get_meta("active_session") == SESSION
+        assert await box.state.get(ACTIVE_SESSION) == SESSION
         kept = [s for s, _ in await box.export()]
         assert [s.seq for s in kept if s.kind is RecordKind.FIX] == list(range(1, 96))
         assert not [s for s in kept if s.kind is RecordKind.GAP]  # nothing lost, no notice
@@ -213,7 +214,7 @@ async def test_a_damaged_table_page_salvages_the_rest_and_names_what_is_lost(
     damage_page_of(path, b"marker-0050")
     async with await Outbox.open(path) as box:
         assert box.outbox_id == box_id
-        assert await box.get_meta("active_session") == SESSION
+        assert await box.state.get(ACTIVE_SESSION) == SESSION
         kept = [s for s, _ in await box.export()]
         fixes = [s.seq for s in kept if s.kind is RecordKind.FIX]
         assert 51 not in fixes and 60 < len(fixes) < 95  # one page of points is lost ...
@@ -255,7 +256,7 @@ async def test_a_full_disk_at_start_up_opens_and_keeps_the_sos(tmp_path: Path) -
         filler = fill(disk)
         async with await Outbox.open(path, Limits(min_free_bytes=0)) as box:
             assert box.outbox_id == box_id
-            assert await box.get_meta("active_session") == SESSION
+            assert await box.state.get(ACTIVE_SESSION) == SESSION
             assert (await box.stats()).depth == 95
         assert set_aside(disk) == []
         filler.unlink()
@@ -309,7 +310,7 @@ async def test_records_are_held_on_a_full_disk_and_stored_when_room_returns(
             notes = [s.record.data["note"] for s in kept if s.kind is RecordKind.FIX]
             assert notes == sorted(notes)  # the oldest telemetry was dropped, order kept
         # one line when it began, one when it ended (with a count), not one per write
-        lines = [r.getMessage() for r in caplog.records if r.name == "device.outbox"]
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("device.outbox")]
         assert sum("DISK FULL" in x for x in lines) == 1
         (back,) = [x for x in lines if x.startswith("the outbox can be written again")]
         held = re.search(r"the (\d+) write\(s\) held in memory", back)
@@ -455,44 +456,47 @@ async def test_acknowledgements_on_a_full_disk_neither_stick_nor_resend(tmp_path
     async with rig(tmp_path, config=FAST, start=False) as r:
         box = r.outbox
         seqs = [(await box.store(fix_record(i, priority=Priority.ROUTINE))).seq for i in range(40)]
-        real = box._ack_sync
         failing = [True]
 
-        def ack_sync(acks: list[list[int]]) -> list[None]:
-            if failing[0]:
-                raise full_error()
-            return real(acks)
+        def failing_while_full(real: Callable[..., list[None]]) -> Callable[..., list[None]]:
+            def ack_sync(acks: list[list[int]]) -> list[None]:
+                if failing[0]:
+                    raise full_error()
+                return real(acks)
 
-        box._ack_sync = ack_sync  # type: ignore[method-assignment]
-        r.start_uplink()
-        led = await r.receiver.wait_for_seqs(seqs[-1])
-        assert led.missing() == []
-        async with asyncio.timeout(10):  # every message answered, no deletion committed
-            while True:
-                r.uplink.acked.clear()
-                if box._unsaved_acks == set(seqs):
-                    break
-                await r.uplink.acked.wait()
-        assert not box.writable.is_set()
-        assert (await box.stats()).inflight == len(seqs)
-        sent = r.uplink.stats.published
-        r.broker.kill()  # a reconnect while the deletions wait: nothing is sent again
-        await r.uplink.disconnected.wait()
-        r.broker.start()
-        await r.uplink.connected.wait()
-        failing[0] = False  # room again
-        await asyncio.wait_for(box.writable.wait(), 30)
-        st = await box.stats()
-        assert st.inflight == 0 and st.depth == 0
-        # (the receiver may see duplicates the broker redelivers after its own restart;
-        # what matters is that the device published nothing again)
-        assert r.uplink.stats.published == sent
+            return ack_sync
+
+        probe = Probe(box)
+        with probe.wrap("ack", failing_while_full):
+            r.start_uplink()
+            led = await r.receiver.wait_for_seqs(seqs[-1])
+            assert led.missing() == []
+            async with asyncio.timeout(10):  # every message answered, no deletion committed
+                while True:
+                    r.uplink.acked.clear()
+                    if probe.unsaved_acks == seqs:
+                        break
+                    await r.uplink.acked.wait()
+            assert not box.writable.is_set()
+            assert (await box.stats()).inflight == len(seqs)
+            sent = r.uplink.stats.published
+            r.broker.kill()  # a reconnect while the deletions wait: nothing is sent again
+            await r.uplink.disconnected.wait()
+            r.broker.start()
+            await r.uplink.connected.wait()
+            failing[0] = False  # room again
+            await asyncio.wait_for(box.writable.wait(), 30)
+            st = await box.stats()
+            assert st.inflight == 0 and st.depth == 0
+            # (the receiver may see duplicates the broker redelivers after its own restart;
+            # what matters is that the device published nothing again)
+            assert r.uplink.stats.published == sent
 
 
 def test_what_a_salvage_cannot_send_is_named_as_ranges_however_high_the_seqs() -> None:
-    from device.outbox import _complement
+    from device.outbox.capacity import complement
 
-    assert _complement({3, 4, 7}, 9) == [(1, 2), (5, 6), (8, 9)]
-    assert _complement({1, 2}, 2) == [] and _complement(set(), 0) == []
+    assert complement({3, 4, 7}, 9) == [(1, 2), (5, 6), (8, 9)]
+    assert complement({1, 2}, 2) == [] and complement(set(), 0) == []
     # a counter in the billions costs nothing: no seq is listed one by one
-    assert _complement({5, 2**40}, 2**40) == [(1, 4), (6, 2**40 - 1)]
+    assert complement({5, 2**40}, 2**40) == [(1, 4), (6, 2**40 - 1)]

@@ -14,6 +14,7 @@ import pytest
 
 from device.mqtt import BrokerConfig, Connection, ConnectRefused, MqttError, TlsConfig
 from device.outbox import Outbox
+from device.outbox.testing import Probe
 from device.records import Priority, Record, RecordKind
 from device.uplink import UplinkConfig
 from sim.broker import Mosquitto, free_port
@@ -104,11 +105,7 @@ async def test_black_holed_link_is_noticed_by_keepalive_and_nothing_is_lost(
             noticed = time.monotonic() - t0
             why = r.uplink.stats.last_error
             # the messages sent into the black hole keep their ids in the outbox
-            lost_ids = await r.outbox._run(
-                lambda: {
-                    row[0] for row in r.outbox.db.execute("SELECT DISTINCT msg_id FROM bindings")
-                }
-            )
+            lost_ids = {row[0] for row in await Probe(r.outbox).sql("SELECT msg_id FROM bindings")}
             await asyncio.sleep(0.5)
             proxy.set(LinkMode.PASS)
             await r.uplink.connected.wait()
@@ -259,7 +256,7 @@ async def test_a_full_disk_is_an_error_for_the_new_record_only(tmp_path: Path) -
             await r.outbox.store(fix_record(i, session="s1"))
         r.broker.kill()  # offline, so the outbox grows until the disk is full
         await r.uplink.disconnected.wait()
-        await r.outbox._run(lambda: r.outbox.db.execute("PRAGMA max_page_count=1"))
+        await Probe(r.outbox).sql("PRAGMA max_page_count=1")
 
         async def fill() -> None:
             for i in range(3, 5000):
@@ -267,7 +264,7 @@ async def test_a_full_disk_is_an_error_for_the_new_record_only(tmp_path: Path) -
 
         with pytest.raises(OutboxFull, match="free some space"):
             await fill()
-        await r.outbox._run(lambda: r.outbox.db.execute("PRAGMA max_page_count=1000000"))
+        await Probe(r.outbox).sql("PRAGMA max_page_count=1000000")
         r.broker.start()
         last = (await r.outbox.store(fix_record(9999, session="s1"))).seq
         led = await r.receiver.wait_for_seqs(last)

@@ -7,7 +7,7 @@ primary result code (``sqlite3.Error.sqlite_errorcode``, Python 3.11); the outbo
 integrity check raises :class:`CorruptOutbox`.
 
 Also here: disk space kept back for what must be written on a full disk
-(:class:`Reserve`), and the in-place record of the SOS session (:class:`SessionMark`).
+(:class:`Reserve`, and :func:`allocate` for any file that must be written in place).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
-import json
 import logging
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -123,55 +121,3 @@ class Reserve:
             )
             return True
         return False
-
-
-class SessionMark:
-    """The SOS session as last known (running, or ended and when), written in place
-    into a small file allocated beforehand: writing it needs no new disk space, so a
-    start or a stop on a full disk is remembered across a restart. A restart then never
-    resumes a session that was stopped, nor forgets one that was started."""
-
-    SIZE = 4096
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def prepare(self) -> None:
-        """Allocate the file (at start, while there is room); keeps what it holds."""
-        try:
-            if self.path.stat().st_size == self.SIZE:
-                return
-        except FileNotFoundError:
-            pass
-        allocate(self.path, self.SIZE)
-
-    def write(self, state: dict[str, Any]) -> bool:
-        """Overwrite the file in place (no allocation, fsync'd); False if it could not."""
-        text = json.dumps(state, separators=(",", ":")).encode()
-        if len(text) > self.SIZE:
-            raise ValueError("session state too large for its mark")
-        try:
-            fd = os.open(self.path, os.O_WRONLY)
-            try:
-                os.pwrite(fd, text.ljust(self.SIZE, b"\0"), 0)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.error("cannot record the SOS session in %s: %s", self.path, exc)
-            return False
-        return True
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            raw = self.path.read_bytes().rstrip(b"\0")
-        except OSError:
-            return None
-        if not raw:
-            return None
-        try:
-            state = json.loads(raw)
-        except ValueError:
-            log.warning("the SOS session mark %s is unreadable; ignored", self.path)
-            return None
-        return state if isinstance(state, dict) else None

@@ -5,16 +5,23 @@ active SOS session around them are still there for ``SELECT``. Moving the file a
 and starting empty would drop them (and the SOS with them). This module reads what it
 can, table by table and, for the records, range by range: a range that fails is split
 until the unreadable rows are isolated and skipped. It never writes to the damaged
-file. :meth:`device.outbox.Outbox.open` puts what it read into a fresh outbox.
+file; :func:`rescue` puts what it read into a fresh outbox and sets the damaged one
+aside.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from device.clock import Clock
+from device.outbox import schema, state
+from device.outbox.capacity import complement, insert_gap_row
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +127,65 @@ def _read_range(
     left, bad_left = _read_range(db, cols, a, mid)
     right, bad_right = _read_range(db, cols, mid + 1, b)
     return left + right, bad_left + bad_right
+
+
+def rescue(path: Path, clock: Clock, why: str) -> None:
+    """Everything readable of a corrupt outbox goes into a fresh one (the same
+    ``outbox_id`` and seqs when the seq counter could be read, else a new id), with a
+    ``gap`` record (reason ``corrupt``) naming every seq up to the last that will not be
+    sent from it; then the corrupt file is set aside (never deleted) and an alarm is
+    raised until the owner acknowledges it."""
+    got = read_readable(path)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    fresh = Path(f"{path}.salvage-{stamp}")
+    id_key, session_key = state.OUTBOX_ID.name, state.ACTIVE_SESSION.name
+    same_box = got.last_seq is not None and id_key in got.meta
+    box = got.meta[id_key] if same_box else uuid.uuid4().hex[:16]
+    db = sqlite3.connect(fresh, isolation_level=None)
+    try:
+        db.executescript(schema.SCHEMA)
+        db.execute(f"PRAGMA user_version={schema.SCHEMA_VERSION}")
+        with schema.transaction(db):
+            meta = dict(got.meta) if same_box else {}
+            if session_key in got.meta:
+                meta[session_key] = got.meta[session_key]
+            meta[id_key] = box
+            db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?)", got.sessions)
+            if same_box:
+                db.executemany("INSERT OR REPLACE INTO bindings VALUES (?,?,?)", got.bindings)
+            now = clock.now()
+            cols = ", ".join(RECORD_COLUMNS)
+            marks = ",".join("?" * len(RECORD_COLUMNS))
+            committed = RECORD_COLUMNS.index("committed")
+            db.executemany(
+                f"INSERT INTO records ({cols}) VALUES ({marks})",
+                [
+                    r if r[committed] is not None else (*r[:committed], now.timestamp())
+                    for r in got.records
+                ],
+            )
+            at = RECORD_COLUMNS.index("state")
+            sent = {r[0] for r in got.records if r[at] == schema.PENDING}
+            top = max(got.last_seq or 0, max((r[0] for r in got.records), default=0))
+            lost = complement(sent, top)  # ranges: top may be in the millions
+            if lost:
+                top += 1
+                insert_gap_row(db, top, lost, "corrupt", now, now.timestamp())
+            schema.set_seq(db, top)
+            alarm = (
+                f"the outbox was corrupt ({why}); {len(got.records)} record(s) and "
+                f"{'the' if session_key in got.meta else 'no'} active SOS session "
+                f"salvaged, {got.unreadable} unreadable; the damaged file is kept as "
+                f"{path}.corrupt-{stamp}"
+                + ("" if same_box else "; seq numbering restarts under a new outbox_id")
+            )
+            state.write(db, state.ALARM, {"at": now.isoformat(), "what": alarm})
+    finally:
+        db.close()
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            src.rename(Path(f"{path}.corrupt-{stamp}{suffix}"))
+    fresh.rename(path)
+    log.error("ALARM: %s. Acknowledge with `sosctl alarm --ack`.", alarm)
