@@ -1,18 +1,25 @@
 """Commands from contacts (over MQTT ``cmd``) applied to the SOS controller.
 
-The uplink validates a command's shape (:func:`device.wire.parse_command`); this module
-decides what it means for the device now, and refuses what it cannot do with a message
-for the sender.
+:class:`CommandDesk` answers one inbound command message: it refuses a retained one,
+validates its shape (:func:`device.wire.parse_command`), answers a redelivery from
+memory instead of running it twice, and records the outcome as an event.
+:class:`SosCommands` decides what a valid command means for the device now, and refuses
+what it cannot do with a message for the sender.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from typing import Any, Protocol
 
 from device.clock import Clock, MonotonicClock
+from device.events import EventKind, Events
+from device.mqtt import Inbound
 from device.sos import SosController, SosRefused
-from device.wire import Command, CommandError, CommandName
+from device.wire import Command, CommandError, CommandName, command_id, parse_command
+
+log = logging.getLogger(__name__)
 
 #: at most this many commands of one kind from one sender ...
 RATE_COUNT = 10
@@ -96,3 +103,61 @@ class SosCommands:
         while len(self._acked) > 1024:
             self._acked.popitem(last=False)
         return {"session": session}
+
+
+class CommandDesk:
+    """Answers inbound command messages (the uplink hands them over as they arrive)."""
+
+    #: the answers kept for redeliveries
+    REMEMBERED = 256
+
+    def __init__(self, handler: CommandHandler | None, events: Events) -> None:
+        self._handler = handler
+        self._events = events
+        self._done: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.received = 0
+        self.rejected = 0
+
+    @property
+    def takes_commands(self) -> bool:
+        return self._handler is not None
+
+    async def answer(self, m: Inbound) -> dict[str, Any]:
+        """The reply to ``m`` (never raises: a command must not take the daemon down)."""
+        self.received += 1
+        cmd_id: str | None = None
+        try:
+            if m.retain:
+                raise CommandError(
+                    "retained commands are ignored (they would run again at every "
+                    "reconnect): publish commands without the retain flag"
+                )
+            cmd = parse_command(m.payload)
+            cmd_id = cmd.id
+            if cmd.id is not None and cmd.id in self._done:
+                return self._done[cmd.id]  # a redelivery: answered, not re-run
+            if self._handler is None:
+                raise CommandError("this device does not take commands")
+            result = await self._handler(cmd)
+            reply: dict[str, Any] = {"id": cmd.id, "cmd": cmd.name.value, "ok": True, **result}
+            log.info("command %s%s done", cmd.name.value, f" ({cmd.by})" if cmd.by else "")
+        except CommandError as exc:
+            self.rejected += 1
+            log.warning("command on %s rejected: %s", m.topic, exc)
+            reply = {"id": cmd_id or command_id(m.payload), "ok": False, "error": str(exc)}
+        except Exception as exc:  # a command must never take the daemon down
+            self.rejected += 1
+            log.exception("command on %s failed", m.topic)
+            reply = {"id": cmd_id, "ok": False, "error": f"internal error: {exc}"}
+        self._events.emit(
+            EventKind.COMMAND,
+            cmd=reply.get("cmd"),
+            id=reply.get("id"),
+            ok=reply["ok"],
+            **({"error": reply["error"]} if not reply["ok"] else {}),
+        )
+        if cmd_id is not None:
+            self._done[cmd_id] = reply
+            while len(self._done) > self.REMEMBERED:
+                self._done.popitem(last=False)
+        return reply

@@ -118,7 +118,7 @@ async def test_the_route_expires_72_hours_after_the_end_by_the_device_clock(
         # Message expiry counts down on the device's clock, from the end.
         await clock.advance(10 * 3600)
         uplink = offline_uplink(box, clock)
-        messages = await uplink._pack(await box.take())
+        messages = await uplink.sender.pack(await box.take())
         assert {m.expiry for m in messages} == {int(RETENTION) - 10 * 3600}
         lifecycle = [decode_sos(m.payload) for m in messages if m.topic.endswith("/sos")]
         assert [x.kind for x in lifecycle] == ["sos-start", "sos-end"]
@@ -175,7 +175,7 @@ async def test_routine_batching_waits_from_the_commit_by_the_device_clock(
         assert (await box.stats()).oldest == committed
         # routine message expiry: a week from the commit, counted down on the device clock
         await clock.advance(86400 - 300)
-        (msg,) = await offline_uplink(box, clock)._pack(await box.take())
+        (msg,) = await offline_uplink(box, clock).sender.pack(await box.take())
         assert msg.expiry == 6 * 86400
 
 

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from device.clock import MonotonicClock
-from device.commands import SosCommands
+from device.commands import CommandDesk, SosCommands
 from device.gps import Fix, FixMode
 from device.mqtt import BrokerConfig, Connection
 from device.outbox import Limits
@@ -183,7 +183,7 @@ async def test_a_few_routine_records_go_once_the_oldest_has_waited_batch_interva
 async def test_commands_are_validated_applied_and_answered(tmp_path: Path) -> None:
     async with rig(tmp_path, start=False) as r:
         ctl = controller(r.outbox, privacy=PrivacyConfig())
-        r.uplink._commands = SosCommands(ctl)
+        r.uplink.commands = CommandDesk(SosCommands(ctl), r.uplink.events)
         r.start_uplink()
         await r.uplink.connected.wait()
         asker = Connection(BrokerConfig(host="127.0.0.1", port=r.broker.port, client_id="asker"))
