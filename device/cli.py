@@ -25,6 +25,7 @@ import gpxpy.gpx
 
 from device import config as config_mod
 from device.clock import MonotonicClock, ScaledClock
+from device.commands import COMMANDS
 from device.config import DEFAULT_CONFIG, Config
 from device.control import NotRunning, follow, request
 from device.daemon import Daemon
@@ -32,6 +33,7 @@ from device.parts import load_backend
 from device.receipts import describe
 from device.tomlconf import SECRET_KEYS, ConfigError, redact_url
 
+COMMAND_NAMES = {name.value for name in COMMANDS}
 #: with --sim and no configuration file: a device that runs anywhere
 SIM_DEFAULTS: dict[str, Any] = {
     "device.id": "sim-beacon",
@@ -226,6 +228,10 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--drill", action="store_true", help="a drill, flagged end to end")
     start.add_argument("--now", action="store_true", help="skip the countdown")
     sos_sub.add_parser("stop", help="stop the SOS now: no location is shared after this")
+    for spec in COMMANDS.values():  # what contacts may do over MQTT, the owner may do here
+        c = sub.add_parser(spec.name.value, help=spec.help)
+        if spec.takes_session:
+            c.add_argument("--session", help="the SOS session meant (refused if another is on)")
     export = sub.add_parser("export", help="everything stored: JSON, and GPX for routes")
     export.add_argument("--out", type=Path, default=Path("."), help="directory to write to")
     purge = sub.add_parser("purge", help="delete every record stored on the device")
@@ -256,6 +262,10 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
             if args.action == "start"
             else {"cmd": "sos-stop"}
         )
+    elif args.command in COMMAND_NAMES:
+        req = {"cmd": args.command}
+        if getattr(args, "session", None):
+            req["session"] = args.session
     elif args.command == "export":
         req = {"cmd": "export"}
     elif args.command == "alarm":

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from device.clock import Clock, MonotonicClock
@@ -66,29 +68,28 @@ class SosCommands:
             self._recent.popitem(last=False)
 
     async def __call__(self, cmd: Command) -> dict[str, Any]:
-        ctl = self.controller
         self._limit(cmd)
         try:
-            if cmd.name is CommandName.ACK:
-                return await self._ack(cmd)
-            if cmd.name is CommandName.CANCEL:
-                if cmd.session is not None and (
-                    ctl.session is None or ctl.session.id != cmd.session
-                ):
-                    raise SosRefused(f"session {cmd.session} is not active; nothing cancelled")
-                stopped = await ctl.stop(trigger=f"cmd:cancel{':' + cmd.by if cmd.by else ''}")
-                if not stopped:
-                    raise SosRefused("no SOS or countdown is active; nothing cancelled")
-                return {"state": ctl.state.value}
-            if cmd.name is CommandName.DRILL:
-                await ctl.start(trigger="cmd:drill", drill=True, now=True)
-                assert ctl.session is not None
-                return {"session": ctl.session.id, "drill": True}
-            if cmd.name is CommandName.LOCATE_NOW:
-                return {"fix_age": await ctl.locate_now()}
+            return await COMMANDS[cmd.name].run(self, cmd)
         except SosRefused as exc:
             raise CommandError(str(exc)) from None
-        raise CommandError(f"command {cmd.name} is not handled")  # pragma: no cover
+
+    async def _cancel(self, cmd: Command) -> dict[str, Any]:
+        ctl = self.controller
+        if cmd.session is not None and (ctl.session is None or ctl.session.id != cmd.session):
+            raise SosRefused(f"session {cmd.session} is not active; nothing cancelled")
+        if not await ctl.stop(trigger=f"cmd:cancel{':' + cmd.by if cmd.by else ''}"):
+            raise SosRefused("no SOS or countdown is active; nothing cancelled")
+        return {"state": ctl.state.value}
+
+    async def _drill(self, cmd: Command) -> dict[str, Any]:
+        ctl = self.controller
+        await ctl.start(trigger="cmd:drill", drill=True, now=True)
+        assert ctl.session is not None
+        return {"session": ctl.session.id, "drill": True}
+
+    async def _locate_now(self, cmd: Command) -> dict[str, Any]:
+        return {"fix_age": await self.controller.locate_now()}
 
     async def _ack(self, cmd: Command) -> dict[str, Any]:
         ctl = self.controller
@@ -103,6 +104,39 @@ class SosCommands:
         while len(self._acked) > 1024:
             self._acked.popitem(last=False)
         return {"session": session}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One command: what it does, and how ``sosctl`` offers it."""
+
+    name: CommandName
+    help: str
+    run: Callable[[SosCommands, Command], Awaitable[dict[str, Any]]]
+    #: whether it names the session it is meant for (``--session`` in sosctl)
+    takes_session: bool = True
+
+
+#: Every command, by name: the one place to add one. The same table serves contacts
+#: (MQTT ``cmd``, through :class:`CommandDesk`), the control socket (``{"cmd": name}``)
+#: and ``sosctl <name>``. :class:`~device.wire.CommandName` is the wire's vocabulary of
+#: them (the relay speaks it too); a test fails if the two disagree.
+COMMANDS: dict[CommandName, CommandSpec] = {
+    spec.name: spec
+    for spec in (
+        CommandSpec(CommandName.ACK, "acknowledge the SOS, as a contact would", SosCommands._ack),
+        CommandSpec(CommandName.CANCEL, "stop the SOS (or its countdown)", SosCommands._cancel),
+        CommandSpec(
+            CommandName.DRILL, "start a drill now, flagged end to end", SosCommands._drill, False
+        ),
+        CommandSpec(
+            CommandName.LOCATE_NOW,
+            "record the freshest fix now as a live position",
+            SosCommands._locate_now,
+            False,
+        ),
+    )
+}
 
 
 class CommandDesk:

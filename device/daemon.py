@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -31,7 +32,7 @@ from device import control
 from device.battery import BatteryPolicy, BatterySample
 from device.button import run_button
 from device.clock import Clock, MonotonicClock
-from device.commands import SosCommands
+from device.commands import COMMANDS, SosCommands
 from device.config import Config
 from device.events import EventKind, Events
 from device.gesture import GestureDetector
@@ -43,6 +44,7 @@ from device.records import run_retention
 from device.sos import Session, SosController, SosRefused
 from device.tomlconf import ConfigError
 from device.uplink import Uplink
+from device.wire import Command, CommandError, CommandName
 
 log = logging.getLogger("sosd")
 #: what SIGHUP can change in place
@@ -77,6 +79,7 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.controller: SosController | None = None
         self.uplink: Uplink | None = None
+        self.commands: SosCommands | None = None
         self.last_fix: Fix | None = None
         self.last_battery: BatterySample | None = None
         self.started_at = 0.0
@@ -129,12 +132,13 @@ class Daemon:
                 events=self.events,
             )
             await self._resume_session(ctl, outbox)
+            self.commands = commands = SosCommands(ctl, clock=self.clock)
             self.uplink = uplink = Uplink(
                 config=cfg.uplink_config(),
                 broker=cfg.broker_config(),
                 outbox=outbox,
                 clock=self.clock,
-                commands=SosCommands(ctl, clock=self.clock),
+                commands=commands,
                 sos_active=lambda: ctl.session is not None,
                 events=self.events,
             )
@@ -383,7 +387,9 @@ class Daemon:
         return answer
 
     def _requests(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
-        """Every request the control socket takes: one place to add one."""
+        """Every request the control socket takes: the daemon's own, and every command
+        of :data:`device.commands.COMMANDS` (what contacts may do over MQTT, the owner
+        may do here, through the same code)."""
         return {
             "status": self._req_status,
             "events": self._req_events,
@@ -392,7 +398,18 @@ class Daemon:
             "export": self._req_export,
             "purge": self._req_purge,
             "alarm-ack": self._req_alarm_ack,
+            **{name.value: functools.partial(self._req_command, name) for name in COMMANDS},
         }
+
+    async def _req_command(self, name: CommandName, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.commands is not None
+        session = req.get("session")
+        if session is not None and not isinstance(session, str):
+            return {"ok": False, "error": "session: the session id, a string"}
+        try:
+            return await self.commands(Command(name, by="sosctl", session=session))
+        except CommandError as exc:
+            return {"ok": False, "error": str(exc)}
 
     async def _req_status(self, req: dict[str, Any]) -> dict[str, Any]:
         return await self.status()

@@ -24,7 +24,8 @@ from typing import Any
 
 class EventKind(enum.StrEnum):
     #: the SOS lifecycle: ``data.what`` is countdown, start-requested, cancelled,
-    #: started, ended, acknowledged, resumed, overridden, refused
+    #: started, ended, acknowledged, resumed, overridden, refused; a change of state
+    #: (device.sos.SosState) has ``data.state``, the state it led to
     SOS = "sos"
     #: the LED and buzzer showed a cue (``data.cue``)
     CUE = "cue"
@@ -72,6 +73,10 @@ class Events:
         self._size = size
         self._followers: set[_Follower] = set()
         self._recent: deque[Event] = deque(maxlen=keep)
+
+    def recent(self) -> list[Event]:
+        """The events kept (the newest ``keep``), oldest first."""
+        return list(self._recent)
 
     def emit(self, kind: EventKind, **data: Any) -> None:
         ev = Event(kind, self._clock(), data)

@@ -46,8 +46,21 @@ log = logging.getLogger(__name__)
 
 class SosState(enum.StrEnum):
     IDLE = "idle"
+    #: counting down to a start (a real SOS may count down over a running drill)
     COUNTDOWN = "countdown"
     ACTIVE = "active"
+    #: stopped: no location is recorded from here on; the end record is being written
+    ENDING = "ending"
+
+
+#: every change of :class:`SosState` :meth:`SosController._transition` allows
+TRANSITIONS: dict[SosState, frozenset[SosState]] = {
+    SosState.IDLE: frozenset({SosState.COUNTDOWN, SosState.ACTIVE, SosState.ENDING}),
+    SosState.COUNTDOWN: frozenset({SosState.IDLE, SosState.ACTIVE, SosState.ENDING}),
+    SosState.ACTIVE: frozenset({SosState.ENDING, SosState.COUNTDOWN}),
+    # a start may come while an end is still being written
+    SosState.ENDING: frozenset({SosState.IDLE, SosState.COUNTDOWN, SosState.ACTIVE}),
+}
 
 
 class SosRefused(SosbeaconError):
@@ -136,6 +149,7 @@ class SosController:
         #: told the running session (or None) whenever it changes, to persist it
         self._on_session = on_session
         self.session: Session | None = None
+        self._state = SosState.IDLE
         self._countdown: asyncio.Task[None] | None = None
         self._countdown_drill = False
         self._activation: asyncio.Task[None] | None = None
@@ -161,8 +175,19 @@ class SosController:
 
     @property
     def state(self) -> SosState:
-        if self._countdown is not None and not self._countdown.done():
-            return SosState.COUNTDOWN
+        return self._state
+
+    def _transition(self, to: SosState, what: str | None = None, **info: Any) -> None:
+        """The one place the state changes; the change is recorded as an SOS event
+        (``what``). A change the table does not allow is a bug, never done."""
+        if to is not self._state and to not in TRANSITIONS[self._state]:
+            raise RuntimeError(f"SOS state {self._state.value} cannot become {to.value}")
+        self._state = to
+        if what is not None:
+            self._event(what, **info, state=to.value)
+
+    def _resting(self) -> SosState:
+        """What the state falls back to when a countdown ends without a start."""
         return SosState.ACTIVE if self.session is not None else SosState.IDLE
 
     # -- inputs ------------------------------------------------------------------------
@@ -200,11 +225,12 @@ class SosController:
             if drill or not self._countdown_drill:
                 return  # a countdown of the same or stronger kind is already running
             await self.cancel_countdown("upgraded to a real SOS", quiet=True)
-        self._event("countdown" if not now else "start-requested", trigger=trigger, drill=drill)
         if now or self.config.countdown <= 0:
+            self._event("start-requested", trigger=trigger, drill=drill)
             await self._activate_once(trigger=trigger, drill=drill)
             return
         self._countdown_drill = drill
+        self._transition(SosState.COUNTDOWN, "countdown", trigger=trigger, drill=drill)
         self._countdown = asyncio.create_task(self._run_countdown(trigger, drill))
 
     async def cancel_countdown(self, why: str, *, quiet: bool = False) -> None:
@@ -214,10 +240,12 @@ class SosController:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        if not quiet:
-            log.info("SOS countdown cancelled (%s)", why)
-            self._event("cancelled", trigger=why)
-            await self._cue(Cue.CANCELLED)
+        if quiet:
+            self._transition(self._resting())
+            return
+        log.info("SOS countdown cancelled (%s)", why)
+        self._transition(self._resting(), "cancelled", trigger=why)
+        await self._cue(Cue.CANCELLED)
 
     async def stop(self, *, trigger: str) -> bool:
         """End the active SOS (or drill) at once; returns whether anything was running."""
@@ -365,12 +393,13 @@ class SosController:
     async def _activate(self, *, trigger: str, drill: bool) -> None:
         if self.session is not None and self.session.drill and not drill:
             self.events.emit(EventKind.SOS, what="overridden", session=self.session.id)
-            await self._end(self.session, reason="overridden by a real SOS")
-            self.session = None
+            drill_session, self.session = self.session, None
+            await self._end(drill_session, reason="overridden by a real SOS")
         s = Session(
             id=uuid.uuid4().hex[:16], drill=drill, started=self._clock.now(), trigger=trigger
         )
         self.session = s
+        self._transition(SosState.ACTIVE)
         data: dict[str, Any] = {
             "trigger": trigger,
             **({"owner": self.config.owner} if self.config.owner else {}),
@@ -394,7 +423,7 @@ class SosController:
         log.warning(
             "%s started (session %s, trigger %s)", "DRILL" if drill else "SOS", s.id, trigger
         )
-        self._event("started", trigger=trigger, drill=drill)
+        self._event("started", trigger=trigger, drill=drill, state=self._state.value)
         await self._cue(Cue.SOS_ACTIVE)
         # Wake what may be saving power; the record above did not wait for it.
         if self._gps_power is not None:
@@ -403,6 +432,8 @@ class SosController:
             self._spawn(self._network.up())
 
     async def _end(self, s: Session, *, reason: str) -> None:
+        """End ``s``, no longer :attr:`session` (so no fix is recorded for it)."""
+        self._transition(SosState.ENDING)
         s.ended = self._clock.now()
         # Saved as ending *before* the end record: a restart in between completes the
         # end instead of resuming the session (no location after a stop, ever).
@@ -422,7 +453,10 @@ class SosController:
             reason,
             expires.isoformat(),
         )
-        self._event("ended", trigger=reason, drill=s.drill)
+        if self._state is SosState.ENDING:  # else a start came meanwhile: it stands
+            self._transition(self._resting(), "ended", trigger=reason, drill=s.drill)
+        else:
+            self._event("ended", trigger=reason, drill=s.drill, state=self._state.value)
         await self._cue(Cue.ENDED)
         self._spawn(self._gps_idle_mode())
 
@@ -438,13 +472,14 @@ class SosController:
             await self._end(s, reason="stopped (end completed after a restart)")
             return
         self.session = s
+        self._transition(SosState.ACTIVE)
         log.warning(
             "%s session %s (started %s) resumed after a restart",
             "DRILL" if s.drill else "SOS",
             s.id,
             s.started.isoformat(),
         )
-        self._event("resumed", trigger=s.trigger, drill=s.drill)
+        self._event("resumed", trigger=s.trigger, drill=s.drill, state=self._state.value)
         await self._cue(Cue.SOS_ACTIVE)
         if self._gps_power is not None:
             self._spawn(self._gps_power.set_mode(GpsPowerMode.FULL))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from device.commands import ACK_INTERVAL, RATE_COUNT, RATE_WINDOW, SosCommands
+from device.commands import ACK_INTERVAL, COMMANDS, RATE_COUNT, RATE_WINDOW, SosCommands
 from device.records import MemoryRecorder, RecordKind
 from device.sos import Contact, SosConfig, SosController
 from device.wire import Command, CommandError, CommandName, command_id, parse_command
@@ -83,3 +83,13 @@ def test_a_refusal_names_the_id_that_was_sent() -> None:
     assert command_id(payload) == "c-17"
     assert command_id(b'{"cmd":"ack","id":5}') is None  # not a valid id: not echoed
     assert command_id(b"garbage") is None
+
+
+def test_one_table_names_every_command_of_the_wire() -> None:
+    """A command is added in one table (device.commands.COMMANDS); the wire's vocabulary
+    and the table never disagree, and each is offered by sosctl."""
+    from device.cli import COMMAND_NAMES
+
+    assert set(COMMANDS) == set(CommandName)
+    assert all(spec.name is name and spec.help for name, spec in COMMANDS.items())
+    assert COMMAND_NAMES == {n.value for n in CommandName}

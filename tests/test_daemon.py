@@ -77,6 +77,16 @@ async def test_the_daemon_on_simulated_hardware_end_to_end(tmp_path: Path) -> No
         assert again == {"ok": False, "error": "an SOS is already active"}
         bad = await request(sock, {"cmd": "reboot"})
         assert not bad["ok"] and "known: status" in bad["error"]
+        # the contacts' commands, from the one table, on the control socket too
+        sid = status["session"]
+        acked = await request(sock, {"cmd": "ack", "session": sid})
+        assert acked == {"ok": True, "session": sid}
+        stale = await request(sock, {"cmd": "ack", "session": "not-this-one"})
+        assert not stale["ok"] and "not the active SOS" in stale["error"]
+        assert (await request(sock, {"cmd": "locate-now"}))["ok"]
+        await rx.wait_until(lambda: any(r.kind == "sos-ack" for r in rx.records))
+        code = await asyncio.to_thread(sosctl, ["--data-dir", str(cfg.device.data_dir), "ack"])
+        assert code == 0
         assert (await request(sock, {"cmd": "sos-stop"}))["ok"]
         await rx.wait_until(lambda: any(r.kind == "sos-end" for r in rx.records))
         exported = await request(sock, {"cmd": "export"})
