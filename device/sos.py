@@ -40,6 +40,7 @@ from device.gesture import Detected, Press
 from device.gps import Fix
 from device.privacy import PrivacyConfig, fix_payload
 from device.records import Priority, Record, Recorder, RecordKind
+from device.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,9 @@ class SosController:
         self.config = config
         #: the lifecycle, cues and battery levels as they happen (``sosctl events``)
         self.events = events or Events(clock=lambda: clock.now().timestamp())
-        self.privacy = privacy or PrivacyConfig()
         self.battery = battery_policy or BatteryPolicy()
+        #: idle tracking, battery records, the last gasp: what to report besides the SOS
+        self.telemetry = Telemetry(privacy or PrivacyConfig(), self.battery)
         self._recorder = recorder
         self._clock = clock
         self._indicator = indicator
@@ -155,8 +157,6 @@ class SosController:
         self._activation: asyncio.Task[None] | None = None
         self._last_fix: Fix | None = None
         self._last_battery: BatterySample | None = None
-        self._last_gasp_sent = False
-        self._idle_last_point: float | None = None
         self._events: deque[dict[str, Any]] = deque(maxlen=20)
         self._background: set[asyncio.Task[None]] = set()
         if not config.contacts:
@@ -168,6 +168,15 @@ class SosController:
             )
 
     # -- state -------------------------------------------------------------------------
+
+    @property
+    def privacy(self) -> PrivacyConfig:
+        """What the owner shares (a reload replaces it; the telemetry policy reads it)."""
+        return self.telemetry.privacy
+
+    @privacy.setter
+    def privacy(self, privacy: PrivacyConfig) -> None:
+        self.telemetry.privacy = privacy
 
     @property
     def armed(self) -> bool:
@@ -326,19 +335,16 @@ class SosController:
                 await self._record(
                     RecordKind.FIX, {"fix": fix_payload(fix, self.privacy)}, Priority.LIVE, s
                 )
-        elif self.privacy.track_outside_sos and (
-            self._idle_last_point is None or now - self._idle_last_point >= cadence.idle_report
-        ):
-            self._idle_last_point = now
+        elif self.telemetry.idle_point_due(now):
             await self._record(
                 RecordKind.FIX, {"fix": fix_payload(fix, self.privacy)}, Priority.ROUTINE, None
             )
 
     async def on_battery(self, sample: BatterySample) -> None:
-        before = self.battery.level
-        level = self.battery.update(sample)
+        news = self.telemetry.on_battery(sample, in_sos=self.session is not None)
+        level, before = news.level, news.changed_from
         self._last_battery = sample
-        if level is not before:
+        if before is not None:
             log.warning("battery level %s -> %s (%s%%)", before.name, level.name, sample.capacity)
             self.events.emit(
                 EventKind.BATTERY,
@@ -350,8 +356,7 @@ class SosController:
                 await self._cue(Cue.LOW_BATTERY)
             if self.session is None:
                 self._spawn(self._gps_idle_mode())
-        if level is BatteryLevel.CRITICAL and not self._last_gasp_sent:
-            self._last_gasp_sent = True
+        if news.last_gasp:
             await self._record(
                 RecordKind.LAST_GASP,
                 {
@@ -362,9 +367,7 @@ class SosController:
                 Priority.SOS,
                 self.session,
             )
-        elif level is not BatteryLevel.CRITICAL:
-            self._last_gasp_sent = False
-        if self.privacy.share_battery and (self.session is not None or level is not before):
+        if news.record:
             await self._record(
                 RecordKind.BATTERY,
                 {"battery": sample.to_json()},

@@ -433,3 +433,24 @@ def test_a_change_the_table_does_not_allow_is_refused() -> None:
     with pytest.raises(RuntimeError, match="active cannot become idle"):
         ctl._transition(SosState.IDLE)  # skipping ENDING (the end record): a bug
     assert ctl.state is SosState.ACTIVE
+
+
+def test_telemetry_decides_idle_points_battery_records_and_one_last_gasp() -> None:
+    from device.battery import BatteryLevel, BatteryPolicy
+    from device.telemetry import Telemetry
+
+    def sample(pct: float) -> BatterySample:
+        return BatterySample(capacity=pct, status="Discharging")
+
+    t = Telemetry(PrivacyConfig(), BatteryPolicy())
+    assert not t.idle_point_due(0.0)  # tracking outside an SOS is off by default
+    t.privacy = PrivacyConfig(track_outside_sos=True)
+    assert t.idle_point_due(0.0) and not t.idle_point_due(10.0)
+    assert t.idle_point_due(t.battery.cadence.idle_report)
+    calm = t.on_battery(sample(80), in_sos=False)
+    assert calm.changed_from is None and not calm.record and not calm.last_gasp
+    assert t.on_battery(sample(80), in_sos=True).record  # during an SOS, each sample
+    gasp = t.on_battery(sample(2), in_sos=False)
+    assert gasp.level is BatteryLevel.CRITICAL and gasp.last_gasp and gasp.record
+    assert gasp.changed_from is BatteryLevel.OK
+    assert not t.on_battery(sample(1), in_sos=False).last_gasp  # one last gasp
