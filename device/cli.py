@@ -29,23 +29,11 @@ from device.commands import COMMANDS
 from device.config import DEFAULT_CONFIG, Config
 from device.control import NotRunning, follow, request
 from device.daemon import Daemon
-from device.parts import load_backend
+from device.parts import DEFAULT_BACKEND, backend_info, backends, load_backend
 from device.receipts import describe
 from device.tomlconf import SECRET_KEYS, ConfigError, redact_url
 
 COMMAND_NAMES = {name.value for name in COMMANDS}
-#: with --sim and no configuration file: a device that runs anywhere
-SIM_DEFAULTS: dict[str, Any] = {
-    "device.id": "sim-beacon",
-    "sos.contacts": [{"name": "Alice (simulated contact)", "reach": "+44 7700 900123"}],
-}
-
-
-def sim_data_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "sosbeacon-sim"
-
-
 # -- logging -----------------------------------------------------------------------------
 
 
@@ -91,15 +79,18 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Path | None, dict[st
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
     if path is None:
-        if not getattr(args, "sim", False):
+        info = backend_info(args.backend)
+        if info.defaults is None:
+            runs_anywhere = [b for b in backends().values() if b.defaults is not None]
+            hint = "".join(f", or try --{b.name} ({b.summary})" for b in runs_anywhere)
             raise ConfigError(
                 str(DEFAULT_CONFIG),
                 [
                     "the file does not exist: copy examples/sosbeacon.toml there and edit it, "
-                    "pass --config FILE, or try the simulator with --sim"
+                    f"pass --config FILE{hint}"
                 ],
             )
-        base = {**SIM_DEFAULTS, "device.data_dir": str(sim_data_dir())}
+        base = info.defaults()
         return config_mod.load(text="", overrides={**base, **overrides}), None, overrides
     return config_mod.load(path, overrides=overrides), path, overrides
 
@@ -114,7 +105,18 @@ def sosd(argv: Sequence[str] | None = None) -> int:
         sp.add_argument("--device-id", help="override device.id")
         sp.add_argument("--data-dir", type=Path, help="override device.data_dir")
         sp.add_argument("--broker", help="override mqtt.broker (mqtt://host:port, mqtts://...)")
-    run.add_argument("--sim", action="store_true", help="simulate all hardware")
+    installed = backends()
+    for sp in (run, check):
+        sp.set_defaults(backend=DEFAULT_BACKEND)
+        sp.add_argument(
+            "--backend", choices=sorted(installed), help=f"the parts to run on ({DEFAULT_BACKEND})"
+        )
+        for name, info in sorted(installed.items()):
+            if name != DEFAULT_BACKEND:  # --sim: each other backend's own flag
+                sp.add_argument(
+                    f"--{name}", dest="backend", action="store_const", const=name,
+                    help=info.summary if sp is run else argparse.SUPPRESS,
+                )  # fmt: skip
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     run.add_argument(
         "--time-scale",
@@ -123,7 +125,6 @@ def sosd(argv: Sequence[str] | None = None) -> int:
         help="run the daemon's timers this many times faster (drills on the simulator; "
         "from 0.01 to 10000)",
     )
-    check.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         cfg, path, overrides = build_config(args)
@@ -148,7 +149,7 @@ def sosd(argv: Sequence[str] | None = None) -> int:
                 )
         return 0
     setup_logging(args.log_level)
-    backend = load_backend("sim" if args.sim else "hw")
+    backend = load_backend(args.backend)
 
     clock = ScaledClock(args.time_scale) if args.time_scale != 1.0 else MonotonicClock()
 
@@ -191,12 +192,16 @@ def _public(cfg: Config) -> dict[str, Any]:
 
 def socket_path(args: argparse.Namespace) -> Path:
     """The same data directory as sosd: --data-dir, else the configuration's, else the
-    simulator's default when no configuration exists."""
+    one of the backend that runs without a configuration (the simulator's)."""
     if args.data_dir:
         return Path(args.data_dir) / "sosd.sock"
     path: Path | None = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     if path is None:
-        return sim_data_dir() / "sosd.sock"
+        for info in backends().values():
+            data = (info.defaults() if info.defaults else {}).get("device.data_dir")
+            if data:
+                return Path(data) / "sosd.sock"
+        return config_mod.DeviceSettings().data_dir / "sosd.sock"
     # Only device.data_dir is needed; the rest (a password_file sosctl's user may not
     # read) is sosd's business.
     try:
@@ -238,11 +243,11 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     alarm = sub.add_parser("alarm", help="the store's alarm (a corrupt file salvaged)")
     alarm.add_argument("--ack", action="store_true", help="acknowledge it: status stops showing it")
-    sim = sub.add_parser("sim", help="drive the simulated hardware (sosd run --sim)")
-    sim.add_argument("what", choices=["press", "battery", "gps"])
-    sim.add_argument(
-        "value", help="press: long|multi|short; battery: PCT or plug|unplug; gps: lost|back"
-    )
+    controlled = {n: b for n, b in backends().items() if b.controls}
+    for name, info in sorted(controlled.items()):  # sosctl sim press long, ...
+        bp = sub.add_parser(name, help=f"drive the {name} backend (sosd run --{name})")
+        bp.add_argument("what", choices=[c.name for c in info.controls])
+        bp.add_argument("value", help="; ".join(f"{c.name}: {c.values}" for c in info.controls))
     args = p.parse_args(argv)
     path = socket_path(args)
 
@@ -284,8 +289,8 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
                 sys.stderr.write("sosctl: nothing deleted\n")
                 return 1
         req = {"cmd": "purge"}
-    else:
-        req = {"cmd": f"sim.{args.what}", "value": args.value}
+    else:  # a backend's control
+        req = {"cmd": f"{args.command}.{args.what}", "value": args.value}
     try:
         answer = asyncio.run(request(path, req))
     except NotRunning as exc:

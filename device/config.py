@@ -23,6 +23,7 @@ from device.brokerconf import MqttSettings, broker_from
 from device.gesture import GestureConfig
 from device.mqtt import BrokerConfig
 from device.outbox import Limits
+from device.parts import backends
 from device.privacy import PrivacyConfig
 from device.sos import SosConfig
 from device.tomlconf import (
@@ -118,6 +119,9 @@ class Config:
     #: batching, expiry and backoff (``device_id`` comes from ``device.id``)
     uplink: UplinkConfig = field(default_factory=lambda: UplinkConfig(device_id=""))
     outbox: Limits = field(default_factory=Limits)
+    #: the installed backends' own sections (``[sim]``), by name, as each declares it
+    #: (device.parts.BackendInfo.section)
+    sections: Mapping[str, Any] = field(default_factory=dict)
     #: where it was read from, for messages
     source: str = "defaults"
 
@@ -151,12 +155,18 @@ def load(
     (``{"device.id": "b1"}``) applied on top of the file, validated the same way."""
     source, table = tomlconf.read(path, text, overrides, example="examples/sosbeacon.toml")
     errors: list[str] = []
+    sections: dict[str, Any] = {}
+    for name, info in backends().items():
+        if info.section is None:
+            continue
+        own = table.pop(name, {}) if isinstance(table, dict) else {}
+        sections[name] = tomlconf.build_section(info.section, own, name, errors)
     cfg = tomlconf.build(Config, table, errors, filled=_FILLED)
     if cfg is not None:
         errors += _check(cfg)
     if errors or not isinstance(cfg, Config):
         raise ConfigError(source, errors)
-    return replace(cfg, source=source)
+    return replace(cfg, source=source, sections=sections)
 
 
 def _check(cfg: Config) -> list[str]:
@@ -273,6 +283,6 @@ def range_of(key: str) -> tuple[float, float]:
 
 #: fields that are not configured in their section (they come from elsewhere)
 _FILLED: dict[type, dict[str, Any]] = {
-    Config: {"source": "defaults"},
+    Config: {"source": "defaults", "sections": {}},
     UplinkConfig: {"device_id": ""},  # from device.id
 }

@@ -1,14 +1,21 @@
-"""What the daemon needs from the hardware, and how a backend supplies it.
+"""What the daemon needs from the hardware, and how a backend supplies it and declares
+what it offers.
 
 A backend is a function that builds :class:`Parts` from the configuration: ``hw`` (the
 real drivers, ``hw/parts.py``) or ``sim`` (the simulator, ``sim/parts.py``). They are
 found through the ``sosbeacon.backends`` entry points declared in ``pyproject.toml``, the
 way gpiozero finds its pin factories, so ``device/`` never imports ``hw/`` or ``sim/`` and
 the choice is made in one place: the backend's name given to ``sosd``.
+
+An entry point names the backend's :class:`BackendInfo`: how to build its parts, its
+defaults (the simulator runs with no configuration file), its configuration section, and
+the controls ``sosctl`` offers for it (``sosctl sim press long``). ``device/`` names no
+backend but the default, ``hw``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -51,15 +58,63 @@ class Backend(Protocol):
 
 
 GROUP = "sosbeacon.backends"
+#: the backend ``sosd run`` uses unless told otherwise
+DEFAULT_BACKEND = "hw"
 
 
-def load_backend(name: str) -> Backend:
-    found = {ep.name: ep for ep in entry_points(group=GROUP)}
+@dataclass(frozen=True, slots=True)
+class ControlSpec:
+    """A backend's ``sosctl <backend> <name> VALUE`` (the request ``<backend>.<name>``)."""
+
+    name: str
+    #: what VALUE may be, for the help
+    values: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What a backend declares (its entry point names one of these). Cheap to import:
+    what it builds is imported only when the daemon starts (:meth:`load`)."""
+
+    name: str
+    #: for ``sosd run --help``
+    summary: str
+    #: ``module:function`` that builds the parts (a :class:`Backend`)
+    build: str
+    #: the configuration used when no file is given (dotted keys), so the backend runs
+    #: anywhere (the simulator); None: a configuration file is needed
+    defaults: Callable[[], dict[str, Any]] | None = None
+    #: its own configuration section (``[<name>]``): a dataclass of keys with defaults
+    section: type | None = None
+    #: what ``sosctl <name> ...`` offers (the parts' ``controls`` answer them)
+    controls: tuple[ControlSpec, ...] = ()
+
+    def load(self) -> Backend:
+        module, _, attr = self.build.partition(":")
+        built: Backend = getattr(importlib.import_module(module), attr)
+        return built
+
+
+def backends() -> dict[str, BackendInfo]:
+    """The installed backends' declarations, by name."""
+    out: dict[str, BackendInfo] = {}
+    for ep in entry_points(group=GROUP):
+        info = ep.load()
+        if isinstance(info, BackendInfo):
+            out[ep.name] = info
+    return out
+
+
+def backend_info(name: str) -> BackendInfo:
+    found = backends()
     if name not in found:
         known = ", ".join(sorted(found)) or "none"
         raise LookupError(
             f"no sosbeacon backend {name!r} (installed: {known}). Reinstall the package "
             "(pip install -e .) so its entry points are registered."
         )
-    backend: Backend = found[name].load()
-    return backend
+    return found[name]
+
+
+def load_backend(name: str) -> Backend:
+    return backend_info(name).load()

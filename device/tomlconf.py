@@ -94,6 +94,12 @@ def build(
     return _build(cls, table, "", errors, filled)
 
 
+def build_section(cls: type, table: Any, where: str, errors: list[str]) -> Any:
+    """A section of its own (a backend's ``[sim]``): ``cls`` built from ``table``, its
+    errors named ``where.key``; ``None`` if it has errors."""
+    return _build(cls, table, where, errors, {})
+
+
 def _build(
     cls: type, table: Any, where: str, errors: list[str], filled: Mapping[type, dict[str, Any]]
 ) -> Any:

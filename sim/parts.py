@@ -24,6 +24,7 @@ from device.parts import Parts
 from hw.battery import SysfsBattery
 from hw.gps_power import ReceiverPower
 from hw.serial_gps import NmeaSerialSource
+from sim.backend import SimSettings
 from sim.battery import BatteryModel, SysfsWriter
 from sim.button import ScriptedButton, long_press, multi_press
 from sim.gps import PtyPort, ReceiverScript, Route, RouteWalker, SimReceiver
@@ -99,11 +100,14 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
     base.mkdir(parents=True, exist_ok=True)
     port = PtyPort(base / "gps0", baudrate=BAUD)
     stack.callback(port.close)
+    world_cfg = config.sections.get("sim") or SimSettings()
     receiver = SimReceiver(
-        RouteWalker(Route.sample(), 1.4), rate_hz=1.0, script=ReceiverScript(cold_start=3.0)
+        RouteWalker(Route.sample(), world_cfg.walk_speed),
+        rate_hz=1.0,
+        script=ReceiverScript(cold_start=world_cfg.cold_start),
     )
     gps = NmeaSerialSource(port=str(port.path), baudrate=BAUD, clock=clock)
-    cell = BatteryModel(soc=85.0)
+    cell = BatteryModel(soc=world_cfg.battery_pct)
     sysfs = SysfsWriter(base / "power_supply")
     sysfs.write(cell)
     world = SimWorld(

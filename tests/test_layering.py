@@ -70,3 +70,40 @@ def test_the_relay_uses_only_the_wire_contract_and_plain_libraries_of_device() -
         path = REPO / (name.replace(".", "/") + ".py")
         inner = {m for m in imported_modules(path) if m.split(".")[0] == "device"}
         assert inner <= RELAY_MAY_USE, (name, inner - RELAY_MAY_USE)
+
+
+def test_device_names_no_backend_but_the_default() -> None:
+    """The simulator is found through its entry point: device/ never names it (its
+    flag, its defaults, its sosctl controls and its [sim] section come from
+    sim/backend.py's declaration)."""
+    import re
+
+    naming = [
+        str(f.relative_to(REPO))
+        for f in sorted((REPO / "device").rglob("*.py"))
+        if re.search(r"""["'](sim|--sim)["']|SIM_DEFAULTS|sim_data_dir""", f.read_text())
+    ]
+    assert naming == []
+
+
+def test_backends_declare_their_section_defaults_and_controls() -> None:
+    from device import config as config_mod
+    from device.parts import backends
+    from device.tomlconf import ConfigError
+
+    found = backends()
+    assert {"hw", "sim"} <= set(found)
+    sim = found["sim"]
+    assert sim.defaults is not None and "device.data_dir" in sim.defaults()
+    assert [c.name for c in sim.controls] == ["press", "battery", "gps"]
+    assert found["hw"].defaults is None  # real hardware needs a configuration file
+    base = 'device.id = "b1"\n[[sos.contacts]]\nname = "A"\n'
+    cfg = config_mod.load(text=base + "[sim]\nwalk_speed = 3.0\n")
+    assert cfg.sections["sim"].walk_speed == 3.0 and cfg.sections["sim"].battery_pct == 85.0
+    try:
+        config_mod.load(text=base + '[sim]\nwalk_speed = "fast"\nwings = 2\n')
+    except ConfigError as exc:
+        text = str(exc)
+        assert "sim.walk_speed" in text and "sim.wings: unknown key" in text
+    else:
+        raise AssertionError("a bad [sim] section was accepted")
