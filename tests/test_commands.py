@@ -92,4 +92,4 @@ def test_one_table_names_every_command_of_the_wire() -> None:
 
     assert set(COMMANDS) == set(CommandName)
     assert all(spec.name is name and spec.help for name, spec in COMMANDS.items())
-    assert COMMAND_NAMES == {n.value for n in CommandName}
+    assert {n.value for n in CommandName} == COMMAND_NAMES
