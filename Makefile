@@ -22,8 +22,9 @@ lint: bootstrap
 	$(BIN)/ruff check $(SOURCES) tests bench
 	$(BIN)/ruff format --check $(SOURCES) tests bench
 
+# each folder type-checked as the package it is installed as (sosbeacon/ links to them)
 typecheck: bootstrap
-	$(BIN)/mypy --strict $(SOURCES)
+	$(BIN)/mypy --strict $(addprefix -p sosbeacon.,$(SOURCES))
 
 pytest: bootstrap
 	$(BIN)/pytest -q
@@ -48,7 +49,7 @@ soak: bootstrap
 	$(BIN)/python -m bench.soak
 
 demo: bootstrap
-	$(BIN)/python -m sim.demo
+	$(BIN)/python -m sosbeacon.sim.demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

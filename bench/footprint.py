@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device.cli import sosd_command
-from device.control import request
-from sim.broker import Mosquitto
+from sosbeacon.device.cli import sosd_command
+from sosbeacon.device.control import request
+from sosbeacon.sim.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")

@@ -18,9 +18,9 @@ from typing import Any
 import pynmea2
 import pynmeagps
 
-from hw.nmea import NmeaDecoder
-from hw.nmea.sentences import split_sentence
-from sim.gps.runner import capture_lines
+from sosbeacon.hw.nmea import NmeaDecoder
+from sosbeacon.hw.nmea.sentences import split_sentence
+from sosbeacon.sim.gps.runner import capture_lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def corpus() -> tuple[bytes, str]:
         return data, f"{len(logs)} real captures"
     from datetime import UTC, datetime
 
-    from sim.gps import Route, RouteWalker, SimReceiver
+    from sosbeacon.sim.gps import Route, RouteWalker, SimReceiver
 
     rx = SimReceiver(RouteWalker(Route.sample(), 1.4), start=datetime(2026, 1, 1, tzinfo=UTC))
     return b"".join(rx.epoch(n)[0] for n in range(3000)), "simulated capture"

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from device.outbox import Outbox
-from device.records import Priority, Record, RecordKind
+from sosbeacon.device.outbox import Outbox
+from sosbeacon.device.records import Priority, Record, RecordKind
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -34,19 +34,19 @@ from typing import Any
 import httpx
 
 from bench.uplink import _drain, _ms, device, raw_round_trips, walk
-from device.clock import MonotonicClock
-from device.gesture import Detected, Gesture
-from device.mqtt import BrokerConfig, Connection
-from device.outbox import Outbox
-from device.records import Priority, Record, RecordKind, Stored
-from device.sos import Contact
-from device.uplink import Uplink, UplinkConfig
-from device.wire import encode_sos, encode_track, track_row
-from relay import links
-from sim import localrelay
-from sim.broker import Mosquitto
-from sim.mailsink import MailSink
-from sim.postgres import find_bindir, postgres
+from sosbeacon.device.clock import MonotonicClock
+from sosbeacon.device.gesture import Detected, Gesture
+from sosbeacon.device.mqtt import BrokerConfig, Connection
+from sosbeacon.device.outbox import Outbox
+from sosbeacon.device.records import Priority, Record, RecordKind, Stored
+from sosbeacon.device.sos import Contact
+from sosbeacon.device.uplink import Uplink, UplinkConfig
+from sosbeacon.device.wire import encode_sos, encode_track, track_row
+from sosbeacon.relay import links
+from sosbeacon.sim import localrelay
+from sosbeacon.sim.broker import Mosquitto
+from sosbeacon.sim.mailsink import MailSink
+from sosbeacon.sim.postgres import find_bindir, postgres
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ async def _to_page_and_mail(tmp: Path, port: int, triggers: int) -> dict[str, An
 async def _token(relay: Any, sid: int) -> str:
     from sqlalchemy import select
 
-    from relay.db import links as links_t
+    from sosbeacon.relay.db import links as links_t
 
     async with relay.store.engine.connect() as conn:
         salt = (

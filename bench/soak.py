@@ -31,16 +31,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from device.clock import MonotonicClock
-from device.mqtt import BrokerConfig
-from device.outbox import Limits, Outbox
-from device.records import Priority, Record, RecordKind
-from device.uplink import Uplink, UplinkConfig
-from device.wire import SeqLedger, Topics
-from sim.broker import Mosquitto
-from sim.netfault import FaultProxy, LinkMode
-from sim.receiver import Receiver
-from sim.recorder import sigkill_campaign
+from sosbeacon.device.clock import MonotonicClock
+from sosbeacon.device.mqtt import BrokerConfig
+from sosbeacon.device.outbox import Limits, Outbox
+from sosbeacon.device.records import Priority, Record, RecordKind
+from sosbeacon.device.uplink import Uplink, UplinkConfig
+from sosbeacon.device.wire import SeqLedger, Topics
+from sosbeacon.sim.broker import Mosquitto
+from sosbeacon.sim.netfault import FaultProxy, LinkMode
+from sosbeacon.sim.receiver import Receiver
+from sosbeacon.sim.recorder import sigkill_campaign
 
 DURABLE = "autosave_interval 1\nautosave_on_changes true\nmax_queued_messages 0\n"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -286,9 +286,9 @@ async def storage(tmp: Path, n: int) -> dict[str, Any]:
     SOS never comes back), a crash must not drop the SOS (it resumes), no healthy file
     is ever moved aside, and at the receiver nothing is lost and no location recorded
     after a stop arrives."""
-    from device.control import request
-    from sim.smalldisk import can_mount, fill, small_disk
-    from sim.sosd_process import kill_sosd, outbox_fault, start_sosd, stop_sosd
+    from sosbeacon.device.control import request
+    from sosbeacon.sim.smalldisk import can_mount, fill, small_disk
+    from sosbeacon.sim.sosd_process import kill_sosd, outbox_fault, start_sosd, stop_sosd
 
     if not can_mount():
         say("storage: skipped (mounting a small tmpfs needs root)")

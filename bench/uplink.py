@@ -33,17 +33,24 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device.clock import MonotonicClock
-from device.gesture import Detected, Gesture
-from device.mqtt import BrokerConfig, Connection
-from device.outbox import Outbox
-from device.records import Priority, Record, RecordKind, Stored
-from device.sos import Contact, SosConfig, SosController
-from device.uplink import Uplink, UplinkConfig
-from device.wire import Topics, decode_sos, dumps, encode_track, owntracks_location, track_row
-from sim.broker import Mosquitto
-from sim.fleet import percentile
-from sim.gps.route import Route
+from sosbeacon.device.clock import MonotonicClock
+from sosbeacon.device.gesture import Detected, Gesture
+from sosbeacon.device.mqtt import BrokerConfig, Connection
+from sosbeacon.device.outbox import Outbox
+from sosbeacon.device.records import Priority, Record, RecordKind, Stored
+from sosbeacon.device.sos import Contact, SosConfig, SosController
+from sosbeacon.device.uplink import Uplink, UplinkConfig
+from sosbeacon.device.wire import (
+    Topics,
+    decode_sos,
+    dumps,
+    encode_track,
+    owntracks_location,
+    track_row,
+)
+from sosbeacon.sim.broker import Mosquitto
+from sosbeacon.sim.fleet import percentile
+from sosbeacon.sim.gps.route import Route
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BOX = "0123456789abcdef"  # outbox ids are 16 hex digits

@@ -5,8 +5,8 @@ through the small Protocols defined here, and a composition root decides which
 implementation (real or simulated) stands behind each of them.
 """
 
-from device.clock import Clock, MonotonicClock
-from device.gps import Fix, FixMode, FixQuality, GpsSource, GpsStats
+from sosbeacon.device.clock import Clock, MonotonicClock
+from sosbeacon.device.gps import Fix, FixMode, FixQuality, GpsSource, GpsStats
 
 __all__ = [
     "Clock",

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from device.mqtt import BrokerConfig, TlsConfig
-from device.tomlconf import is_file, redact_url
+from sosbeacon.device.mqtt import BrokerConfig, TlsConfig
+from sosbeacon.device.tomlconf import is_file, redact_url
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from device.clock import Clock
-from device.gesture import Detected, Edge, GestureDetector, Press
-from device.sos import SosController
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.gesture import Detected, Edge, GestureDetector, Press
+from sosbeacon.device.sos import SosController
 
 
 class ButtonSource(Protocol):

@@ -23,15 +23,15 @@ from typing import Any, ClassVar
 
 import gpxpy.gpx
 
-from device import config as config_mod
-from device.clock import MonotonicClock, ScaledClock
-from device.commands import COMMANDS
-from device.config import DEFAULT_CONFIG, Config
-from device.control import NotRunning, follow, request
-from device.daemon import Daemon
-from device.parts import DEFAULT_BACKEND, backend_info, backends, load_backend
-from device.receipts import describe
-from device.tomlconf import SECRET_KEYS, ConfigError, redact_url
+from sosbeacon.device import config as config_mod
+from sosbeacon.device.clock import MonotonicClock, ScaledClock
+from sosbeacon.device.commands import COMMANDS
+from sosbeacon.device.config import DEFAULT_CONFIG, Config
+from sosbeacon.device.control import NotRunning, follow, request
+from sosbeacon.device.daemon import Daemon
+from sosbeacon.device.parts import DEFAULT_BACKEND, backend_info, backends, load_backend
+from sosbeacon.device.receipts import describe
+from sosbeacon.device.tomlconf import SECRET_KEYS, ConfigError, redact_url
 
 COMMAND_NAMES = {name.value for name in COMMANDS}
 # -- logging -----------------------------------------------------------------------------
@@ -414,7 +414,7 @@ def write_export(answer: dict[str, Any], out: Path) -> str:
 def sosd_command(*args: str) -> list[str]:
     """The command line that runs ``sosd`` with ``args`` in this interpreter (whether or
     not the console script is on PATH): for drills, benchmarks and tests."""
-    return [sys.executable, "-c", "from device.cli import sosd_main; sosd_main()", *args]
+    return [sys.executable, "-c", "from sosbeacon.device.cli import sosd_main; sosd_main()", *args]
 
 
 def sosd_main() -> None:

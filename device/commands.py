@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from device.clock import Clock, MonotonicClock
-from device.events import EventKind, Events
-from device.mqtt import Inbound
-from device.sos import SosController, SosRefused
-from device.wire import Command, CommandError, CommandName, command_id, parse_command
+from sosbeacon.device.clock import Clock, MonotonicClock
+from sosbeacon.device.events import EventKind, Events
+from sosbeacon.device.mqtt import Inbound
+from sosbeacon.device.sos import SosController, SosRefused
+from sosbeacon.device.wire import Command, CommandError, CommandName, command_id, parse_command
 
 log = logging.getLogger(__name__)
 

@@ -17,22 +17,22 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from device import brokerconf, tomlconf
-from device.battery import BatteryPolicyConfig
-from device.brokerconf import MqttSettings, broker_from
-from device.gesture import GestureConfig
-from device.mqtt import BrokerConfig
-from device.outbox import Limits
-from device.parts import backends
-from device.privacy import PrivacyConfig
-from device.sos import SosConfig
-from device.tomlconf import (
+from sosbeacon.device import brokerconf, tomlconf
+from sosbeacon.device.battery import BatteryPolicyConfig
+from sosbeacon.device.brokerconf import MqttSettings, broker_from
+from sosbeacon.device.gesture import GestureConfig
+from sosbeacon.device.mqtt import BrokerConfig
+from sosbeacon.device.outbox import Limits
+from sosbeacon.device.parts import backends
+from sosbeacon.device.privacy import PrivacyConfig
+from sosbeacon.device.sos import SosConfig
+from sosbeacon.device.tomlconf import (
     ConfigError,
     host_port,
     topic_problem,
 )
-from device.uplink import UplinkConfig
-from device.wire import AddressError, Topics, addresses, parse_address
+from sosbeacon.device.uplink import UplinkConfig
+from sosbeacon.device.wire import AddressError, Topics, addresses, parse_address
 
 DEFAULT_CONFIG = Path("/etc/sosbeacon/sosbeacon.toml")
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from device.errors import SosbeaconError
+from sosbeacon.device.errors import SosbeaconError
 
 log = logging.getLogger(__name__)
 #: a handler answers a request with one object, or with a stream of them (``events``):

@@ -27,24 +27,24 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from device import config as config_mod
-from device import control
-from device.battery import BatteryPolicy, BatterySample
-from device.button import run_button
-from device.clock import Clock, MonotonicClock
-from device.commands import COMMANDS, SosCommands
-from device.config import Config
-from device.events import EventKind, Events
-from device.gesture import GestureDetector
-from device.gps import Fix
-from device.notify import Notifier
-from device.outbox import ACTIVE_SESSION, Outbox, OutboxError, SessionMark
-from device.parts import Backend, Parts
-from device.records import run_retention
-from device.sos import Session, SosController, SosRefused
-from device.tomlconf import ConfigError
-from device.uplink import Uplink
-from device.wire import Command, CommandError, CommandName
+from sosbeacon.device import config as config_mod
+from sosbeacon.device import control
+from sosbeacon.device.battery import BatteryPolicy, BatterySample
+from sosbeacon.device.button import run_button
+from sosbeacon.device.clock import Clock, MonotonicClock
+from sosbeacon.device.commands import COMMANDS, SosCommands
+from sosbeacon.device.config import Config
+from sosbeacon.device.events import EventKind, Events
+from sosbeacon.device.gesture import GestureDetector
+from sosbeacon.device.gps import Fix
+from sosbeacon.device.notify import Notifier
+from sosbeacon.device.outbox import ACTIVE_SESSION, Outbox, OutboxError, SessionMark
+from sosbeacon.device.parts import Backend, Parts
+from sosbeacon.device.records import run_retention
+from sosbeacon.device.sos import Session, SosController, SosRefused
+from sosbeacon.device.tomlconf import ConfigError
+from sosbeacon.device.uplink import Uplink
+from sosbeacon.device.wire import Command, CommandError, CommandName
 
 log = logging.getLogger("sosd")
 #: what SIGHUP can change in place

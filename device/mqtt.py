@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from device.errors import SosbeaconError
+from sosbeacon.device.errors import SosbeaconError
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
-from device.actuators import GpsPower, Indicator, NetworkLink
-from device.battery import BatterySource
-from device.button import ButtonSource
-from device.clock import Clock
-from device.gps import GpsSource
+from sosbeacon.device.actuators import GpsPower, Indicator, NetworkLink
+from sosbeacon.device.battery import BatterySource
+from sosbeacon.device.button import ButtonSource
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.gps import GpsSource
 
 if TYPE_CHECKING:
-    from device.config import Config
+    from sosbeacon.device.config import Config
 
 #: a backend-specific command for ``sosctl`` (the simulator's "press the button", ...)
 Control = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

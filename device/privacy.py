@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from device.gps import Fix
+from sosbeacon.device.gps import Fix
 
 
 class Precision(enum.StrEnum):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from device.clock import Clock
+from sosbeacon.device.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -30,17 +30,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from device.actuators import Cue, GpsPower, GpsPowerMode, Indicator, NetworkLink
-from device.battery import BatteryLevel, BatteryPolicy, BatterySample
-from device.clock import Clock
-from device.errors import SosbeaconError
-from device.events import EventKind, Events
-from device.geo import haversine
-from device.gesture import Detected, Press
-from device.gps import Fix
-from device.privacy import PrivacyConfig, fix_payload
-from device.records import Priority, Record, Recorder, RecordKind
-from device.telemetry import Telemetry
+from sosbeacon.device.actuators import Cue, GpsPower, GpsPowerMode, Indicator, NetworkLink
+from sosbeacon.device.battery import BatteryLevel, BatteryPolicy, BatterySample
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.errors import SosbeaconError
+from sosbeacon.device.events import EventKind, Events
+from sosbeacon.device.geo import haversine
+from sosbeacon.device.gesture import Detected, Press
+from sosbeacon.device.gps import Fix
+from sosbeacon.device.privacy import PrivacyConfig, fix_payload
+from sosbeacon.device.records import Priority, Record, Recorder, RecordKind
+from sosbeacon.device.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

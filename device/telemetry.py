@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device.battery import BatteryLevel, BatteryPolicy, BatterySample
-from device.privacy import PrivacyConfig
+from sosbeacon.device.battery import BatteryLevel, BatteryPolicy, BatterySample
+from sosbeacon.device.privacy import PrivacyConfig
 
 
 @dataclass(frozen=True, slots=True)

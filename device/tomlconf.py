@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from device.errors import SosbeaconError
+from sosbeacon.device.errors import SosbeaconError
 
 
 class ConfigError(SosbeaconError, ValueError):

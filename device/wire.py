@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from device.errors import SosbeaconError
-from device.records import FixRun, Item, Record, RecordKind, TrackRow
+from sosbeacon.device.errors import SosbeaconError
+from sosbeacon.device.records import FixRun, Item, Record, RecordKind, TrackRow
 
 WIRE_VERSION = 1
 #: kinds published one per message on the ``sos`` topic; every other kind goes in ``track``

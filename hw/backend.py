@@ -4,10 +4,10 @@ parts are built by :func:`hw.parts.build` from the ``[gps]``, ``[button]``,
 
 from __future__ import annotations
 
-from device.parts import BackendInfo
+from sosbeacon.device.parts import BackendInfo
 
 BACKEND = BackendInfo(
     name="hw",
     summary="the real hardware named in the configuration (the default)",
-    build="hw.parts:build",
+    build="sosbeacon.hw.parts:build",
 )

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
-from device.battery import BatterySample
+from sosbeacon.device.battery import BatterySample
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-from device.actuators import Cue
-from device.gesture import Edge
+from sosbeacon.device.actuators import Cue
+from sosbeacon.device.gesture import Edge
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import logging
 import struct
 from typing import Protocol
 
-from device.actuators import GpsPowerMode
-from hw.nmea.sentences import build_sentence
-from hw.ubx import ubx_frame
+from sosbeacon.device.actuators import GpsPowerMode
+from sosbeacon.hw.nmea.sentences import build_sentence
+from sosbeacon.hw.ubx import ubx_frame
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from device.clock import Clock, MonotonicClock
-from device.gps import Fix, FixMode, FixQuality, GpsStats
-from hw.link import Link
+from sosbeacon.device.clock import Clock, MonotonicClock
+from sosbeacon.device.gps import Fix, FixMode, FixQuality, GpsStats
+from sosbeacon.hw.link import Link
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from device.clock import Clock
-from device.gps import GpsStats
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.gps import GpsStats
 
 
 class Link:

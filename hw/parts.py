@@ -6,18 +6,18 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from datetime import date
 
-from device.actuators import GpsPower, Indicator, NetworkLink
-from device.battery import BatterySource
-from device.button import ButtonSource
-from device.clock import Clock
-from device.config import BatteryKind, Config, GpsKind
-from device.gps import GpsSource
-from device.parts import Parts
-from hw.battery import Max17048, SysfsBattery
-from hw.gps_power import ReceiverPower
-from hw.gpsd_client import GpsdSource
-from hw.network import NmcliLink
-from hw.serial_gps import NmeaSerialSource
+from sosbeacon.device.actuators import GpsPower, Indicator, NetworkLink
+from sosbeacon.device.battery import BatterySource
+from sosbeacon.device.button import ButtonSource
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.config import BatteryKind, Config, GpsKind
+from sosbeacon.device.gps import GpsSource
+from sosbeacon.device.parts import Parts
+from sosbeacon.hw.battery import Max17048, SysfsBattery
+from sosbeacon.hw.gps_power import ReceiverPower
+from sosbeacon.hw.gpsd_client import GpsdSource
+from sosbeacon.hw.network import NmcliLink
+from sosbeacon.hw.serial_gps import NmeaSerialSource
 
 
 async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
@@ -39,7 +39,7 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
     indicator: Indicator | None = None
     b = config.button
     if b.enabled:
-        from hw.gpio import GpioButton, GpioIndicator  # needs the gpiod bindings
+        from sosbeacon.hw.gpio import GpioButton, GpioIndicator  # needs the gpiod bindings
 
         button = GpioButton(
             chip=b.chip,

@@ -16,10 +16,10 @@ from datetime import date
 import serial
 import serial_asyncio_fast
 
-from device.clock import Clock, MonotonicClock
-from device.gps import Fix, GpsStats
-from hw.link import Link
-from hw.nmea import DEFAULT_DATE_FLOOR, NmeaDecoder
+from sosbeacon.device.clock import Clock, MonotonicClock
+from sosbeacon.device.gps import Fix, GpsStats
+from sosbeacon.hw.link import Link
+from sosbeacon.hw.nmea import DEFAULT_DATE_FLOOR, NmeaDecoder
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from device.tomlconf import ConfigError, redact_url
-from relay import config as config_mod
-from relay import db, links
-from relay.config import DEFAULT_CONFIG, RelayConfig
-from relay.store import Store
-from relay.web import WebError
+from sosbeacon.device.tomlconf import ConfigError, redact_url
+from sosbeacon.relay import config as config_mod
+from sosbeacon.relay import db, links
+from sosbeacon.relay.config import DEFAULT_CONFIG, RelayConfig
+from sosbeacon.relay.store import Store
+from sosbeacon.relay.web import WebError
 
 
 def _load(path: Path | None) -> RelayConfig:
@@ -73,7 +73,7 @@ async def _links(cfg: RelayConfig, action: str, link_id: int | None) -> int:
 
 
 async def _run(cfg: RelayConfig) -> None:
-    from relay.service import Relay
+    from sosbeacon.relay.service import Relay
 
     store = open_store(cfg)
     relay = Relay(cfg, store)

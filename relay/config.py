@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import device.brokerconf as brokerconf
-from device.brokerconf import MqttSettings, broker_from
-from device.mqtt import BrokerConfig
-from device.tomlconf import (
+import sosbeacon.device.brokerconf as brokerconf
+from sosbeacon.device.brokerconf import MqttSettings, broker_from
+from sosbeacon.device.mqtt import BrokerConfig
+from sosbeacon.device.tomlconf import (
     ConfigError,
     build,
     host_port,
@@ -25,7 +25,7 @@ from device.tomlconf import (
     read,
     redact_url,
 )
-from device.wire import Topics
+from sosbeacon.device.wire import Topics
 
 DEFAULT_CONFIG = Path("/etc/sosbeacon/sos-relay.toml")
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from device.wire import Address, AddressError
+from sosbeacon.device.wire import Address, AddressError
 
 log = logging.getLogger(__name__)
 

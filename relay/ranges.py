@@ -8,9 +8,9 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from device.wire import MAX_SEQ, Received, seq_ranges
-from device.wire import gap_ranges as pairs
-from device.wire import ranges_text as text
+from sosbeacon.device.wire import MAX_SEQ, Received, seq_ranges
+from sosbeacon.device.wire import gap_ranges as pairs
+from sosbeacon.device.wire import ranges_text as text
 
 Ranges = list[list[int]]
 

@@ -28,11 +28,11 @@ from typing import Any
 import apprise
 import sqlalchemy.exc
 
-from device.mqtt import Connection, Inbound, MqttError
-from device.wire import Address, AddressError, Received, decode_sos, decode_track, dumps
-from relay import notify
-from relay.config import RelayConfig
-from relay.store import Ingested, Store
+from sosbeacon.device.mqtt import Connection, Inbound, MqttError
+from sosbeacon.device.wire import Address, AddressError, Received, decode_sos, decode_track, dumps
+from sosbeacon.relay import notify
+from sosbeacon.relay.config import RelayConfig
+from sosbeacon.relay.store import Ingested, Store
 
 log = logging.getLogger("sos-relay")
 #: messages stored in one transaction at most, when they wait together (a backlog)
@@ -137,7 +137,7 @@ class Relay:
             tg.create_task(self._sweeper())
             tg.create_task(self._receipts())
             if web:
-                from relay.web import serve
+                from sosbeacon.relay.web import serve
 
                 tg.create_task(serve(self))
 

@@ -20,10 +20,10 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from device.wire import AddressError, Received, addresses, parse_address
-from relay import db, links, ranges
-from relay.db import acks, boxes, gone, notifications, opens, records, sessions
-from relay.db import links as links_t
+from sosbeacon.device.wire import AddressError, Received, addresses, parse_address
+from sosbeacon.relay import db, links, ranges
+from sosbeacon.relay.db import acks, boxes, gone, notifications, opens, records, sessions
+from sosbeacon.relay.db import links as links_t
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from device.errors import SosbeaconError
-from device.mqtt import MqttError
-from device.tomlconf import host_port
-from relay.service import Relay, sse
+from sosbeacon.device.errors import SosbeaconError
+from sosbeacon.device.mqtt import MqttError
+from sosbeacon.device.tomlconf import host_port
+from sosbeacon.relay.service import Relay, sse
 
 log = logging.getLogger("sos-relay.web")
 STATIC = Path(__file__).parent / "static"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.parts import BackendInfo, ControlSpec
+from sosbeacon.device.parts import BackendInfo, ControlSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ def defaults() -> dict[str, Any]:
 BACKEND = BackendInfo(
     name="sim",
     summary="simulate all hardware (GPS on a pty, button, battery, modem)",
-    build="sim.parts:build",
+    build="sosbeacon.sim.parts:build",
     defaults=defaults,
     section=SimSettings,
     controls=(

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from device.clock import Clock
-from device.gesture import Edge
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.gesture import Edge
 
 
 def long_press(hold: float = 3.5) -> list[tuple[float, float]]:

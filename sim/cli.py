@@ -21,13 +21,13 @@ import tempfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from device.gps import Fix, GpsStats
-from hw.nmea import DEFAULT_DATE_FLOOR
-from hw.serial_gps import NmeaSerialSource
-from sim.gps.generator import Fault, ReceiverScript, SimReceiver
-from sim.gps.pty import PtyPort
-from sim.gps.route import Route, RouteWalker
-from sim.gps.runner import capture_lines, run_receiver
+from sosbeacon.device.gps import Fix, GpsStats
+from sosbeacon.hw.nmea import DEFAULT_DATE_FLOOR
+from sosbeacon.hw.serial_gps import NmeaSerialSource
+from sosbeacon.sim.gps.generator import Fault, ReceiverScript, SimReceiver
+from sosbeacon.sim.gps.pty import PtyPort
+from sosbeacon.sim.gps.route import Route, RouteWalker
+from sosbeacon.sim.gps.runner import capture_lines, run_receiver
 
 log = logging.getLogger("sos-sim")
 
@@ -79,7 +79,7 @@ async def decode_via_pty(
 def cmd_nmea_decode(args: argparse.Namespace) -> int:
     if not args.verbose:
         # The line going away after each file is how decoding ends, not news.
-        logging.getLogger("hw.serial_gps").setLevel(logging.ERROR)
+        logging.getLogger("sosbeacon.hw.serial_gps").setLevel(logging.ERROR)
     status = 0
     for name in args.files:
         path = Path(name)
@@ -113,7 +113,7 @@ def cmd_nmea_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_nmea_corpus(args: argparse.Namespace) -> int:
-    from sim.gpsd_corpus import compare_corpus
+    from sosbeacon.sim.gpsd_corpus import compare_corpus
 
     results = compare_corpus(Path(args.directory))
     if not results:
@@ -185,7 +185,7 @@ def cmd_gps_run(args: argparse.Namespace) -> int:
         )
         try:
             if args.replay:
-                from sim.gps.runner import replay_capture
+                from sosbeacon.sim.gps.runner import replay_capture
 
                 while True:
                     await replay_capture(Path(args.replay), port)
@@ -230,8 +230,8 @@ def cmd_gps_generate(args: argparse.Namespace) -> int:
 
 def cmd_gps_watch(args: argparse.Namespace) -> int:
     """Print fixes from a real device or gpsd: the first check after wiring a receiver."""
-    from device.gps import GpsSource
-    from hw.gpsd_client import GpsdSource
+    from sosbeacon.device.gps import GpsSource
+    from sosbeacon.hw.gpsd_client import GpsdSource
 
     source: GpsSource
     if args.gpsd:
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from sim.fleet import main as fleet_main
+    from sosbeacon.sim.fleet import main as fleet_main
 
     if args.devices < 1:
         raise ValueError("--devices must be at least 1")
@@ -391,8 +391,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    from sim.broker import find_mosquitto
-    from sim.drill import Drill, Scenario, list_scenarios, resolve
+    from sosbeacon.sim.broker import find_mosquitto
+    from sosbeacon.sim.drill import Drill, Scenario, list_scenarios, resolve
 
     if args.list or not args.scenario:
         for path in list_scenarios():

@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sim.broker import find_mosquitto
-from sim.drill import Drill, Report, Scenario, resolve
+from sosbeacon.sim.broker import find_mosquitto
+from sosbeacon.sim.drill import Drill, Report, Scenario, resolve
 
 WHO = {
     "device": "DEVICE ",

@@ -36,18 +36,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.control import NotRunning, follow, request
-from device.errors import SosbeaconError
-from device.mqtt import BrokerConfig, Connection, MqttError
-from device.wire import Received, Topics, dumps
-from sim import localrelay
-from sim.broker import Mosquitto
-from sim.button import multi_press
-from sim.contact_page import PageVisitor
-from sim.mailsink import Mail, MailSink
-from sim.netfault import FaultProxy, LinkMode
-from sim.receiver import Receiver
-from sim.sosd_process import kill_sosd, start_sosd, stop_sosd
+from sosbeacon.device.control import NotRunning, follow, request
+from sosbeacon.device.errors import SosbeaconError
+from sosbeacon.device.mqtt import BrokerConfig, Connection, MqttError
+from sosbeacon.device.wire import Received, Topics, dumps
+from sosbeacon.sim import localrelay
+from sosbeacon.sim.broker import Mosquitto
+from sosbeacon.sim.button import multi_press
+from sosbeacon.sim.contact_page import PageVisitor
+from sosbeacon.sim.mailsink import Mail, MailSink
+from sosbeacon.sim.netfault import FaultProxy, LinkMode
+from sosbeacon.sim.receiver import Receiver
+from sosbeacon.sim.sosd_process import kill_sosd, start_sosd, stop_sosd
 
 log = logging.getLogger(__name__)
 SCENARIOS = Path(__file__).parent / "scenarios"

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from device import config as config_mod
-from device.daemon import Daemon
-from device.mqtt import BrokerConfig, Connection, MqttError
-from device.parts import load_backend
-from device.wire import Received, SeqLedger, decode_sos, decode_track
-from sim.broker import Mosquitto
+from sosbeacon.device import config as config_mod
+from sosbeacon.device.daemon import Daemon
+from sosbeacon.device.mqtt import BrokerConfig, Connection, MqttError
+from sosbeacon.device.parts import load_backend
+from sosbeacon.device.wire import Received, SeqLedger, decode_sos, decode_track
+from sosbeacon.sim.broker import Mosquitto
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class FleetOut:
 
 
 def main(devices: int, broker_url: str | None, duration: float) -> int:
-    logging.getLogger("device").setLevel(logging.ERROR)
+    logging.getLogger("sosbeacon.device").setLevel(logging.ERROR)
     logging.getLogger("sosd").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="sos-fleet-") as tmp:
         return asyncio.run(

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from device.gps import Fix
-from hw.nmea import NmeaDecoder
-from sim.gps.runner import capture_lines
+from sosbeacon.device.gps import Fix
+from sosbeacon.hw.nmea import NmeaDecoder
+from sosbeacon.sim.gps.runner import capture_lines
 
 TOLERANCE = 1e-6
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import httpx
 
-from relay import config as relay_config
-from relay import db, links
-from relay.config import RelayConfig
-from relay.service import Relay
-from relay.store import Store
-from sim.broker import free_port
+from sosbeacon.relay import config as relay_config
+from sosbeacon.relay import db, links
+from sosbeacon.relay.config import RelayConfig
+from sosbeacon.relay.service import Relay
+from sosbeacon.relay.store import Store
+from sosbeacon.sim.broker import free_port
 
 
 def settings(workdir: Path, broker_port: int, *, db_url: str = "", **overrides: Any) -> RelayConfig:

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from sim.broker import free_port
+from sosbeacon.sim.broker import free_port
 
 
 @dataclass(frozen=True, slots=True)

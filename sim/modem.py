@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from device.clock import Clock
+from sosbeacon.device.clock import Clock
 
 
 class SimModem:

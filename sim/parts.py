@@ -17,19 +17,19 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from device.actuators import Cue
-from device.clock import Clock
-from device.config import Config
-from device.parts import Parts
-from hw.battery import SysfsBattery
-from hw.gps_power import ReceiverPower
-from hw.serial_gps import NmeaSerialSource
-from sim.backend import SimSettings
-from sim.battery import BatteryModel, SysfsWriter
-from sim.button import ScriptedButton, long_press, multi_press
-from sim.gps import PtyPort, ReceiverScript, Route, RouteWalker, SimReceiver
-from sim.gps.runner import run_receiver
-from sim.modem import SimModem
+from sosbeacon.device.actuators import Cue
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.config import Config
+from sosbeacon.device.parts import Parts
+from sosbeacon.hw.battery import SysfsBattery
+from sosbeacon.hw.gps_power import ReceiverPower
+from sosbeacon.hw.serial_gps import NmeaSerialSource
+from sosbeacon.sim.backend import SimSettings
+from sosbeacon.sim.battery import BatteryModel, SysfsWriter
+from sosbeacon.sim.button import ScriptedButton, long_press, multi_press
+from sosbeacon.sim.gps import PtyPort, ReceiverScript, Route, RouteWalker, SimReceiver
+from sosbeacon.sim.gps.runner import run_receiver
+from sosbeacon.sim.modem import SimModem
 
 log = logging.getLogger("sim")
 BAUD = 115200

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sim.broker import free_port
+from sosbeacon.sim.broker import free_port
 
 
 def find_bindir() -> Path | None:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from device.mqtt import BrokerConfig, Connection, Inbound, MqttError
-from device.wire import Received, SeqLedger, Topics, decode_sos, decode_track
+from sosbeacon.device.mqtt import BrokerConfig, Connection, Inbound, MqttError
+from sosbeacon.device.wire import Received, SeqLedger, Topics, decode_sos, decode_track
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ The target of the SIGKILL campaign (``tests/test_kill.py``, ``make soak``): it p
 acknowledged as stored when it was killed. With ``--rate 0`` it only drains the outbox
 and exits once it is empty.
 
-    python -m sim.recorder --outbox o.db --port 1883 --rate 10
+    python -m sosbeacon.sim.recorder --outbox o.db --port 1883 --rate 10
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from device.clock import MonotonicClock
-from device.mqtt import BrokerConfig
-from device.outbox import Outbox
-from device.records import Priority, Record, RecordKind
-from device.uplink import Uplink, UplinkConfig
+from sosbeacon.device.clock import MonotonicClock
+from sosbeacon.device.mqtt import BrokerConfig
+from sosbeacon.device.outbox import Outbox
+from sosbeacon.device.records import Priority, Record, RecordKind
+from sosbeacon.device.uplink import Uplink, UplinkConfig
 
 
 def say(line: str) -> None:
@@ -85,7 +85,7 @@ async def spawn(outbox: Path, port: int, rate: float) -> asyncio.subprocess.Proc
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "sim.recorder",
+        "sosbeacon.sim.recorder",
         "--outbox",
         str(outbox),
         "--port",
@@ -135,7 +135,7 @@ async def sigkill_campaign(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m sim.recorder", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m sosbeacon.sim.recorder", description=__doc__)
     p.add_argument("--outbox", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)

@@ -10,8 +10,8 @@ import json
 import signal
 from pathlib import Path
 
-from device.cli import sosd_command
-from device.control import NotRunning, request
+from sosbeacon.device.cli import sosd_command
+from sosbeacon.device.control import NotRunning, request
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -80,7 +80,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pg() -> Iterator[Any]:
     """A throwaway PostgreSQL server for the session (``initdb`` in a temp directory, a
     free port); each test takes a new database on it (``pg.new_db``)."""
-    from sim.postgres import find_bindir, postgres
+    from sosbeacon.sim.postgres import find_bindir, postgres
 
     bindir = find_bindir()
     require("PostgreSQL (initdb, pg_ctl)", bindir is not None, "sudo apt-get install postgresql")

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from device.gps import Fix, GpsSource
+from sosbeacon.device.gps import Fix, GpsSource
 
 
 @dataclass

@@ -10,15 +10,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from device.clock import MonotonicClock
-from device.commands import CommandHandler
-from device.mqtt import BrokerConfig
-from device.outbox import Limits, Outbox
-from device.records import Priority, Record, RecordKind
-from device.uplink import Uplink, UplinkConfig
-from device.wire import Topics
-from sim.broker import Mosquitto, find_mosquitto
-from sim.receiver import Receiver
+from sosbeacon.device.clock import MonotonicClock
+from sosbeacon.device.commands import CommandHandler
+from sosbeacon.device.mqtt import BrokerConfig
+from sosbeacon.device.outbox import Limits, Outbox
+from sosbeacon.device.records import Priority, Record, RecordKind
+from sosbeacon.device.uplink import Uplink, UplinkConfig
+from sosbeacon.device.wire import Topics
+from sosbeacon.sim.broker import Mosquitto, find_mosquitto
+from sosbeacon.sim.receiver import Receiver
 from tests.conftest import require
 
 #: the broker saves its state on every change, so a kill -9 loses no session or queued

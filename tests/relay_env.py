@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 
-from relay import db
-from relay.config import RelayConfig
-from relay.service import Relay
-from relay.store import Store
-from sim import localrelay
+from sosbeacon.relay import db
+from sosbeacon.relay.config import RelayConfig
+from sosbeacon.relay.service import Relay
+from sosbeacon.relay.store import Store
+from sosbeacon.sim import localrelay
 
 
 class HttpSink:

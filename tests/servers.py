@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from sim.broker import free_port
+from sosbeacon.sim.broker import free_port
 
 __all__ = ["free_port", "gpsfake"]
 

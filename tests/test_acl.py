@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from device.mqtt import BrokerConfig, Connection
-from sim.broker import Mosquitto
+from sosbeacon.device.mqtt import BrokerConfig, Connection
+from sosbeacon.sim.broker import Mosquitto
 from tests.conftest import REPO
 from tests.mqtt_env import need_mosquitto
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from device.backoff import Backoff
-from device.mqtt import BrokerConfig
-from device.outbox import Outbox, Pending
-from device.uplink import Uplink, UplinkConfig, routine_due
-from sim.clock import SimClock
+from sosbeacon.device.backoff import Backoff
+from sosbeacon.device.mqtt import BrokerConfig
+from sosbeacon.device.outbox import Outbox, Pending
+from sosbeacon.device.uplink import Uplink, UplinkConfig, routine_due
+from sosbeacon.sim.clock import SimClock
 from tests.mqtt_env import T0, fix_record
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from device.battery import BatteryLevel, BatteryPolicy, BatterySample
-from device.records import MemoryRecorder, RecordKind
-from device.sos import Contact, SosConfig, SosController
-from hw.battery import Max17048, SysfsBattery
-from sim.battery import BatteryModel, SysfsWriter, ocv
-from sim.clock import SimClock
+from sosbeacon.device.battery import BatteryLevel, BatteryPolicy, BatterySample
+from sosbeacon.device.records import MemoryRecorder, RecordKind
+from sosbeacon.device.sos import Contact, SosConfig, SosController
+from sosbeacon.hw.battery import Max17048, SysfsBattery
+from sosbeacon.sim.battery import BatteryModel, SysfsWriter, ocv
+from sosbeacon.sim.clock import SimClock
 
 
 def test_sysfs_reader_reads_what_the_model_writes(tmp_path: Path) -> None:

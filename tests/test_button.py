@@ -14,14 +14,14 @@ from typing import Any
 import gpiod
 import pytest
 
-from device.actuators import Cue
-from device.button import run_button
-from device.gesture import Edge, GestureDetector
-from device.records import MemoryRecorder, RecordKind
-from device.sos import Contact, SosConfig, SosController, SosState
-from hw.gpio import GpioButton, GpioIndicator
-from sim.button import ScriptedButton, long_press, multi_press
-from sim.clock import SimClock
+from sosbeacon.device.actuators import Cue
+from sosbeacon.device.button import run_button
+from sosbeacon.device.gesture import Edge, GestureDetector
+from sosbeacon.device.records import MemoryRecorder, RecordKind
+from sosbeacon.device.sos import Contact, SosConfig, SosController, SosState
+from sosbeacon.hw.gpio import GpioButton, GpioIndicator
+from sosbeacon.sim.button import ScriptedButton, long_press, multi_press
+from sosbeacon.sim.clock import SimClock
 
 # -- the loop, end to end on a simulated clock ------------------------------------------
 

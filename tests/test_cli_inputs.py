@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from device.cli import sosctl, sosd_command, write_export
+from sosbeacon.device.cli import sosctl, sosd_command, write_export
 from tests.conftest import REPO
 
 
@@ -22,7 +22,12 @@ def run(*args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.Comple
 
 
 def sosctl_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from device.cli import sosctl_main; sosctl_main()", *args]
+    return [
+        sys.executable,
+        "-c",
+        "from sosbeacon.device.cli import sosctl_main; sosctl_main()",
+        *args,
+    ]
 
 
 def test_purge_without_a_terminal_is_a_no(tmp_path: Path) -> None:
@@ -40,7 +45,7 @@ def test_an_export_to_a_file_is_a_clear_error(
     async def answer(path: Path, req: dict[str, object]) -> dict[str, object]:
         return {"ok": True, "device": "d1", "box": "b", "records": []}
 
-    monkeypatch.setattr("device.cli.request", answer)
+    monkeypatch.setattr("sosbeacon.device.cli.request", answer)
     assert sosctl(["--data-dir", str(tmp_path), "export", "--out", str(target)]) == 1
     err = capsys.readouterr().err
     assert f"cannot write the export to {target}" in err and "--out is a directory" in err
@@ -72,14 +77,14 @@ def test_a_data_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_nmea_decode_of_a_directory_says_so(tmp_path: Path) -> None:
-    res = run(sys.executable, "-m", "sim.cli", "nmea", "decode", str(tmp_path))
+    res = run(sys.executable, "-m", "sosbeacon.sim.cli", "nmea", "decode", str(tmp_path))
     assert res.returncode == 1 and "a directory" in res.stderr and "no such file" not in res.stderr
 
 
 def test_the_simulated_receiver_removes_its_link_on_sigterm(tmp_path: Path) -> None:
     link = tmp_path / "gps0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.cli", "gps", "run", "--link", str(link)],
+        [sys.executable, "-m", "sosbeacon.sim.cli", "gps", "run", "--link", str(link)],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,

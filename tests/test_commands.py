@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from device.commands import ACK_INTERVAL, COMMANDS, RATE_COUNT, RATE_WINDOW, SosCommands
-from device.records import MemoryRecorder, RecordKind
-from device.sos import Contact, SosConfig, SosController
-from device.wire import Command, CommandError, CommandName, command_id, parse_command
-from sim.clock import SimClock
+from sosbeacon.device.commands import ACK_INTERVAL, COMMANDS, RATE_COUNT, RATE_WINDOW, SosCommands
+from sosbeacon.device.records import MemoryRecorder, RecordKind
+from sosbeacon.device.sos import Contact, SosConfig, SosController
+from sosbeacon.device.wire import Command, CommandError, CommandName, command_id, parse_command
+from sosbeacon.sim.clock import SimClock
 
 
 async def armed(clock: SimClock) -> tuple[SosController, MemoryRecorder, SosCommands]:
@@ -88,7 +88,7 @@ def test_a_refusal_names_the_id_that_was_sent() -> None:
 def test_one_table_names_every_command_of_the_wire() -> None:
     """A command is added in one table (device.commands.COMMANDS); the wire's vocabulary
     and the table never disagree, and each is offered by sosctl."""
-    from device.cli import COMMAND_NAMES
+    from sosbeacon.device.cli import COMMAND_NAMES
 
     assert set(COMMANDS) == set(CommandName)
     assert all(spec.name is name and spec.help for name, spec in COMMANDS.items())

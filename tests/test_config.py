@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from device.config import Config, load
-from device.privacy import Precision
-from device.tomlconf import ConfigError
+from sosbeacon.device.config import Config, load
+from sosbeacon.device.privacy import Precision
+from sosbeacon.device.tomlconf import ConfigError
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "sosbeacon.toml"
@@ -164,7 +164,7 @@ def test_the_defaults_lie_within_the_ranges() -> None:
 def test_check_config_redacts_and_warns_when_not_armed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from device.cli import sosd
+    from sosbeacon.device.cli import sosd
 
     conf = tmp_path / "c.toml"
     conf.write_text(

@@ -19,11 +19,11 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from device import config as config_mod
-from device.config import Config
-from device.daemon import Daemon
-from device.parts import load_backend
-from device.tomlconf import ConfigError
+from sosbeacon.device import config as config_mod
+from sosbeacon.device.config import Config
+from sosbeacon.device.daemon import Daemon
+from sosbeacon.device.parts import load_backend
+from sosbeacon.device.tomlconf import ConfigError
 
 #: keys left alone: where the test keeps its data, and the closed port it "connects" to
 FIXED = {"device.data_dir", "mqtt.broker", "device.id"}

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from device import config as config_mod
-from device.cli import sosctl, sosd_command
-from device.control import NotRunning, request
-from device.daemon import Daemon
-from device.mqtt import BrokerConfig
-from device.parts import load_backend
-from device.wire import Topics
-from sim.broker import Mosquitto
-from sim.receiver import Receiver
+from sosbeacon.device import config as config_mod
+from sosbeacon.device.cli import sosctl, sosd_command
+from sosbeacon.device.control import NotRunning, request
+from sosbeacon.device.daemon import Daemon
+from sosbeacon.device.mqtt import BrokerConfig
+from sosbeacon.device.parts import load_backend
+from sosbeacon.device.wire import Topics
+from sosbeacon.sim.broker import Mosquitto
+from sosbeacon.sim.receiver import Receiver
 from tests.conftest import REPO
 from tests.mqtt_env import DURABLE, need_mosquitto
 
@@ -111,7 +111,7 @@ async def test_control_sockets_start_owner_only_and_leave_the_umask_alone(tmp_pa
     once. Changing the umask across the start's await once leaked 0o117 into the whole
     process: every later temp directory was born 0600 and PostgreSQL's initdb, run as
     its own user, could not enter it."""
-    from device import control
+    from sosbeacon.device import control
 
     async def answer(_: dict[str, object]) -> dict[str, object]:
         return {"ok": True}
@@ -197,7 +197,10 @@ async def test_sosd_process_notifies_systemd_and_stops_cleanly(tmp_path: Path) -
                 await proc.wait()
         assert proc.stderr is not None
         log = (await proc.stderr.read()).decode()
-        assert "<3>device.sos: No emergency contact is configured" in log  # journald priority
+        # with its journald priority
+        assert (
+            "<3>sosbeacon.device.sos: No emergency contact is configured" in log
+        )  # journald priority
         assert "<6>sosd: SIGHUP: configuration reloaded (sos applied)" in log
         await rx.wait_until(lambda: (rx.json("sosbeacon/t1/status") or {}).get("why") == "shutdown")
     notify.close()
@@ -216,7 +219,7 @@ def test_purge_asks_for_confirmation(
 async def test_missing_hardware_is_one_clear_line_and_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from sim.clock import SimClock
+    from sosbeacon.sim.clock import SimClock
 
     clock = SimClock()
     cfg = config_mod.load(text='[device]\nid = "t1"\n')

@@ -13,7 +13,7 @@ from tests.mqtt_env import need_mosquitto
 def test_demo_runs_and_shows_what_the_contact_receives() -> None:
     need_mosquitto()
     res = subprocess.run(
-        [sys.executable, "-m", "sim.demo"],
+        [sys.executable, "-m", "sosbeacon.sim.demo"],
         capture_output=True,
         text=True,
         timeout=180,

@@ -27,7 +27,7 @@ def test_unit_declares_notify_watchdog_and_an_unprivileged_user() -> None:
     ):
         assert line in text, line
     # the daemon's default data directory is the unit's state directory
-    from device.config import DeviceSettings
+    from sosbeacon.device.config import DeviceSettings
 
     assert DeviceSettings().data_dir == Path("/var/lib/sosbeacon")
 
@@ -62,7 +62,7 @@ def test_the_relay_unit_runs_unprivileged_with_its_own_state(tmp_path: Path) -> 
         "sos-relay --config /etc/sosbeacon/sos-relay.toml run",
     ):
         assert line in text, line
-    from relay.config import RelaySettings
+    from sosbeacon.relay.config import RelaySettings
 
     assert RelaySettings().data_dir == Path("/var/lib/sos-relay")
     verify_unit(tmp_path, RELAY_UNIT, "sos-relay")

@@ -21,17 +21,17 @@ from typing import Any
 
 import pytest
 
-from device.gps import Fix, TimeIssue
-from device.mqtt import BrokerConfig
-from device.outbox import Outbox
-from device.privacy import PrivacyConfig
-from device.records import Record, RecordKind, run_retention
-from device.sos import Contact, SosConfig, SosController
-from device.uplink import Uplink, UplinkConfig, routine_due
-from device.wire import decode_sos, decode_track, owntracks_location, shown_time
-from hw.nmea import NmeaDecoder
-from sim.clock import SimClock
-from sim.gps import Fault, FaultKind, ReceiverScript, Route, RouteWalker, SimReceiver
+from sosbeacon.device.gps import Fix, TimeIssue
+from sosbeacon.device.mqtt import BrokerConfig
+from sosbeacon.device.outbox import Outbox
+from sosbeacon.device.privacy import PrivacyConfig
+from sosbeacon.device.records import Record, RecordKind, run_retention
+from sosbeacon.device.sos import Contact, SosConfig, SosController
+from sosbeacon.device.uplink import Uplink, UplinkConfig, routine_due
+from sosbeacon.device.wire import decode_sos, decode_track, owntracks_location, shown_time
+from sosbeacon.hw.nmea import NmeaDecoder
+from sosbeacon.sim.clock import SimClock
+from sosbeacon.sim.gps import Fault, FaultKind, ReceiverScript, Route, RouteWalker, SimReceiver
 
 RETENTION = 72 * 3600.0
 RECEIVERS = ["rollover", "20-years-ahead"]
@@ -207,7 +207,7 @@ def test_the_test_ca_issues_certificates_valid_at_the_clock_it_is_given(
 ) -> None:
     from cryptography import x509
 
-    from sim.tlsca import TestCA
+    from sosbeacon.sim.tlsca import TestCA
 
     at = datetime.now(UTC) + timedelta(days=days)
     ca = TestCA(tmp_path / "pki", now=lambda: at)

@@ -34,3 +34,20 @@ def test_every_relative_link_and_anchor_resolves() -> None:
             elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
                 broken.append(f"{doc.name}: {target} (no such heading)")
     assert broken == []
+
+
+PATH_IN_BACKTICKS = re.compile(
+    r"`((?:device|hw|sim|relay|bench|tests|deploy|examples|scripts)/[\w/.\-]*)`"
+)
+
+
+def test_every_repository_path_the_docs_name_exists() -> None:
+    """A module moved (device/outbox.py became device/outbox/) must take the docs along."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    missing = [
+        f"{doc.name}: {m.group(1)}"
+        for doc in docs
+        for m in PATH_IN_BACKTICKS.finditer(doc.read_text())
+        if not (REPO / m.group(1)).exists()
+    ]
+    assert missing == []

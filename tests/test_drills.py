@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.drill import Drill, Scenario, ScenarioError, list_scenarios
+from sosbeacon.sim.drill import Drill, Scenario, ScenarioError, list_scenarios
 from tests.mqtt_env import need_mosquitto
 
 
@@ -46,7 +46,7 @@ async def test_drill(name: str, tmp_path: Path) -> None:
 
 
 async def test_a_small_fleet_loses_nothing(tmp_path: Path) -> None:
-    from sim.fleet import run_fleet
+    from sosbeacon.sim.fleet import run_fleet
 
     need_mosquitto()
     lines: list[str] = []

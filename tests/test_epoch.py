@@ -6,9 +6,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from device.gps import Fix, FixMode, FixQuality, TimeIssue
-from hw.nmea import NmeaDecoder
-from hw.nmea.sentences import build_sentence as sentence
+from sosbeacon.device.gps import Fix, FixMode, FixQuality, TimeIssue
+from sosbeacon.hw.nmea import NmeaDecoder
+from sosbeacon.hw.nmea.sentences import build_sentence as sentence
 
 FLOOR = date(2025, 1, 1)
 

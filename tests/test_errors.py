@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from device.control import NotRunning
-from device.errors import SosbeaconError
-from device.mqtt import MqttError
-from device.outbox import OutboxError, OutboxFull, OutboxUnavailable
-from device.sos import SosRefused
-from device.tomlconf import ConfigError
-from device.wire import AddressError, CommandError
-from relay.web import WebError
-from sim.drill import ScenarioError
+from sosbeacon.device.control import NotRunning
+from sosbeacon.device.errors import SosbeaconError
+from sosbeacon.device.mqtt import MqttError
+from sosbeacon.device.outbox import OutboxError, OutboxFull, OutboxUnavailable
+from sosbeacon.device.sos import SosRefused
+from sosbeacon.device.tomlconf import ConfigError
+from sosbeacon.device.wire import AddressError, CommandError
+from sosbeacon.relay.web import WebError
+from sosbeacon.sim.drill import ScenarioError
 from tests.conftest import REPO
 from tests.test_layering import imported_modules
 
@@ -47,8 +47,8 @@ def test_no_module_beside_the_outbox_names_sqlite() -> None:
 def test_the_outbox_shows_its_api_and_no_connection() -> None:
     """What the rest of the device may use is ``device.outbox.__all__``; neither it nor
     the front class offers a database connection, and only tests use the probe."""
-    import device.outbox as pkg
-    from device.outbox import Outbox
+    import sosbeacon.device.outbox as pkg
+    from sosbeacon.device.outbox import Outbox
 
     assert set(pkg.__all__) <= set(dir(pkg))
     assert {"Outbox", "Limits", "OutboxError", "SessionMark"} <= set(pkg.__all__)

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from device import config as config_mod
-from device.cli import format_event, sosctl
-from device.control import follow, request
-from device.daemon import Daemon
-from device.events import Event, EventKind, Events
-from device.parts import load_backend
+from sosbeacon.device import config as config_mod
+from sosbeacon.device.cli import format_event, sosctl
+from sosbeacon.device.control import follow, request
+from sosbeacon.device.daemon import Daemon
+from sosbeacon.device.events import Event, EventKind, Events
+from sosbeacon.device.parts import load_backend
 from tests.test_daemon import broker_and_contact, config_text
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hw.nmea import NmeaDecoder, NmeaFramer
-from hw.nmea.sentences import build_sentence as sentence
-from hw.ubx import ubx_frame
+from sosbeacon.hw.nmea import NmeaDecoder, NmeaFramer
+from sosbeacon.hw.nmea.sentences import build_sentence as sentence
+from sosbeacon.hw.ubx import ubx_frame
 
 GOOD = [
     sentence("GNRMC,101500.00,A,5557.14961,N,00310.34842,W,2.721,121.85,221126,,,A"),
@@ -69,7 +69,7 @@ def test_any_chunking_gives_the_same_frames(cuts: list[int]) -> None:
 def test_counters_accumulate_across_decoders_sharing_stats() -> None:
     """The serial source starts a fresh decoder on every reconnect but keeps one set of
     counters: noise seen before a reconnect must still be counted after it."""
-    from device.gps import GpsStats
+    from sosbeacon.device.gps import GpsStats
 
     stats = GpsStats()
     for _ in range(2):

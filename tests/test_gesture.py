@@ -14,7 +14,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.gesture import (
+from sosbeacon.device.gesture import (
     Detected,
     Edge,
     Gesture,

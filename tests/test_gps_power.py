@@ -10,15 +10,15 @@ from pathlib import Path
 import pynmeagps
 import pytest
 
-from device.actuators import GpsPowerMode
-from device.records import MemoryRecorder
-from device.sos import Contact, SosConfig, SosController
-from hw.gps_power import ReceiverPower, mtk_commands, ublox_commands
-from hw.serial_gps import NmeaSerialSource
-from sim.gps import Route, RouteWalker, SimReceiver
-from sim.gps.generator import PowerState
-from sim.gps.pty import PtyPort
-from sim.gps.runner import run_receiver
+from sosbeacon.device.actuators import GpsPowerMode
+from sosbeacon.device.records import MemoryRecorder
+from sosbeacon.device.sos import Contact, SosConfig, SosController
+from sosbeacon.hw.gps_power import ReceiverPower, mtk_commands, ublox_commands
+from sosbeacon.hw.serial_gps import NmeaSerialSource
+from sosbeacon.sim.gps import Route, RouteWalker, SimReceiver
+from sosbeacon.sim.gps.generator import PowerState
+from sosbeacon.sim.gps.pty import PtyPort
+from sosbeacon.sim.gps.runner import run_receiver
 from tests.helpers import collecting
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.gpsd_corpus import compare_corpus
+from sosbeacon.sim.gpsd_corpus import compare_corpus
 
 #: capture -> (gpsd fixes we do not match, why)
 KNOWN_SHORTFALLS: dict[str, tuple[int, str]] = {

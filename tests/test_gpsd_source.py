@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from device.gps import FixMode
-from hw.gpsd_client import GpsdSource, tpv_to_fix
-from sim.gps import ReceiverScript, Route, RouteWalker, SimReceiver
+from sosbeacon.device.gps import FixMode
+from sosbeacon.hw.gpsd_client import GpsdSource, tpv_to_fix
+from sosbeacon.sim.gps import ReceiverScript, Route, RouteWalker, SimReceiver
 from tests.conftest import find_tool, require
 from tests.helpers import collecting
 from tests.servers import free_port, gpsfake

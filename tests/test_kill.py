@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 
-from sim.recorder import sigkill_campaign
+from sosbeacon.sim.recorder import sigkill_campaign
 from tests.mqtt_env import rig
 
 KILLS = int(os.environ.get("SOS_KILLS", "20"))

@@ -5,12 +5,14 @@ TOML loader), never hw/ or sim/."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import REPO
 
 
-def imported_modules(path: Path) -> set[str]:
+def raw_imports(path: Path) -> set[str]:
+    """The modules ``path`` imports, as written."""
     tree = ast.parse(path.read_text(), filename=str(path))
     out: set[str] = set()
     for node in ast.walk(tree):
@@ -19,6 +21,12 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)
     return out
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The modules ``path`` imports, ours named by their folder (``sosbeacon.device.x``
+    as ``device.x``)."""
+    return {m.removeprefix("sosbeacon.") for m in raw_imports(path)}
 
 
 def test_device_imports_neither_hw_nor_sim_nor_relay() -> None:
@@ -87,9 +95,9 @@ def test_device_names_no_backend_but_the_default() -> None:
 
 
 def test_backends_declare_their_section_defaults_and_controls() -> None:
-    from device import config as config_mod
-    from device.parts import backends
-    from device.tomlconf import ConfigError
+    from sosbeacon.device import config as config_mod
+    from sosbeacon.device.parts import backends
+    from sosbeacon.device.tomlconf import ConfigError
 
     found = backends()
     assert {"hw", "sim"} <= set(found)
@@ -107,3 +115,71 @@ def test_backends_declare_their_section_defaults_and_controls() -> None:
         assert "sim.walk_speed" in text and "sim.wings: unknown key" in text
     else:
         raise AssertionError("a bad [sim] section was accepted")
+
+
+OURS = ("device", "hw", "sim", "relay")
+
+
+def test_our_code_is_imported_under_one_name_only() -> None:
+    """``sosbeacon.device.x``, never ``device.x``: the source tree can import both (the
+    folders sit at its top), and a module imported under two names is two modules (two
+    Outbox classes, two event buses). An installed wheel has only ``sosbeacon``."""
+    files = [f for d in (*OURS, "tests", "bench") for f in sorted((REPO / d).rglob("*.py"))]
+    bare = {
+        str(f.relative_to(REPO)): sorted(m for m in raw_imports(f) if m.split(".")[0] in OURS)
+        for f in files
+    }
+    assert {k: v for k, v in bare.items() if v} == {}
+    # ... nor in code run from a string (``python -c "from ... import sosd_main"``)
+    spoken = re.compile(r"\b(?:from|import) (?:device|hw|sim|relay)[. ]")
+    in_strings = sorted(
+        str(f.relative_to(REPO))
+        for f in files
+        for node in ast.walk(ast.parse(f.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and spoken.search(node.value)
+    )
+    assert in_strings == []
+    for d in OURS:  # the links the package is made of
+        link = REPO / "sosbeacon" / d
+        assert link.is_symlink() and link.resolve() == (REPO / d).resolve()
+
+
+def test_the_installed_distribution_claims_only_sosbeacon() -> None:
+    """What the wheel packages: setuptools' own search, as pyproject.toml configures it."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    conf = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = conf["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = find_packages(str(REPO), include=include)
+    assert {p.split(".")[0] for p in found} == {"sosbeacon"}
+    assert {f"sosbeacon.{d}" for d in OURS} <= set(found)
+    assert "sosbeacon.device.outbox" in found and "sosbeacon.hw.nmea" in found
+    scripts = conf["project"]["scripts"].values()
+    backends = conf["project"]["entry-points"]["sosbeacon.backends"].values()
+    assert all(target.startswith("sosbeacon.") for target in (*scripts, *backends))
+
+
+def test_nothing_of_ours_is_loaded_under_its_folder_name() -> None:
+    """Every module of the package imported in a fresh interpreter (as sosd, the relay
+    and the simulator would): none drags in a ``device``, ``hw``, ``sim`` or ``relay``
+    module beside its ``sosbeacon.`` twin (a resource looked up by folder name, say)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import importlib, pkgutil, sys, sosbeacon\n"
+        "for m in pkgutil.walk_packages(sosbeacon.__path__, 'sosbeacon.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "from sosbeacon.sim.gps.route import Route\n"
+        "Route.sample()\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OURS!r}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -13,8 +13,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sim.broker import Mosquitto, find_mosquitto
-from sim.netfault import FaultProxy, LinkMode
+from sosbeacon.sim.broker import Mosquitto, find_mosquitto
+from sosbeacon.sim.netfault import FaultProxy, LinkMode
 from tests.conftest import require
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from device.records import MemoryRecorder, RecordKind
-from device.sos import Contact, SosConfig, SosController
-from hw.network import NmcliLink
-from sim.clock import SimClock
-from sim.modem import SimModem
+from sosbeacon.device.records import MemoryRecorder, RecordKind
+from sosbeacon.device.sos import Contact, SosConfig, SosController
+from sosbeacon.hw.network import NmcliLink
+from sosbeacon.sim.clock import SimClock
+from sosbeacon.sim.modem import SimModem
 
 
 def fake_nmcli(tmp_path: Path, exit_code: int) -> Path:

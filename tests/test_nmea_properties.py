@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hw.nmea import NmeaDecoder
-from hw.nmea.sentences import build_sentence as sentence
-from hw.nmea.sentences import checksum
+from sosbeacon.hw.nmea import NmeaDecoder
+from sosbeacon.hw.nmea.sentences import build_sentence as sentence
+from sosbeacon.hw.nmea.sentences import checksum
 
 REAL = [
     b"$GNRMC,171926.00,A,4404.14063,N,12118.85478,W,0.117,,180315,,,A*76",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pynmeagps
 import pytest
 
-from hw.nmea.sentences import (
+from sosbeacon.hw.nmea.sentences import (
     Reject,
     Sentence,
     checksum,
@@ -15,7 +15,7 @@ from hw.nmea.sentences import (
     parse_tod,
     split_sentence,
 )
-from hw.nmea.sentences import build_sentence as sentence
+from sosbeacon.hw.nmea.sentences import build_sentence as sentence
 
 
 def corpus_lines(gpsd_logs: Path) -> list[bytes]:

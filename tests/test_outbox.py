@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from device.outbox import SCHEMA_VERSION, Limits, Outbox, OutboxError, OutboxFull
-from device.outbox.testing import Probe
-from device.records import Priority, Record, RecordKind, Stored
+from sosbeacon.device.outbox import SCHEMA_VERSION, Limits, Outbox, OutboxError, OutboxFull
+from sosbeacon.device.outbox.testing import Probe
+from sosbeacon.device.records import Priority, Record, RecordKind, Stored
 
 T0 = datetime(2026, 11, 22, 10, tzinfo=UTC)
 
@@ -208,9 +208,9 @@ async def test_a_slow_commit_never_blocks_the_event_loop(tmp_path: Path) -> None
 
 async def test_sos_controller_on_the_durable_outbox(tmp_path: Path) -> None:
     """The outbox is a Recorder: an SOS stored through it, its expiry, its deletion."""
-    from device.gps import Fix, FixMode
-    from device.sos import Contact, SosConfig, SosController
-    from sim.clock import SimClock
+    from sosbeacon.device.gps import Fix, FixMode
+    from sosbeacon.device.sos import Contact, SosConfig, SosController
+    from sosbeacon.sim.clock import SimClock
 
     clock = SimClock(T0)
     async with await Outbox.open(tmp_path / "o.db") as box:
@@ -392,7 +392,7 @@ INSERT INTO records VALUES
 async def test_an_outbox_of_the_first_release_opens_with_nothing_lost(tmp_path: Path) -> None:
     import sqlite3
 
-    from device.wire import decode_track, encode_track
+    from sosbeacon.device.wire import decode_track, encode_track
 
     path = tmp_path / "o.db"
     old = sqlite3.connect(path)
@@ -421,8 +421,8 @@ async def test_an_outbox_of_the_first_release_opens_with_nothing_lost(tmp_path: 
 
 
 async def test_a_drain_takes_fixes_as_runs_of_their_stored_differences(tmp_path: Path) -> None:
-    from device.records import FixRun, seqs_of
-    from device.wire import encode_track
+    from sosbeacon.device.records import FixRun, seqs_of
+    from sosbeacon.device.wire import encode_track
     from tests.mqtt_env import fix_record
 
     routine = {"first": Priority.ROUTINE, "last": Priority.ROUTINE}
@@ -485,8 +485,8 @@ async def test_the_wal_stays_bounded_while_a_backlog_drains(
 ) -> None:
     """Checkpoints run beside the commits (never inside one), yet the WAL starts over
     even while acknowledgements are committed back to back."""
-    import device.outbox.writer as outbox_module
-    from device.records import seqs_of
+    import sosbeacon.device.outbox.writer as outbox_module
+    from sosbeacon.device.records import seqs_of
 
     mark = 128 * 1024
     monkeypatch.setattr(outbox_module, "WAL_CHECKPOINT_BYTES", mark)

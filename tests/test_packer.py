@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.records import FixRun, Item, Priority, Record, RecordKind, Stored
-from device.uplink import Packer, SizeLimit, sos_message_id
-from device.wire import SOS_KINDS, Topics, decode_sos, decode_track
+from sosbeacon.device.records import FixRun, Item, Priority, Record, RecordKind, Stored
+from sosbeacon.device.uplink import Packer, SizeLimit, sos_message_id
+from sosbeacon.device.wire import SOS_KINDS, Topics, decode_sos, decode_track
 
 NOW = datetime(2030, 6, 1, 12, tzinfo=UTC)  # the packer's clock is its argument
 TOPICS = Topics.for_device("t1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from device.receipts import Delivery, describe
+from sosbeacon.device.receipts import Delivery, describe
 
 NOW = 1_800_000_000.0
 

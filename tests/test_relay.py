@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from device.records import Priority, Record, RecordKind
-from device.wire import Topics
-from sim.mailsink import MailSink
+from sosbeacon.device.records import Priority, Record, RecordKind
+from sosbeacon.device.wire import Topics
+from sosbeacon.sim.mailsink import MailSink
 from tests.mqtt_env import Rig, fix_record, rig
 from tests.relay_env import HttpSink, RelayRig, relay_rig, relay_settings
 
@@ -268,7 +268,7 @@ async def test_duplicates_and_garbage_are_counted_never_stored_twice_or_fatal(
     await relay.wait(lambda: relay.relay.counters.records >= 2)
     # the same message again (a resend after a reconnect), and garbage
     track = next(d for d in dev.receiver.history if d.topic.endswith("/track"))
-    from device.mqtt import BrokerConfig, Connection
+    from sosbeacon.device.mqtt import BrokerConfig, Connection
 
     conn = Connection(BrokerConfig(host="127.0.0.1", port=dev.broker.port, client_id="dev1x"))
     await conn.connect()
@@ -308,12 +308,12 @@ async def test_an_sos_nobody_heard_is_marked_until_the_relay_s_receipt_arrives(
     """PUBACK 0x10 (no matching subscribers): the device says the SOS has not reached
     anyone, until a relay that starts later picks up the retained sos-start and sends
     its receipt; ``sosctl status`` then names who was notified."""
-    from device.clock import MonotonicClock
-    from device.mqtt import BrokerConfig
-    from device.outbox import Outbox
-    from device.receipts import describe
-    from device.uplink import Uplink, UplinkConfig
-    from sim.broker import Mosquitto
+    from sosbeacon.device.clock import MonotonicClock
+    from sosbeacon.device.mqtt import BrokerConfig
+    from sosbeacon.device.outbox import Outbox
+    from sosbeacon.device.receipts import describe
+    from sosbeacon.device.uplink import Uplink, UplinkConfig
+    from sosbeacon.sim.broker import Mosquitto
     from tests.mqtt_env import DURABLE, need_mosquitto
 
     with (

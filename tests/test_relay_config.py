@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from device.tomlconf import ConfigError
-from device.wire import Received
-from relay import config as relay_config
-from relay.cli import main, open_store
+from sosbeacon.device.tomlconf import ConfigError
+from sosbeacon.device.wire import Received
+from sosbeacon.relay import config as relay_config
+from sosbeacon.relay.cli import main, open_store
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "sos-relay.toml"
@@ -107,7 +107,7 @@ def test_a_taken_port_or_an_unreachable_database_is_said_plainly(
 ) -> None:
     import socket
 
-    from sim.broker import free_port
+    from sosbeacon.sim.broker import free_port
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -128,3 +128,19 @@ def test_a_taken_port_or_an_unreachable_database_is_said_plainly(
     err = capsys.readouterr().err
     assert "the database at postgresql+asyncpg://relay:***@127.0.0.1:" in err
     assert "s3cret" not in err and "check database.url" in err
+
+
+def test_sos_relay_without_the_relay_extra_says_what_to_install() -> None:
+    """A device installs sosbeacon without the relay's dependencies: the command then
+    says how to get them (one line), never a traceback."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.modules['sqlalchemy'] = None\n"
+        "from sosbeacon.relay.launch import main\n"
+        "raise SystemExit(main(['check-config']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'sosbeacon[relay]'" in out.stderr and "Traceback" not in out.stderr

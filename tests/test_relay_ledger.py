@@ -7,8 +7,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.wire import Received, SeqLedger
-from relay import ranges
+from sosbeacon.device.wire import Received, SeqLedger
+from sosbeacon.relay import ranges
 
 
 def record(seq: int, gap: list[list[int]] | None = None) -> Received:

@@ -14,12 +14,12 @@ from typing import Any
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from device import config as config_mod
-from device.control import request
-from device.daemon import Daemon
-from device.parts import load_backend
-from sim.broker import Mosquitto
-from sim.mailsink import MailSink
+from sosbeacon.device import config as config_mod
+from sosbeacon.device.control import request
+from sosbeacon.device.daemon import Daemon
+from sosbeacon.device.parts import load_backend
+from sosbeacon.sim.broker import Mosquitto
+from sosbeacon.sim.mailsink import MailSink
 from tests.browser import chromium
 from tests.conftest import REPO
 from tests.mqtt_env import DURABLE, need_mosquitto
@@ -156,9 +156,9 @@ async def test_a_drill_shows_its_banner_and_a_buffered_backlog_says_it_is_arrivi
     the hole fills. A revoked link then answers 410 in the browser too."""
     from datetime import UTC, datetime
 
-    from device.mqtt import BrokerConfig, Connection
-    from device.records import Priority, Record, RecordKind, Stored
-    from device.wire import encode_sos, encode_track, track_row
+    from sosbeacon.device.mqtt import BrokerConfig, Connection
+    from sosbeacon.device.records import Priority, Record, RecordKind, Stored
+    from sosbeacon.device.wire import encode_sos, encode_track, track_row
     from tests.mqtt_env import fix_record
 
     with (

@@ -11,10 +11,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-from device.cli import sosd_command
-from device.control import request
-from sim.drill import Drill, Scenario, resolve
-from sim.sosd_process import start_sosd, stop_sosd
+from sosbeacon.device.cli import sosd_command
+from sosbeacon.device.control import request
+from sosbeacon.sim.drill import Drill, Scenario, resolve
+from sosbeacon.sim.sosd_process import start_sosd, stop_sosd
 from tests.conftest import REPO
 from tests.mqtt_env import need_mosquitto
 from tests.test_daemon import broker_and_contact

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from device.gps import TimeIssue
-from hw.serial_gps import NmeaSerialSource
-from sim.clock import SimClock
-from sim.gps import Fault, FaultKind, PtyPort, ReceiverScript, Route, RouteWalker, SimReceiver
-from sim.gps.generator import EpochTruth
-from sim.gps.runner import run_receiver
+from sosbeacon.device.gps import TimeIssue
+from sosbeacon.hw.serial_gps import NmeaSerialSource
+from sosbeacon.sim.clock import SimClock
+from sosbeacon.sim.gps import (
+    Fault,
+    FaultKind,
+    PtyPort,
+    ReceiverScript,
+    Route,
+    RouteWalker,
+    SimReceiver,
+)
+from sosbeacon.sim.gps.generator import EpochTruth
+from sosbeacon.sim.gps.runner import run_receiver
 from tests.helpers import collecting
 
 START = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
@@ -135,10 +143,10 @@ async def test_send_reaches_the_receiver(tmp_path: Path) -> None:
 SHUTDOWN_SCRIPT = """
 import asyncio, sys, tempfile
 from pathlib import Path
-from hw.serial_gps import NmeaSerialSource
-from sim.gps import PtyPort, Route, RouteWalker, SimReceiver
-from sim.clock import SimClock
-from sim.gps.runner import run_receiver
+from sosbeacon.hw.serial_gps import NmeaSerialSource
+from sosbeacon.sim.gps import PtyPort, Route, RouteWalker, SimReceiver
+from sosbeacon.sim.clock import SimClock
+from sosbeacon.sim.gps.runner import run_receiver
 
 async def main(close_first):
     port = PtyPort(Path(tempfile.mkdtemp()) / "gps0", baudrate=115200)
@@ -182,8 +190,8 @@ def test_cancelling_a_connected_source_never_hangs_shutdown() -> None:
 async def test_replayed_capture_decodes_like_the_file(tmp_path: Path, gpsd_logs: Path) -> None:
     """`sos-sim gps run --replay`: a real capture paced through the pty at a UART's rate
     gives the same positions as decoding the file directly."""
-    from sim.gps.runner import replay_capture
-    from sim.gpsd_corpus import decode_capture
+    from sosbeacon.sim.gps.runner import replay_capture
+    from sosbeacon.sim.gpsd_corpus import decode_capture
 
     log = gpsd_logs / "mt3339.log"
     port = PtyPort(tmp_path / "gps0", baudrate=115200)

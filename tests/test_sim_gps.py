@@ -11,9 +11,9 @@ from pathlib import Path
 import pynmeagps
 import pytest
 
-from hw.nmea import NmeaDecoder, NmeaFramer
-from sim.gps import Fault, FaultKind, ReceiverScript, Route, RouteWalker, SimReceiver
-from sim.gps.route import haversine
+from sosbeacon.hw.nmea import NmeaDecoder, NmeaFramer
+from sosbeacon.sim.gps import Fault, FaultKind, ReceiverScript, Route, RouteWalker, SimReceiver
+from sosbeacon.sim.gps.route import haversine
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -131,7 +131,7 @@ def test_fault_spec_parsing() -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sim.cli", *args],
+        [sys.executable, "-m", "sosbeacon.sim.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -158,7 +158,7 @@ def test_decode_agrees_with_the_in_process_decoder(gpsd_logs: Path) -> None:
     """The pty path loses nothing compared with feeding the bytes directly."""
     import json
 
-    from sim.gpsd_corpus import decode_capture
+    from sosbeacon.sim.gpsd_corpus import decode_capture
 
     logs = [gpsd_logs / n for n in ("ublox-8.log", "firefly-II.log", "triton400.log")]
     res = run_cli("nmea", "decode", *map(str, logs))
@@ -208,7 +208,7 @@ def test_watch_reads_a_simulated_receiver_on_a_pty(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "sim.cli",
+            "sosbeacon.sim.cli",
             "gps",
             "run",
             "--link",

@@ -21,7 +21,7 @@ async def test_the_storage_campaign_scaled_down(tmp_path: Path) -> None:
     """Two cycles of `make soak`'s storage campaign: a stop on a full disk and a kill,
     then a kill mid-SOS on a full disk; each followed by a restart with room again."""
     from bench.soak import storage
-    from sim.smalldisk import can_mount
+    from sosbeacon.sim.smalldisk import can_mount
     from tests.conftest import require
 
     need_mosquitto()

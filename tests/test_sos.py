@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from device.actuators import Cue, GpsPowerMode
-from device.battery import BatterySample
-from device.gesture import Detected, Gesture, Press
-from device.gps import Fix, FixMode
-from device.privacy import Precision, PrivacyConfig
-from device.records import MemoryRecorder, Priority, RecordKind, run_retention
-from device.sos import Contact, SosConfig, SosController, SosRefused, SosState
-from sim.clock import SimClock
+from sosbeacon.device.actuators import Cue, GpsPowerMode
+from sosbeacon.device.battery import BatterySample
+from sosbeacon.device.gesture import Detected, Gesture, Press
+from sosbeacon.device.gps import Fix, FixMode
+from sosbeacon.device.privacy import Precision, PrivacyConfig
+from sosbeacon.device.records import MemoryRecorder, Priority, RecordKind, run_retention
+from sosbeacon.device.sos import Contact, SosConfig, SosController, SosRefused, SosState
+from sosbeacon.sim.clock import SimClock
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 ALICE = Contact("Alice", "+44 7700 900123")
@@ -339,7 +339,7 @@ async def test_battery_level_sets_the_gps_duty_cycle_outside_sos() -> None:
 async def test_a_session_resumes_after_a_restart_unless_it_was_ending() -> None:
     """The controller saves its session at start and before the end record; a restart
     resumes a running SOS, and completes (never resumes) one that was being ended."""
-    from device.sos import Session
+    from sosbeacon.device.sos import Session
 
     clock = SimClock(datetime(2026, 11, 22, 10, tzinfo=UTC))
     saved: list[Session | None] = []
@@ -425,7 +425,7 @@ async def test_a_real_sos_counting_down_over_a_drill_falls_back_to_the_drill() -
 
 
 def test_a_change_the_table_does_not_allow_is_refused() -> None:
-    from device.sos import TRANSITIONS
+    from sosbeacon.device.sos import TRANSITIONS
 
     ctl, *_ = make()
     assert set(TRANSITIONS) == set(SosState)
@@ -436,8 +436,8 @@ def test_a_change_the_table_does_not_allow_is_refused() -> None:
 
 
 def test_telemetry_decides_idle_points_battery_records_and_one_last_gasp() -> None:
-    from device.battery import BatteryLevel, BatteryPolicy
-    from device.telemetry import Telemetry
+    from sosbeacon.device.battery import BatteryLevel, BatteryPolicy
+    from sosbeacon.device.telemetry import Telemetry
 
     def sample(pct: float) -> BatterySample:
         return BatterySample(capacity=pct, status="Discharging")

@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from device.outbox import ACTIVE_SESSION, Limits, Outbox, OutboxUnavailable, SessionMark
-from device.outbox.faults import Fault, classify
-from device.outbox.testing import Probe
-from device.records import Priority, Record, RecordKind
-from sim.smalldisk import can_mount, fill
-from sim.smalldisk import small_disk as mounted
+from sosbeacon.device.outbox import ACTIVE_SESSION, Limits, Outbox, OutboxUnavailable, SessionMark
+from sosbeacon.device.outbox.faults import Fault, classify
+from sosbeacon.device.outbox.testing import Probe
+from sosbeacon.device.records import Priority, Record, RecordKind
+from sosbeacon.sim.smalldisk import can_mount, fill
+from sosbeacon.sim.smalldisk import small_disk as mounted
 from tests.conftest import require
 
 T0 = datetime.now(UTC).replace(microsecond=0)
@@ -72,11 +72,11 @@ class _Said(logging.Handler):
 @contextlib.contextmanager
 def said(text: str) -> Iterator[threading.Event]:
     handler = _Said(text)
-    logging.getLogger("device.outbox").addHandler(handler)
+    logging.getLogger("sosbeacon.device.outbox").addHandler(handler)
     try:
         yield handler.event
     finally:
-        logging.getLogger("device.outbox").removeHandler(handler)
+        logging.getLogger("sosbeacon.device.outbox").removeHandler(handler)
 
 
 def set_aside(directory: Path) -> list[str]:
@@ -310,7 +310,9 @@ async def test_records_are_held_on_a_full_disk_and_stored_when_room_returns(
             notes = [s.record.data["note"] for s in kept if s.kind is RecordKind.FIX]
             assert notes == sorted(notes)  # the oldest telemetry was dropped, order kept
         # one line when it began, one when it ended (with a count), not one per write
-        lines = [r.getMessage() for r in caplog.records if r.name.startswith("device.outbox")]
+        lines = [
+            r.getMessage() for r in caplog.records if r.name.startswith("sosbeacon.device.outbox")
+        ]
         assert sum("DISK FULL" in x for x in lines) == 1
         (back,) = [x for x in lines if x.startswith("the outbox can be written again")]
         held = re.search(r"the (\d+) write\(s\) held in memory", back)
@@ -338,8 +340,8 @@ async def test_a_stop_on_a_full_disk_stays_stopped_across_a_restart(
     held in memory is lost), the disk freed, and the daemon started again. The stop
     holds: the session is ended, never resumed, and no location recorded after the stop
     reaches the contact."""
-    from device.control import request
-    from sim.sosd_process import kill_sosd, outbox_fault, start_sosd, stop_sosd
+    from sosbeacon.device.control import request
+    from sosbeacon.sim.sosd_process import kill_sosd, outbox_fault, start_sosd, stop_sosd
     from tests.test_daemon import broker_and_contact, config_text
 
     async with broker_and_contact(tmp_path) as (broker, rx):
@@ -396,7 +398,7 @@ async def test_a_stop_on_a_full_disk_stays_stopped_across_a_restart(
 
 async def kept_events(sock: Path) -> list[dict[str, Any]]:
     """Every event the daemon has kept since it started (the stream goes quiet after)."""
-    from device.control import follow
+    from sosbeacon.device.control import follow
 
     out: list[dict[str, Any]] = []
     stream = aiter(follow(sock, {"cmd": "events", "since": 0}))
@@ -494,7 +496,7 @@ async def test_acknowledgements_on_a_full_disk_neither_stick_nor_resend(tmp_path
 
 
 def test_what_a_salvage_cannot_send_is_named_as_ranges_however_high_the_seqs() -> None:
-    from device.outbox.capacity import complement
+    from sosbeacon.device.outbox.capacity import complement
 
     assert complement({3, 4, 7}, 9) == [(1, 2), (5, 6), (8, 9)]
     assert complement({1, 2}, 2) == [] and complement(set(), 0) == []

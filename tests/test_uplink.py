@@ -13,17 +13,17 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from device.clock import MonotonicClock
-from device.commands import CommandDesk, SosCommands
-from device.gps import Fix, FixMode
-from device.mqtt import BrokerConfig, Connection
-from device.outbox import Limits
-from device.privacy import PrivacyConfig
-from device.records import Priority, Record, RecordKind
-from device.sos import Contact, SosConfig, SosController
-from device.uplink import UplinkConfig, sos_message_id
-from sim.netfault import FaultProxy
-from sim.receiver import Receiver
+from sosbeacon.device.clock import MonotonicClock
+from sosbeacon.device.commands import CommandDesk, SosCommands
+from sosbeacon.device.gps import Fix, FixMode
+from sosbeacon.device.mqtt import BrokerConfig, Connection
+from sosbeacon.device.outbox import Limits
+from sosbeacon.device.privacy import PrivacyConfig
+from sosbeacon.device.records import Priority, Record, RecordKind
+from sosbeacon.device.sos import Contact, SosConfig, SosController
+from sosbeacon.device.uplink import UplinkConfig, sos_message_id
+from sosbeacon.sim.netfault import FaultProxy
+from sosbeacon.sim.receiver import Receiver
 from tests.mqtt_env import RECEIVER_OFFSETS, T0, fix_record, rig
 
 

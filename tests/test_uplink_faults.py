@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from device.mqtt import BrokerConfig, Connection, ConnectRefused, MqttError, TlsConfig
-from device.outbox import Outbox
-from device.outbox.testing import Probe
-from device.records import Priority, Record, RecordKind
-from device.uplink import UplinkConfig
-from sim.broker import Mosquitto, free_port
-from sim.netfault import FaultProxy, LinkMode
-from sim.tlsca import Issued, TestCA
+from sosbeacon.device.mqtt import BrokerConfig, Connection, ConnectRefused, MqttError, TlsConfig
+from sosbeacon.device.outbox import Outbox
+from sosbeacon.device.outbox.testing import Probe
+from sosbeacon.device.records import Priority, Record, RecordKind
+from sosbeacon.device.uplink import UplinkConfig
+from sosbeacon.sim.broker import Mosquitto, free_port
+from sosbeacon.sim.netfault import FaultProxy, LinkMode
+from sosbeacon.sim.tlsca import Issued, TestCA
 from tests.mqtt_env import DURABLE, T0, fix_record, rig
 
 
@@ -249,7 +249,7 @@ async def test_tls_with_client_certificates_and_passwords_and_a_wrong_ca(tmp_pat
 
 
 async def test_a_full_disk_is_an_error_for_the_new_record_only(tmp_path: Path) -> None:
-    from device.outbox import OutboxFull
+    from sosbeacon.device.outbox import OutboxFull
 
     async with rig(tmp_path, config=FAST) as r:
         for i in range(3):

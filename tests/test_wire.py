@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device.records import FixRun, Item, Priority, Record, RecordKind, Stored
-from device.wire import (
+from sosbeacon.device.records import FixRun, Item, Priority, Record, RecordKind, Stored
+from sosbeacon.device.wire import (
     CommandError,
     CommandName,
     Received,

@@ -33,11 +33,11 @@ One job per module:
 =================  ===================================================================
 """
 
-from device.outbox.box import Outbox, OutboxStats, Pending
-from device.outbox.capacity import Limits
-from device.outbox.errors import OutboxError, OutboxFull, OutboxUnavailable
-from device.outbox.schema import SCHEMA_VERSION
-from device.outbox.state import (
+from sosbeacon.device.outbox.box import Outbox, OutboxStats, Pending
+from sosbeacon.device.outbox.capacity import Limits
+from sosbeacon.device.outbox.errors import OutboxError, OutboxFull, OutboxUnavailable
+from sosbeacon.device.outbox.schema import SCHEMA_VERSION
+from sosbeacon.device.outbox.state import (
     ACTIVE_SESSION,
     OWNTRACKS_LAST,
     RETAINED_SOS_SEQ,

@@ -16,16 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device.clock import Clock, MonotonicClock
-from device.outbox import reader as reading
-from device.outbox.capacity import Capacity, Limits
-from device.outbox.errors import OutboxFull, as_full, holdable, speaks_for_itself
-from device.outbox.faults import Fault, classify
-from device.outbox.handout import Handout
-from device.outbox.holding import Held, Holding
-from device.outbox.opening import Reserves, open_file
-from device.outbox.reader import COLUMNS, Reader, Row
-from device.outbox.schema import (
+from sosbeacon.device.clock import Clock, MonotonicClock
+from sosbeacon.device.outbox import reader as reading
+from sosbeacon.device.outbox.capacity import Capacity, Limits
+from sosbeacon.device.outbox.errors import OutboxFull, as_full, holdable, speaks_for_itself
+from sosbeacon.device.outbox.faults import Fault, classify
+from sosbeacon.device.outbox.handout import Handout
+from sosbeacon.device.outbox.holding import Held, Holding
+from sosbeacon.device.outbox.opening import Reserves, open_file
+from sosbeacon.device.outbox.reader import COLUMNS, Reader, Row
+from sosbeacon.device.outbox.schema import (
     DELIVERED,
     PENDING,
     get_seq,
@@ -33,10 +33,10 @@ from device.outbox.schema import (
     set_seq,
     transaction,
 )
-from device.outbox.state import ALARM, DeviceState
-from device.outbox.writer import Checkpoints, Grouped, Writer
-from device.records import FixRun, Item, Priority, Record, RecordKind, Stored, TrackRow
-from device.wire import row_delta, seq_ranges, track_row
+from sosbeacon.device.outbox.state import ALARM, DeviceState
+from sosbeacon.device.outbox.writer import Checkpoints, Grouped, Writer
+from sosbeacon.device.records import FixRun, Item, Priority, Record, RecordKind, Stored, TrackRow
+from sosbeacon.device.wire import row_delta, seq_ranges, track_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

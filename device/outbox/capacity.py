@@ -22,11 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from device.clock import Clock
-from device.outbox.handout import Handout
-from device.outbox.schema import PENDING, get_seq, message_id, set_seq, transaction
-from device.records import Priority, RecordKind
-from device.wire import seq_ranges
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.outbox.handout import Handout
+from sosbeacon.device.outbox.schema import PENDING, get_seq, message_id, set_seq, transaction
+from sosbeacon.device.records import Priority, RecordKind
+from sosbeacon.device.wire import seq_ranges
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device.errors import SosbeaconError
-from device.outbox.faults import Fault, classify
+from sosbeacon.device.errors import SosbeaconError
+from sosbeacon.device.outbox.faults import Fault, classify
 
 C = TypeVar("C", bound=type)
 

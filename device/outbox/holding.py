@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from device.clock import Clock
-from device.outbox.errors import OutboxFull
-from device.outbox.faults import Fault, classify
-from device.records import Priority, Record
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.outbox.errors import OutboxFull
+from sosbeacon.device.outbox.faults import Fault, classify
+from sosbeacon.device.records import Priority, Record
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.clock import Clock
-from device.outbox import salvage, schema, state
-from device.outbox.capacity import Limits
-from device.outbox.errors import OutboxUnavailable
-from device.outbox.faults import CorruptOutbox, Fault, Reserve, classify
-from device.outbox.writer import free_bytes, wal_limit
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.outbox import salvage, schema, state
+from sosbeacon.device.outbox.capacity import Limits
+from sosbeacon.device.outbox.errors import OutboxUnavailable
+from sosbeacon.device.outbox.faults import CorruptOutbox, Fault, Reserve, classify
+from sosbeacon.device.outbox.writer import free_bytes, wal_limit
 
 log = logging.getLogger(__name__)
 #: kept back for opening the outbox on a full disk (its -shm takes 32 KiB)

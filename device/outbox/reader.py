@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from device.outbox.handout import Handout
-from device.outbox.schema import PENDING, message_id
-from device.records import FixRun, Item, Priority, Record, RecordKind, Stored
+from sosbeacon.device.outbox.handout import Handout
+from sosbeacon.device.outbox.schema import PENDING, message_id
+from sosbeacon.device.records import FixRun, Item, Priority, Record, RecordKind, Stored
 
 T = TypeVar("T")
 #: beyond any seq

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.clock import Clock
-from device.outbox import schema, state
-from device.outbox.capacity import complement, insert_gap_row
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.outbox import schema, state
+from sosbeacon.device.outbox.capacity import complement, insert_gap_row
 
 log = logging.getLogger(__name__)
 

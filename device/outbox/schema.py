@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from device.wire import seq_ranges
+from sosbeacon.device.wire import seq_ranges
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from device.outbox.faults import allocate
+from sosbeacon.device.outbox.faults import allocate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from device.outbox.box import Outbox
+from sosbeacon.device.outbox.box import Outbox
 
 Seam = Literal["store", "ack", "gap"]
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from device.outbox.schema import transaction
+from sosbeacon.device.outbox.schema import transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

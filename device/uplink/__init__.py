@@ -14,11 +14,11 @@ One job per module:
 Commands are answered by :class:`device.commands.CommandDesk`.
 """
 
-from device.uplink.config import UplinkConfig, UplinkStats
-from device.uplink.link import Uplink
-from device.uplink.packer import Message, Packer, sos_message_id
-from device.uplink.sender import routine_due
-from device.uplink.sizelimit import SizeLimit
+from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
+from sosbeacon.device.uplink.link import Uplink
+from sosbeacon.device.uplink.packer import Message, Packer, sos_message_id
+from sosbeacon.device.uplink.sender import routine_due
+from sosbeacon.device.uplink.sizelimit import SizeLimit
 
 __all__ = [
     "Message",

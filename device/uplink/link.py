@@ -19,21 +19,21 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
-from device.backoff import Backoff
-from device.clock import Clock
-from device.commands import CommandDesk, CommandHandler
-from device.events import EventKind, Events
-from device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, MqttError, Will
-from device.outbox import Outbox
-from device.receipts import Delivery
-from device.uplink.config import UplinkConfig, UplinkStats
-from device.uplink.packer import Packer
-from device.uplink.sender import Sender, until
-from device.uplink.sizelimit import SizeLimit
-from device.uplink.views import RetainedViews
-from device.wire import Topics, dumps, status_payload
+from sosbeacon.device.backoff import Backoff
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.commands import CommandDesk, CommandHandler
+from sosbeacon.device.events import EventKind, Events
+from sosbeacon.device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, MqttError, Will
+from sosbeacon.device.outbox import Outbox
+from sosbeacon.device.receipts import Delivery
+from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
+from sosbeacon.device.uplink.packer import Packer
+from sosbeacon.device.uplink.sender import Sender, until
+from sosbeacon.device.uplink.sizelimit import SizeLimit
+from sosbeacon.device.uplink.views import RetainedViews
+from sosbeacon.device.wire import Topics, dumps, status_payload
 
-log = logging.getLogger("device.uplink")
+log = logging.getLogger(__package__)
 
 
 class Uplink:

@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from device.records import FixRun, Item, RecordKind, Stored, seqs_of
-from device.uplink.sizelimit import SizeLimit
-from device.wire import RETAINED_KINDS, SOS_KINDS, Topics, encode_sos, encode_track
+from sosbeacon.device.records import FixRun, Item, RecordKind, Stored, seqs_of
+from sosbeacon.device.uplink.sizelimit import SizeLimit
+from sosbeacon.device.wire import RETAINED_KINDS, SOS_KINDS, Topics, encode_sos, encode_track
 
 #: a run of fixes too large for one message, in two
 Cut = Callable[[FixRun], Awaitable[tuple[Item, Item]]]

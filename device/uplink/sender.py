@@ -23,20 +23,20 @@ from typing import Any
 
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.backoff import Backoff
-from device.clock import Clock
-from device.events import EventKind, Events
-from device.mqtt import Connection, MqttError
-from device.outbox import Outbox, OutboxError, Pending
-from device.receipts import NO_SUBSCRIBERS, Delivery
-from device.records import Item, Priority, RecordKind, seqs_of
-from device.uplink.config import UplinkConfig, UplinkStats
-from device.uplink.packer import Message, Packer
-from device.uplink.sizelimit import PACKET_TOO_LARGE
-from device.uplink.views import RetainedViews
-from device.wire import seq_ranges_text
+from sosbeacon.device.backoff import Backoff
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.events import EventKind, Events
+from sosbeacon.device.mqtt import Connection, MqttError
+from sosbeacon.device.outbox import Outbox, OutboxError, Pending
+from sosbeacon.device.receipts import NO_SUBSCRIBERS, Delivery
+from sosbeacon.device.records import Item, Priority, RecordKind, seqs_of
+from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
+from sosbeacon.device.uplink.packer import Message, Packer
+from sosbeacon.device.uplink.sizelimit import PACKET_TOO_LARGE
+from sosbeacon.device.uplink.views import RetainedViews
+from sosbeacon.device.wire import seq_ranges_text
 
-log = logging.getLogger("device.uplink")
+log = logging.getLogger(__package__)
 
 
 def routine_due(p: Pending, now: datetime, cfg: UplinkConfig) -> float | None:

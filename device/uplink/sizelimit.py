@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("device.uplink")
+log = logging.getLogger(__package__)
 
 #: PUBACK reason code: the packet was larger than the broker accepts
 PACKET_TOO_LARGE = 0x95

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from device.clock import Clock
-from device.mqtt import Connection, MqttError
-from device.outbox import OWNTRACKS_LAST, RETAINED_SOS_SEQ, DeviceState
-from device.records import FixRun, RecordKind, Stored
-from device.uplink.packer import Message, is_position
-from device.wire import dumps, owntracks_location, shown_time
+from sosbeacon.device.clock import Clock
+from sosbeacon.device.mqtt import Connection, MqttError
+from sosbeacon.device.outbox import OWNTRACKS_LAST, RETAINED_SOS_SEQ, DeviceState
+from sosbeacon.device.records import FixRun, RecordKind, Stored
+from sosbeacon.device.uplink.packer import Message, is_position
+from sosbeacon.device.wire import dumps, owntracks_location, shown_time
 
-log = logging.getLogger("device.uplink")
+log = logging.getLogger(__package__)
 #: the retained OwnTracks position is updated at most this often (seconds)
 VIEW_DEBOUNCE = 0.5
 

@@ -6,10 +6,10 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 
-from device.gps import Fix, GpsStats
-from hw.nmea.epoch import DEFAULT_DATE_FLOOR, EpochMerger
-from hw.nmea.framer import NmeaFramer
-from hw.nmea.sentences import Reject, split_sentence
+from sosbeacon.device.gps import Fix, GpsStats
+from sosbeacon.hw.nmea.epoch import DEFAULT_DATE_FLOOR, EpochMerger
+from sosbeacon.hw.nmea.framer import NmeaFramer
+from sosbeacon.hw.nmea.sentences import Reject, split_sentence
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from device.gps import Fix, FixMode, FixQuality, TimeIssue
-from hw.nmea.sentences import LAYOUTS, Sentence, parse_float, parse_int, parse_latlon, parse_tod
+from sosbeacon.device.gps import Fix, FixMode, FixQuality, TimeIssue
+from sosbeacon.hw.nmea.sentences import (
+    LAYOUTS,
+    Sentence,
+    parse_float,
+    parse_int,
+    parse_latlon,
+    parse_tod,
+)
 
 #: Dates before this are not trusted (GPS week rollover sends receivers 1024 weeks back).
 DEFAULT_DATE_FLOOR = date(2025, 1, 1)

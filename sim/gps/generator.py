@@ -13,11 +13,11 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from device.geo import EARTH_RADIUS
-from hw.nmea.epoch import KNOT
-from hw.nmea.sentences import build_sentence as sentence
-from hw.ubx import ubx_frame
-from sim.gps.route import RouteWalker
+from sosbeacon.device.geo import EARTH_RADIUS
+from sosbeacon.hw.nmea.epoch import KNOT
+from sosbeacon.hw.nmea.sentences import build_sentence as sentence
+from sosbeacon.hw.ubx import ubx_frame
+from sosbeacon.sim.gps.route import RouteWalker
 
 #: GPS week-number rollover period
 ROLLOVER = timedelta(weeks=1024)

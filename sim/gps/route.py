@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gpxpy
 
-from device.geo import haversine
+from sosbeacon.device.geo import haversine
 
 
 def bearing(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -79,7 +79,7 @@ class Route:
     @classmethod
     def sample(cls) -> Route:
         """The bundled sample route (a 4.1 km walk round Arthur's Seat, Edinburgh)."""
-        ref = resources.files("sim") / "routes" / "sample-walk.gpx"
+        ref = resources.files("sosbeacon.sim") / "routes" / "sample-walk.gpx"
         with resources.as_file(ref) as p:
             return cls.from_gpx(p)
 

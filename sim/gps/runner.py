@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sim.gps.generator import EpochTruth, SimReceiver
-from sim.gps.pty import PtyPort
+from sosbeacon.sim.gps.generator import EpochTruth, SimReceiver
+from sosbeacon.sim.gps.pty import PtyPort
 
 log = logging.getLogger(__name__)
 
