@@ -402,7 +402,6 @@ class SosController:
             id=uuid.uuid4().hex[:16], drill=drill, started=self._clock.now(), trigger=trigger
         )
         self.session = s
-        self._transition(SosState.ACTIVE)
         data: dict[str, Any] = {
             "trigger": trigger,
             **({"owner": self.config.owner} if self.config.owner else {}),
@@ -426,7 +425,7 @@ class SosController:
         log.warning(
             "%s started (session %s, trigger %s)", "DRILL" if drill else "SOS", s.id, trigger
         )
-        self._event("started", trigger=trigger, drill=drill, state=self._state.value)
+        self._transition(SosState.ACTIVE, "started", trigger=trigger, drill=drill)
         await self._cue(Cue.SOS_ACTIVE)
         # Wake what may be saving power; the record above did not wait for it.
         if self._gps_power is not None:
@@ -456,10 +455,9 @@ class SosController:
             reason,
             expires.isoformat(),
         )
-        if self._state is SosState.ENDING:  # else a start came meanwhile: it stands
-            self._transition(self._resting(), "ended", trigger=reason, drill=s.drill)
-        else:
-            self._event("ended", trigger=reason, drill=s.drill, state=self._state.value)
+        # a start that came meanwhile stands: the end leaves its state as it is
+        after = self._resting() if self._state is SosState.ENDING else self._state
+        self._transition(after, "ended", trigger=reason, drill=s.drill)
         await self._cue(Cue.ENDED)
         self._spawn(self._gps_idle_mode())
 
@@ -475,14 +473,13 @@ class SosController:
             await self._end(s, reason="stopped (end completed after a restart)")
             return
         self.session = s
-        self._transition(SosState.ACTIVE)
         log.warning(
             "%s session %s (started %s) resumed after a restart",
             "DRILL" if s.drill else "SOS",
             s.id,
             s.started.isoformat(),
         )
-        self._event("resumed", trigger=s.trigger, drill=s.drill, state=self._state.value)
+        self._transition(SosState.ACTIVE, "resumed", trigger=s.trigger, drill=s.drill)
         await self._cue(Cue.SOS_ACTIVE)
         if self._gps_power is not None:
             self._spawn(self._gps_power.set_mode(GpsPowerMode.FULL))
