@@ -15,6 +15,7 @@ backend but the default, ``hw``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -95,8 +96,10 @@ class BackendInfo:
         return built
 
 
+@functools.cache
 def backends() -> dict[str, BackendInfo]:
-    """The installed backends' declarations, by name."""
+    """The installed backends' declarations, by name (scanned once: each scan of the
+    installed distributions costs milliseconds, and sosd's start asks three times)."""
     out: dict[str, BackendInfo] = {}
     for ep in entry_points(group=GROUP):
         info = ep.load()
