@@ -7,6 +7,7 @@ NetworkManager) and a simulated one in ``sim/``; all are optional in the control
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 
@@ -39,4 +40,12 @@ class GpsPower(Protocol):
 class NetworkLink(Protocol):
     async def up(self) -> None:
         """Bring the uplink up (e.g. a cellular connection) if it is down."""
+        ...
+
+
+class LinkMonitor(Protocol):
+    def changes(self) -> AsyncIterator[bool]:
+        """Whether the network is up, each time that changes (the first value is the
+        state now, when known); never ends on its own. The uplink reconnects the moment
+        it says up, instead of waiting out its backoff."""
         ...

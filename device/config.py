@@ -103,6 +103,9 @@ class BatterySettings:
 class NetworkSettings:
     #: NetworkManager connection to bring up when an SOS starts ("" = leave the network)
     connection: str = ""
+    #: follow NetworkManager's state (nmcli monitor): the uplink reconnects the moment
+    #: the network is back instead of waiting out its backoff
+    monitor: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,8 @@ class Daemon:
                     await run_button(button, GestureDetector(cfg.gesture), ctl, self.clock)
 
                 intake.append(self._supervise("button", buttons))
+            if parts.link_monitor is not None:
+                intake.append(self._supervise("network", self._network_loop))
             intake += [self._supervise(f"backend-{i}", f) for i, f in enumerate(parts.background)]
             intake_tasks = [asyncio.create_task(c) for c in intake]
             up = asyncio.create_task(self._supervise("uplink", uplink.run))
@@ -283,6 +285,24 @@ class Daemon:
                     self.first_fix_after = self.clock.monotonic() - self.started_at
                     log.info("first fix after %.1f s", self.first_fix_after)
             await self.controller.on_fix(fix)
+
+    async def _network_loop(self) -> None:
+        """The network's state, from NetworkManager or the modem, to the uplink: it
+        reconnects the moment the network is back, and lets a connection go at once
+        when it is gone."""
+        assert self.parts is not None and self.parts.link_monitor is not None
+        assert self.uplink is not None
+        last: bool | None = None
+        async for up in self.parts.link_monitor.changes():
+            if up == last:
+                continue
+            first, last = last is None, up
+            state = "up" if up else "down"
+            self.events.emit(EventKind.NETWORK, state=state, **({"first": True} if first else {}))
+            if up:
+                self.uplink.network_up()
+            else:
+                self.uplink.network_down()
 
     async def _battery_loop(self) -> None:
         assert self.parts is not None and self.controller is not None

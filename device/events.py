@@ -31,6 +31,9 @@ class EventKind(enum.StrEnum):
     CUE = "cue"
     #: the broker link: ``data.state`` up or down, with ``why`` when down
     LINK = "link"
+    #: the network under it (NetworkManager, the modem): ``data.state`` up or down
+    #: (``first``: the state found at start)
+    NETWORK = "network"
     #: the battery policy's level changed (``data.level``, ``from``, ``pct``)
     BATTERY = "battery-level"
     #: the receiver's fix: ``data.state`` first, lost or back

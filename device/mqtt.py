@@ -403,7 +403,7 @@ class Connection:
                     await asyncio.shield(self.closed)
         self.close()
 
-    def close(self) -> None:
+    def close(self, why: str = "closed") -> None:
         """Drop the connection now (no goodbye: the broker publishes the will)."""
         if self._misc is not None:
             self._misc.cancel()
@@ -417,7 +417,7 @@ class Connection:
             with contextlib.suppress(OSError):
                 sock.close()
             self._sock = None
-        self._finish("closed")
+        self._finish(why)
 
 
 __all__ = [

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sosbeacon.device.actuators import GpsPower, Indicator, NetworkLink
+from sosbeacon.device.actuators import GpsPower, Indicator, LinkMonitor, NetworkLink
 from sosbeacon.device.battery import BatterySource
 from sosbeacon.device.button import ButtonSource
 from sosbeacon.device.clock import Clock
@@ -44,6 +44,8 @@ class Parts:
     indicator: Indicator | None = None
     gps_power: GpsPower | None = None
     network: NetworkLink | None = None
+    #: tells when the network goes down and comes back (NetworkManager, the modem)
+    link_monitor: LinkMonitor | None = None
     #: extra ``sosctl`` commands, by name (``sim.press``, ...)
     controls: dict[str, Control] = field(default_factory=dict)
     #: what the backend needs running beside the daemon (a simulated receiver, ...)

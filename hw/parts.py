@@ -3,10 +3,12 @@ from the configuration."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 from contextlib import AsyncExitStack
 from datetime import date
 
-from sosbeacon.device.actuators import GpsPower, Indicator, NetworkLink
+from sosbeacon.device.actuators import GpsPower, Indicator, LinkMonitor, NetworkLink
 from sosbeacon.device.battery import BatterySource
 from sosbeacon.device.button import ButtonSource
 from sosbeacon.device.clock import Clock
@@ -16,8 +18,10 @@ from sosbeacon.device.parts import Parts
 from sosbeacon.hw.battery import Max17048, SysfsBattery
 from sosbeacon.hw.gps_power import ReceiverPower
 from sosbeacon.hw.gpsd_client import GpsdSource
-from sosbeacon.hw.network import NmcliLink
+from sosbeacon.hw.network import NmcliLink, NmcliMonitor
 from sosbeacon.hw.serial_gps import NmeaSerialSource
+
+log = logging.getLogger(__name__)
 
 
 async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
@@ -62,6 +66,16 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
     network: NetworkLink | None = None
     if config.network.connection:
         network = NmcliLink(connection=config.network.connection)
+    monitor: LinkMonitor | None = None
+    if config.network.monitor:
+        exe = shutil.which("nmcli")
+        if exe is None:
+            log.info(
+                "nmcli not found: the uplink learns that the network is back from its own "
+                "retries (network.monitor = false silences this)"
+            )
+        else:
+            monitor = NmcliMonitor(nmcli=exe)
     return Parts(
         gps=gps,
         button=button,
@@ -69,4 +83,5 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
         indicator=indicator,
         gps_power=power,
         network=network,
+        link_monitor=monitor,
     )

@@ -49,5 +49,6 @@ BACKEND = BackendInfo(
         ControlSpec("press", "long | multi | short"),
         ControlSpec("battery", "PCT, or plug | unplug"),
         ControlSpec("gps", "lost | back"),
+        ControlSpec("network", "down | up (the modem's data link)"),
     ),
 )

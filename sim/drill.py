@@ -77,6 +77,7 @@ EXPECTATIONS = {
     "sos_delivered_within": "seconds from gesture (or command) to the contact, countdown included",
     "ack_within": "seconds from a contact's ack to the device's acknowledgement reaching them",
     "max_route_gap": "seconds between consecutive route points, at most",
+    "caught_up_within": "seconds from the network's return to the contact having everything",
     "first_fix_within": "seconds from daemon start to its first fix",
     "final_state": "the daemon's SOS state at the end: idle | active",
 }
@@ -437,6 +438,7 @@ class Drill:
             self.event("world", f"network {v}")
             if v == "down":
                 proxy.set(LinkMode.REFUSE)
+                await self._ctl({"cmd": "sim.network", "value": "down"})
             elif v == "blackhole":
                 proxy.set(LinkMode.BLACKHOLE)
             elif v == "slow":
@@ -446,6 +448,7 @@ class Drill:
                 proxy.set(LinkMode.PASS)
                 proxy.latency, proxy.bandwidth = 0.0, None
                 self.mark("network-up")
+                await self._ctl({"cmd": "sim.network", "value": "up"})
         elif step.do == "broker-restart":
             self.event("world", "broker killed (kill -9) and restarted")
             await asyncio.to_thread(broker.restart)
@@ -584,6 +587,7 @@ class Drill:
             "sos_delivered_within": latency,
             "ack_within": ack_latency,
             "max_route_gap": round(max(gaps), 1) if gaps else None,
+            "caught_up_within": drain,
             "first_fix_within": final.get("first_fix_after"),
             "final_state": final.get("state"),
         }
@@ -631,6 +635,10 @@ def device_line(ev: dict[str, Any]) -> str | None:
             f"battery level {str(ev.get('from')).upper()} -> {str(ev.get('level')).upper()} "
             f"({ev.get('pct')}%)"
         )
+    if kind == "network":
+        if ev.get("first"):
+            return f"network {ev.get('state')}"
+        return "network " + ("back: reconnecting now" if ev.get("state") == "up" else "gone")
     return None
 
 

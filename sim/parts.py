@@ -148,6 +148,13 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
             raise ValueError("gps: lost or back")
         return {"gps": value}
 
+    async def network(req: dict[str, Any]) -> dict[str, Any]:
+        value = req.get("value")
+        if value not in ("down", "up"):
+            raise ValueError("network: down or up")
+        world.modem.set_coverage(value == "up")
+        return {"network": value}
+
     log.info("simulated GPS on %s, battery under %s", port.path, sysfs.root)
     return Parts(
         gps=gps,
@@ -156,7 +163,13 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
         indicator=world.indicator,
         gps_power=ReceiverPower(gps, family="ublox"),
         network=world.modem,
-        controls={"sim.press": press, "sim.battery": battery, "sim.gps": gps_control},
+        link_monitor=world.modem,
+        controls={
+            "sim.press": press,
+            "sim.battery": battery,
+            "sim.gps": gps_control,
+            "sim.network": network,
+        },
         background=[run_gps, world.run_battery],
         handles={"world": world},
     )

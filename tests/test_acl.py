@@ -4,7 +4,10 @@ publish or read another device's topics, and the contacts still see everything."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+
+import pytest
 
 from sosbeacon.device.mqtt import BrokerConfig, Connection
 from sosbeacon.sim.broker import Mosquitto
@@ -95,3 +98,39 @@ async def test_the_relay_reads_every_device_and_only_it_writes_their_receipts(
         assert not (await relay.publish("sosbeacon/dev1/cmd", b'{"cmd":"ack"}')).is_failure
         for c in conns.values():
             await c.disconnect()
+
+
+async def test_a_broker_that_refused_keeps_its_backoff_when_the_network_returns(
+    tmp_path: Path,
+) -> None:
+    """A wrong password is not cured by the network coming back: the uplink does not
+    hammer the broker on every network change."""
+    from sosbeacon.device.clock import MonotonicClock
+    from sosbeacon.device.outbox import Outbox
+    from sosbeacon.device.uplink import Uplink, UplinkConfig
+
+    broker = acl_broker(tmp_path / "broker", ("dev1",))
+    broker.start()
+    try:
+        wrong = BrokerConfig(
+            host="127.0.0.1", port=broker.port, client_id="dev1", username="dev1", password="x"
+        )
+        cfg = UplinkConfig(device_id="dev1", backoff_min=60.0, backoff_max=60.0)
+        async with await Outbox.open(tmp_path / "o.db") as box:
+            up = Uplink(config=cfg, broker=wrong, outbox=box, clock=MonotonicClock())
+            task = asyncio.create_task(up.run())
+            try:
+                await asyncio.wait_for(up.disconnected.wait(), 10)
+                assert "refused" in up.stats.last_error.lower()
+                tries = up.stats.last_error
+                up.disconnected.clear()
+                up.network_up()
+                with pytest.raises(TimeoutError):  # no new attempt: the backoff stands
+                    await asyncio.wait_for(up.disconnected.wait(), 1.5)
+                assert up.stats.last_error == tries
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        broker.stop()

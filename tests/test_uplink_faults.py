@@ -303,3 +303,27 @@ def test_a_connection_collected_after_its_event_loop_closed_stays_quiet() -> Non
     conn = asyncio.run(connecting())
     conn._on_socket_close(conn._client, None, None)  # what paho's __del__ ends in
     assert not conn.closed.done()  # nothing was set on the closed loop
+
+
+async def test_the_network_coming_back_ends_the_wait_to_reconnect(tmp_path: Path) -> None:
+    """NetworkManager (or the modem) says the network is gone: the connection is let go
+    at once, not left to the keepalive; it says the network is back: the uplink
+    connects at once, though its backoff had it wait at least half a minute, and what
+    was stored meanwhile arrives."""
+    slow = UplinkConfig(
+        device_id="dev1", batch_count=1, backoff_min=60.0, backoff_max=60.0, backoff_max_sos=60.0
+    )
+    async with rig(tmp_path, config=slow) as r:
+        await asyncio.wait_for(r.uplink.connected.wait(), 10)
+        r.uplink.network_down()
+        await asyncio.wait_for(r.uplink.disconnected.wait(), 2)
+        assert "network went down" in r.uplink.stats.last_error
+        seq = (await r.outbox.store(fix_record(1, session="s1"))).seq
+        await asyncio.sleep(1.0)
+        assert not r.uplink.connected.is_set()  # waiting out a backoff of 30 s or more
+        t0 = time.monotonic()
+        r.uplink.network_up()
+        await asyncio.wait_for(r.uplink.connected.wait(), 5)
+        back = time.monotonic() - t0
+        led = await r.receiver.wait_for_seqs(seq)
+        assert led.missing() == [] and back < 1.5, back

@@ -28,7 +28,7 @@ from sosbeacon.device.outbox import Outbox
 from sosbeacon.device.receipts import Delivery
 from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
 from sosbeacon.device.uplink.packer import Packer
-from sosbeacon.device.uplink.sender import Sender, until
+from sosbeacon.device.uplink.sender import Sender, until_either
 from sosbeacon.device.uplink.sizelimit import SizeLimit
 from sosbeacon.device.uplink.views import RetainedViews
 from sosbeacon.device.wire import Topics, dumps, status_payload
@@ -105,6 +105,12 @@ class Uplink:
         self.acked = self.sender.acked
         #: warnings said on this connection (:meth:`_note_once`)
         self._said: set[str] = set()
+        #: set when the network came back (:meth:`network_up`), until a connection is made
+        self._network_back = asyncio.Event()
+        #: the broker refused the last connection (credentials, ACL): a returning network
+        #: changes nothing about that, so its backoff stands
+        self._refused_last = False
+        self._conn: Connection | None = None
 
     @property
     def owntracks_topic(self) -> str:
@@ -118,9 +124,11 @@ class Uplink:
         outage = False
         while True:
             conn = Connection(self.broker, will=self._will())
+            self._network_back.clear()  # this attempt is the one the network was back for
             try:
                 connack = await conn.connect()
             except ConnectRefused as exc:
+                self._refused_last = True
                 self._note_error(str(exc), log.error)
             except MqttError as exc:
                 if not outage:
@@ -129,7 +137,9 @@ class Uplink:
                 outage = True
             else:
                 outage = False
+                self._refused_last = False
                 self._reconnect.reset()
+                self._conn = conn
                 try:
                     await self._serve(conn, connack)
                 except MqttError as exc:
@@ -145,6 +155,7 @@ class Uplink:
                     log.exception("uplink failed; reconnecting")
                     self.stats.last_error = f"internal error: {exc!r}"
                 finally:
+                    self._conn = None
                     self.connected.clear()
                     conn.close()
                     await self._outbox.requeue()
@@ -180,19 +191,36 @@ class Uplink:
                 )
         await conn.disconnect()
 
+    def network_up(self) -> None:
+        """The network came back (NetworkManager, the modem): a wait to reconnect ends
+        at once. A broker that refused the last connection keeps its backoff."""
+        self._network_back.set()
+
+    def network_down(self) -> None:
+        """The network went away: the connection is dropped now rather than left to the
+        keepalive, so everything in flight goes back to pending and the next connection,
+        the moment the network returns, resends it."""
+        self._network_back.clear()
+        if self._conn is not None:
+            self._conn.close("the network went down")
+
     async def _wait_reconnect(self) -> None:
-        """Back off; an SOS arriving meanwhile shortens the wait to the SOS cap."""
+        """Back off; an SOS arriving meanwhile shortens the wait to the SOS cap, and the
+        network coming back ends it (unless the broker refused)."""
         sos_cap = self.config.backoff_max_sos
         delay = self._reconnect.next(sos_cap if self._sos_active() else None)
         start = self._clock.monotonic()
         deadline = start + delay
         watch = self._outbox.watch()
         while (left := deadline - self._clock.monotonic()) > 0:
+            if self._network_back.is_set() and not self._refused_last:
+                self._reconnect.reset()
+                return
             watch.clear()
             if self._sos_active() and deadline - start > sos_cap:
                 deadline = start + min(delay, sos_cap)
                 continue
-            await until(self._clock, watch, left)
+            await until_either(self._clock, watch, self._network_back, left)
 
     async def _serve(self, conn: Connection, connack: Connack) -> None:
         self.stats.connects += 1

@@ -57,16 +57,26 @@ def routine_due(p: Pending, now: datetime, cfg: UplinkConfig) -> float | None:
 
 async def until(clock: Clock, event: asyncio.Event, seconds: float | None) -> None:
     """Until ``event`` is set or ``seconds`` pass on ``clock`` (None: no time limit)."""
-    if seconds is None:
-        await event.wait()
+    await until_either(clock, event, None, seconds)
+
+
+async def until_either(
+    clock: Clock, one: asyncio.Event, other: asyncio.Event | None, seconds: float | None
+) -> None:
+    """Until ``one`` or ``other`` is set, or ``seconds`` pass on ``clock``."""
+    if seconds is None and other is None:
+        await one.wait()
         return
-    waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    jobs: set[asyncio.Future[object]] = {asyncio.ensure_future(one.wait())}
+    if other is not None:
+        jobs.add(asyncio.ensure_future(other.wait()))
+    if seconds is not None:
+        jobs.add(asyncio.ensure_future(clock.sleep(seconds)))
     try:
-        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
-        sleeper.cancel()
+        for job in jobs:
+            job.cancel()
 
 
 class Window:
