@@ -106,6 +106,32 @@ class PtyPort:
             self.bytes_written += n
             view = view[n:]
 
+    async def read(self) -> bytes:
+        """What the other end wrote, once there is some (b"" once unplugged)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            fd = self._master
+            if fd is None:
+                return b""
+            try:
+                return os.read(fd, 4096)
+            except BlockingIOError:
+                ready: asyncio.Future[None] = loop.create_future()
+
+                def wake(fut: asyncio.Future[None] = ready) -> None:
+                    if not fut.done():
+                        fut.set_result(None)
+
+                loop.add_reader(fd, wake)
+                try:
+                    await asyncio.wait_for(ready, 0.5)  # and look again: unplugged?
+                except TimeoutError:
+                    pass
+                finally:
+                    loop.remove_reader(fd)
+            except OSError:
+                return b""
+
     def read_nowait(self) -> bytes:
         """Bytes the reader sent to the receiver (configuration / power commands)."""
         if self._master is None:
