@@ -1,0 +1,202 @@
+"""When there is no data: what the device texts the contacts during an SOS, and when.
+
+Pure decisions on the device's clock (seconds, monotonic); the daemon feeds it what
+happens and sends what it says is due (through the modem), recording each text before
+it goes.
+
+* **Only during an SOS** (or a drill, flagged as one), and only to contacts whose
+  ``reach`` holds a phone number. Routine tracking never sends an SMS.
+* **Trigger:** ``after`` seconds (30) into the SOS, unless by then the broker has
+  acknowledged the SOS start *and* the relay's receipt has come; or the link has been
+  down for ``after`` seconds while the SOS runs.
+* **Repeat** every ``every`` seconds (600) with the latest position, until someone
+  acknowledges (an SMS reply from a contact's number, an MQTT ack, the page) or the SOS
+  ends; at most ``max_per_session`` alerts in all (the cost cap).
+* **End:** a short "SOS ended" to every number that got an alert (not counted against
+  the cap: nobody may be left believing an SOS still runs).
+* A reply acknowledges only from a contact's number, and only ``OK`` or ``ACK``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sosbeacon.device.sos import Contact
+from sosbeacon.device.wire import AddressError, addresses, parse_address
+
+
+@dataclass(frozen=True, slots=True)
+class SmsConfig:
+    #: text the contacts when data does not get through (needs a modem)
+    enabled: bool = True
+    #: seconds into the SOS before texting, unless the broker and the relay confirmed it
+    after: float = 30.0
+    #: seconds between alerts with the latest position, until someone acknowledges
+    every: float = 600.0
+    #: alerts per SOS session at most, all contacts together (the cost cap)
+    max_per_session: int = 10
+
+
+class Kind(enum.StrEnum):
+    ALERT = "alert"
+    END = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A text to send now: to whom (number, contact's name), what kind, and its number
+    in the session (with the session, a key that is never sent twice)."""
+
+    number: str
+    name: str
+    kind: Kind
+    n: int
+
+
+def phone_numbers(contacts: tuple[Contact, ...]) -> list[tuple[str, str]]:
+    """(number, name) for every phone number in the contacts' ``reach``."""
+    out = []
+    for c in contacts:
+        for a in addresses(c.reach):
+            try:
+                addr = parse_address(a)
+            except AddressError:
+                continue
+            if addr.channel == "sms":
+                out.append((addr.target, c.name))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    lat: float
+    lon: float
+    accuracy: float | None
+    at: datetime
+    age: float
+
+
+def alert_text(
+    *, owner: str, drill: bool, position: Position | None, battery: float | None,
+    link: str | None,
+) -> str:  # fmt: skip
+    """The alert, fixed in shape so that a phone or a script can read it (see
+    docs/wire-format.md, "SMS"): one line per field."""
+    head = "DRILL (a test, no action needed)" if drill else "SOS"
+    lines = [f"{head}: {owner} needs help."]
+    if position is None:
+        lines.append("Position: no fix yet")
+    else:
+        acc = f" +-{position.accuracy:.0f}m" if position.accuracy is not None else ""
+        lines.append(f"Position: {position.lat:.5f},{position.lon:.5f}{acc}")
+        lines.append(f"Fix: {position.at.strftime('%H:%M:%SZ')} ({position.age:.0f}s old)")
+    if battery is not None:
+        lines.append(f"Battery: {battery:.0f}%")
+    if link:
+        lines.append(f"Route: {link}")
+    lines.append("Reply OK to acknowledge.")
+    return "\n".join(lines)
+
+
+def end_text(*, owner: str, drill: bool) -> str:
+    return f"{'DRILL' if drill else 'SOS'} ended: {owner} stopped sharing their location."
+
+
+_ACK = re.compile(r"^\s*(ok|ack)\b", re.IGNORECASE)
+
+
+def is_ack(text: str) -> bool:
+    return bool(_ACK.match(text))
+
+
+@dataclass
+class SmsPolicy:
+    """One SOS session's texting, decided on the device's monotonic clock."""
+
+    config: SmsConfig
+    numbers: list[tuple[str, str]]
+    started: float
+    drill: bool = False
+    broker_acked: bool = False
+    receipt: bool = False
+    #: since when the link is down (None: up)
+    down_since: float | None = None
+    acknowledged: bool = False
+    ended: bool = False
+    alerts_sent: int = 0
+    last_alert: float | None = None
+    #: numbers that got an alert (they get the end)
+    alerted: list[str] = field(default_factory=list)
+    ends_sent: bool = False
+    triggered: bool = False
+
+    def link(self, up: bool, now: float) -> None:
+        if up:
+            self.down_since = None
+        elif self.down_since is None:
+            self.down_since = now
+
+    def acknowledgement_from(self, number: str, text: str) -> str | None:
+        """A reply: the contact's name when it acknowledges (a contact's number, "OK"),
+        else None (a number that is not a contact never acknowledges anything)."""
+        name = next((n for num, n in self.numbers if num == number), None)
+        if name is None or not is_ack(text):
+            return None
+        self.acknowledged = True
+        return name
+
+    def due(self, now: float) -> list[Due]:
+        """What to send now (the caller records and sends each, then calls
+        :meth:`sent`)."""
+        if not self.config.enabled or not self.numbers:
+            return []
+        if self.ended:
+            if self.ends_sent or not self.alerted:
+                return []
+            return [
+                Due(num, name, Kind.END, 0) for num, name in self.numbers if num in self.alerted
+            ]
+        if self.acknowledged:
+            return []
+        if not self.triggered:
+            confirmed = self.broker_acked and self.receipt
+            late = now - self.started >= self.config.after and not confirmed
+            dead = self.down_since is not None and now - self.down_since >= self.config.after
+            if not (late or dead):
+                return []
+            self.triggered = True
+        if self.last_alert is not None and now - self.last_alert < self.config.every:
+            return []
+        room = self.config.max_per_session - self.alerts_sent
+        if room <= 0:
+            return []
+        n = self.alerts_sent // max(1, len(self.numbers)) + 1
+        return [Due(num, name, Kind.ALERT, n) for num, name in self.numbers][:room]
+
+    def sent(self, due: Due, now: float) -> None:
+        if due.kind is Kind.END:
+            self.ends_sent = True
+            return
+        self.alerts_sent += 1
+        self.last_alert = now
+        if due.number not in self.alerted:
+            self.alerted.append(due.number)
+
+    def wake_at(self) -> float | None:
+        """When :meth:`due` may next have something (None: nothing will come; a time
+        already past: at once)."""
+        if not self.config.enabled or not self.numbers:
+            return None
+        if self.ended:
+            return self.started if self.alerted and not self.ends_sent else None
+        if self.acknowledged or self.alerts_sent >= self.config.max_per_session:
+            return None
+        if not self.triggered:
+            times = [] if self.broker_acked and self.receipt else [self.started]
+            if self.down_since is not None:
+                times.append(self.down_since)
+            return min(times) + self.config.after if times else None
+        return (self.last_alert or self.started) + self.config.every
