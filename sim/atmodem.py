@@ -70,6 +70,11 @@ class SimAtModem:
     def path(self) -> Path:
         return self.port.path
 
+    @property
+    def stored(self) -> int:
+        """Messages waiting in the SIM's store (read ones are deleted by the driver)."""
+        return len(self._store)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._serve())
 

@@ -62,7 +62,7 @@ async def test_incoming_messages_are_read_whole_and_deleted(tmp_path: Path) -> N
         got = await asyncio.wait_for(modem.received.get(), 5)
         assert got.text == long
         await asyncio.sleep(0.2)
-        assert sim._store == {}  # every message deleted from the SIM once read
+        assert sim.stored == 0  # every message deleted from the SIM once read
 
 
 async def test_a_urc_in_the_middle_of_an_answer_goes_to_its_handler(tmp_path: Path) -> None:
