@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -48,4 +49,25 @@ class LinkMonitor(Protocol):
         """Whether the network is up, each time that changes (the first value is the
         state now, when known); never ends on its own. The uplink reconnects the moment
         it says up, instead of waiting out its backoff."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A text message received: from which number, and what it says (whole)."""
+
+    sender: str
+    text: str
+
+
+class SmsLink(Protocol):
+    """Text messages through a cellular modem (``hw.modem``; the simulator's on a pty)."""
+
+    async def send(self, number: str, text: str) -> None:
+        """Send ``text`` (several messages if long). Raises OSError when it could not
+        go (its message says why)."""
+        ...
+
+    def incoming(self) -> AsyncIterator[Incoming]:
+        """Messages received, whole, as they come; never ends on its own."""
         ...

@@ -247,7 +247,9 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
     for name, info in sorted(controlled.items()):  # sosctl sim press long, ...
         bp = sub.add_parser(name, help=f"drive the {name} backend (sosd run --{name})")
         bp.add_argument("what", choices=[c.name for c in info.controls])
-        bp.add_argument("value", help="; ".join(f"{c.name}: {c.values}" for c in info.controls))
+        bp.add_argument(
+            "value", nargs="*", help="; ".join(f"{c.name}: {c.values}" for c in info.controls)
+        )
     args = p.parse_args(argv)
     path = socket_path(args)
 
@@ -290,7 +292,7 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
                 return 1
         req = {"cmd": "purge"}
     else:  # a backend's control
-        req = {"cmd": f"{args.command}.{args.what}", "value": args.value}
+        req = {"cmd": f"{args.command}.{args.what}", "value": " ".join(args.value)}
     try:
         answer = asyncio.run(request(path, req))
     except NotRunning as exc:

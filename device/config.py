@@ -11,6 +11,7 @@ span fields are here. ``examples/sosbeacon.toml`` is the annotated example and
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -25,6 +26,7 @@ from sosbeacon.device.mqtt import BrokerConfig
 from sosbeacon.device.outbox import Limits
 from sosbeacon.device.parts import backends
 from sosbeacon.device.privacy import PrivacyConfig
+from sosbeacon.device.sms import SmsConfig
 from sosbeacon.device.sos import SosConfig
 from sosbeacon.device.tomlconf import (
     ConfigError,
@@ -109,6 +111,15 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ModemSettings:
+    #: the modem's AT port (/dev/serial/by-id/...-if02-port0, /dev/ttyUSB2); "" = none
+    port: str = ""
+    baud: int = 115200
+    #: a file holding the SIM's PIN, readable by sosd only ("" = the SIM has no PIN)
+    pin_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     device: DeviceSettings = field(default_factory=DeviceSettings)
     sos: SosConfig = field(default_factory=SosConfig)
@@ -118,6 +129,9 @@ class Config:
     button: ButtonSettings = field(default_factory=ButtonSettings)
     battery: BatterySettings = field(default_factory=BatterySettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    modem: ModemSettings = field(default_factory=ModemSettings)
+    #: texting the contacts during an SOS when data does not get through (device.sms)
+    sms: SmsConfig = field(default_factory=SmsConfig)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     #: batching, expiry and backoff (``device_id`` comes from ``device.id``)
     uplink: UplinkConfig = field(default_factory=lambda: UplinkConfig(device_id=""))
@@ -175,6 +189,9 @@ def load(
 def _check(cfg: Config) -> list[str]:
     """Rules that span fields, or say more than a type can."""
     errors = []
+    pin = cfg.modem.pin_file
+    if pin and not (tomlconf.is_file(pin) and os.access(pin, os.R_OK)):
+        errors.append(f"modem.pin_file: {pin[:200]} cannot be read (or is not a file)")
     try:
         Topics.for_device(cfg.device.id or "?", cfg.uplink.prefix)
     except ValueError as exc:
@@ -262,6 +279,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "battery.policy.cadence_*.sos_*": (0.1, _DAY),
     "battery.policy.cadence_*": (0, 7 * _DAY),
     **brokerconf.RANGES,
+    "modem.baud": (300, 4_000_000),
+    "sms.after": (1, 3600),
+    "sms.every": (60, _DAY),
+    "sms.max_per_session": (1, 1000),
     "uplink.routine_expiry": (1, 2**32 - 1),
     "uplink.batch_count": (1, 1_000_000),
     "uplink.batch_interval": (0, 30 * _DAY),

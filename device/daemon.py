@@ -41,6 +41,7 @@ from sosbeacon.device.notify import Notifier
 from sosbeacon.device.outbox import ACTIVE_SESSION, Outbox, OutboxError, SessionMark
 from sosbeacon.device.parts import Backend, Parts
 from sosbeacon.device.records import run_retention
+from sosbeacon.device.sms_alerts import SmsAlerts
 from sosbeacon.device.sos import Session, SosController, SosRefused
 from sosbeacon.device.tomlconf import ConfigError
 from sosbeacon.device.uplink import Uplink
@@ -80,6 +81,8 @@ class Daemon:
         self.controller: SosController | None = None
         self.uplink: Uplink | None = None
         self.commands: SosCommands | None = None
+        #: the SOS texts, when the parts have a modem (device.sms_alerts)
+        self.sms: SmsAlerts | None = None
         self.last_fix: Fix | None = None
         self.last_battery: BatterySample | None = None
         self.started_at = 0.0
@@ -157,6 +160,18 @@ class Daemon:
                 intake.append(self._supervise("button", buttons))
             if parts.link_monitor is not None:
                 intake.append(self._supervise("network", self._network_loop))
+            if parts.sms is not None and cfg.sms.enabled:
+                self.sms = SmsAlerts(
+                    config=cfg.sms,
+                    link=parts.sms,
+                    controller=ctl,
+                    events=self.events,
+                    state=outbox.state,
+                    clock=self.clock,
+                    acknowledge=self._acknowledge_by_sms,
+                    owner=cfg.sos.owner or cfg.device.id,
+                )
+                intake.append(self._supervise("sms", self.sms.run))
             intake += [self._supervise(f"backend-{i}", f) for i, f in enumerate(parts.background)]
             intake_tasks = [asyncio.create_task(c) for c in intake]
             up = asyncio.create_task(self._supervise("uplink", uplink.run))
@@ -285,6 +300,11 @@ class Daemon:
                     self.first_fix_after = self.clock.monotonic() - self.started_at
                     log.info("first fix after %.1f s", self.first_fix_after)
             await self.controller.on_fix(fix)
+
+    async def _acknowledge_by_sms(self, by: str, session: str | None) -> None:
+        """A contact's OK by SMS: the command table's ``ack``, as for the page."""
+        assert self.commands is not None
+        await self.commands(Command(CommandName.ACK, by=by, session=session))
 
     async def _network_loop(self) -> None:
         """The network's state, from NetworkManager or the modem, to the uplink: it

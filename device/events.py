@@ -45,6 +45,8 @@ class EventKind(enum.StrEnum):
     COMMAND = "command"
     #: a receipt from the relay arrived (``sess``, ``contacts``)
     RECEIPT = "receipt"
+    #: a text message went to a contact (``to``, ``chars``)
+    SMS = "sms"
     #: the follower lost ``data.count`` events (it was too slow)
     MISSED = "missed"
 

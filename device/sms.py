@@ -114,7 +114,11 @@ def is_ack(text: str) -> bool:
 
 @dataclass
 class SmsPolicy:
-    """One SOS session's texting, decided on the device's monotonic clock."""
+    """One SOS session's texting, decided on the device's monotonic clock.
+
+    Alerts go in rounds: the first when triggered, then one every ``every`` seconds.
+    Each number gets each round once; a text that could not go (:meth:`failed`) is owed
+    and tried again after a pause, whatever the round."""
 
     config: SmsConfig
     numbers: list[tuple[str, str]]
@@ -126,12 +130,27 @@ class SmsPolicy:
     down_since: float | None = None
     acknowledged: bool = False
     ended: bool = False
-    alerts_sent: int = 0
-    last_alert: float | None = None
-    #: numbers that got an alert (they get the end)
-    alerted: list[str] = field(default_factory=list)
-    ends_sent: bool = False
-    triggered: bool = False
+    #: when the first round went (None: not triggered yet)
+    first_round: float | None = None
+    #: alerts sent, by number
+    alerts: dict[str, int] = field(default_factory=dict)
+    #: numbers the end went to
+    ended_to: list[str] = field(default_factory=list)
+    #: numbers whose last try failed, and when to try them again
+    held: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def alerts_sent(self) -> int:
+        return sum(self.alerts.values())
+
+    @property
+    def alerted(self) -> list[str]:
+        return [n for n, count in self.alerts.items() if count]
+
+    @property
+    def ends_sent(self) -> bool:
+        """Every number that got an alert got the end too."""
+        return all(n in self.ended_to for n in self.alerted)
 
     def link(self, up: bool, now: float) -> None:
         if up:
@@ -148,55 +167,95 @@ class SmsPolicy:
         self.acknowledged = True
         return name
 
-    def due(self, now: float) -> list[Due]:
-        """What to send now (the caller records and sends each, then calls
-        :meth:`sent`)."""
-        if not self.config.enabled or not self.numbers:
-            return []
-        if self.ended:
-            if self.ends_sent or not self.alerted:
-                return []
-            return [
-                Due(num, name, Kind.END, 0) for num, name in self.numbers if num in self.alerted
-            ]
-        if self.acknowledged:
-            return []
-        if not self.triggered:
+    def _round(self, now: float) -> int:
+        """The round due now (0: none yet)."""
+        if self.first_round is None:
             confirmed = self.broker_acked and self.receipt
             late = now - self.started >= self.config.after and not confirmed
             dead = self.down_since is not None and now - self.down_since >= self.config.after
             if not (late or dead):
-                return []
-            self.triggered = True
-        if self.last_alert is not None and now - self.last_alert < self.config.every:
+                return 0
+            self.first_round = now
+        return 1 + int((now - self.first_round) // self.config.every)
+
+    def due(self, now: float) -> list[Due]:
+        """What to send now (the caller records each, sends it, and says :meth:`sent`
+        or :meth:`failed`)."""
+        if not self.config.enabled or not self.numbers:
             return []
+        ready = [(num, name) for num, name in self.numbers if self.held.get(num, 0.0) <= now]
+        if self.ended:
+            return [
+                Due(num, name, Kind.END, 0)
+                for num, name in ready
+                if self.alerts.get(num) and num not in self.ended_to
+            ]
+        if self.acknowledged:
+            return []
+        current = self._round(now)
         room = self.config.max_per_session - self.alerts_sent
-        if room <= 0:
-            return []
-        n = self.alerts_sent // max(1, len(self.numbers)) + 1
-        return [Due(num, name, Kind.ALERT, n) for num, name in self.numbers][:room]
+        out = [
+            Due(num, name, Kind.ALERT, self.alerts.get(num, 0) + 1)
+            for num, name in ready
+            if self.alerts.get(num, 0) < current
+        ]
+        return out[: max(0, room)]
 
     def sent(self, due: Due, now: float) -> None:
+        self.held.pop(due.number, None)
         if due.kind is Kind.END:
-            self.ends_sent = True
+            if due.number not in self.ended_to:
+                self.ended_to.append(due.number)
             return
-        self.alerts_sent += 1
-        self.last_alert = now
-        if due.number not in self.alerted:
-            self.alerted.append(due.number)
+        self.alerts[due.number] = max(self.alerts.get(due.number, 0), due.n)
+
+    def failed(self, due: Due, now: float, retry_after: float = 30.0) -> None:
+        """``due`` could not go (no network service, the modem away): owed, and tried
+        again after ``retry_after``. (It was recorded as sent before it was tried.)"""
+        self.held[due.number] = now + retry_after
+        if due.kind is Kind.END:
+            if due.number in self.ended_to:
+                self.ended_to.remove(due.number)
+        elif self.alerts.get(due.number, 0) >= due.n:
+            self.alerts[due.number] = due.n - 1
+
+    def to_log(self, session: str) -> dict[str, object]:
+        """What a restart needs to go on without sending anything twice."""
+        return {
+            "session": session, "alerts": self.alerts, "ended_to": self.ended_to,
+            "acknowledged": self.acknowledged,
+        }  # fmt: skip
+
+    def restore(self, log: dict[str, object], now: float) -> None:
+        """Go on from a log of the same session: the rounds sent count as just sent
+        (the next one waits a whole interval), so nothing goes twice."""
+        alerts = log.get("alerts")
+        if isinstance(alerts, dict):
+            self.alerts = {str(k): int(v) for k, v in alerts.items() if isinstance(v, int)}
+        ended_to = log.get("ended_to")
+        self.ended_to = [str(n) for n in ended_to] if isinstance(ended_to, list) else []
+        self.acknowledged = self.acknowledged or bool(log.get("acknowledged"))
+        rounds = max(self.alerts.values(), default=0)
+        if rounds:
+            self.first_round = now - (rounds - 1) * self.config.every
 
     def wake_at(self) -> float | None:
         """When :meth:`due` may next have something (None: nothing will come; a time
         already past: at once)."""
         if not self.config.enabled or not self.numbers:
             return None
+        soonest = min(self.held.values(), default=None)
         if self.ended:
-            return self.started if self.alerted and not self.ends_sent else None
+            if self.ends_sent or not self.alerted:
+                return None
+            return soonest if soonest is not None else self.started
         if self.acknowledged or self.alerts_sent >= self.config.max_per_session:
             return None
-        if not self.triggered:
+        if self.first_round is None:
             times = [] if self.broker_acked and self.receipt else [self.started]
             if self.down_since is not None:
                 times.append(self.down_since)
             return min(times) + self.config.after if times else None
-        return (self.last_alert or self.started) + self.config.every
+        rounds = max(self.alerts.values(), default=0)
+        nxt = self.first_round + rounds * self.config.every
+        return nxt if soonest is None else min(nxt, soonest)

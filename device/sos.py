@@ -179,6 +179,15 @@ class SosController:
         self.telemetry.privacy = privacy
 
     @property
+    def last_fix(self) -> Fix | None:
+        """The freshest fix with a position (what an alert by SMS shows)."""
+        return self._last_fix
+
+    @property
+    def last_battery(self) -> BatterySample | None:
+        return self._last_battery
+
+    @property
     def armed(self) -> bool:
         return bool(self.config.contacts)
 

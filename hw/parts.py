@@ -3,10 +3,13 @@ from the configuration."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import date
+from pathlib import Path
 
 from sosbeacon.device.actuators import GpsPower, Indicator, LinkMonitor, NetworkLink
 from sosbeacon.device.battery import BatterySource
@@ -18,6 +21,8 @@ from sosbeacon.device.parts import Parts
 from sosbeacon.hw.battery import Max17048, SysfsBattery
 from sosbeacon.hw.gps_power import ReceiverPower
 from sosbeacon.hw.gpsd_client import GpsdSource
+from sosbeacon.hw.modem.driver import AtModem
+from sosbeacon.hw.modem.link import ModemSms
 from sosbeacon.hw.network import NmcliLink, NmcliMonitor
 from sosbeacon.hw.serial_gps import NmeaSerialSource
 
@@ -76,6 +81,14 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
             )
         else:
             monitor = NmcliMonitor(nmcli=exe)
+    sms: ModemSms | None = None
+    background: list[Callable[[], Awaitable[None]]] = []
+    if config.modem.port:
+        pin = ""
+        if config.modem.pin_file:  # the PIN stays in its file and in memory: never logged
+            pin = (await asyncio.to_thread(Path(config.modem.pin_file).read_text)).strip()
+        sms = ModemSms(AtModem(config.modem.port, baudrate=config.modem.baud, pin=pin))
+        background.append(sms.run)
     return Parts(
         gps=gps,
         button=button,
@@ -84,4 +97,6 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
         gps_power=power,
         network=network,
         link_monitor=monitor,
+        sms=sms,
+        background=background,
     )

@@ -50,5 +50,7 @@ BACKEND = BackendInfo(
         ControlSpec("battery", "PCT, or plug | unplug"),
         ControlSpec("gps", "lost | back"),
         ControlSpec("network", "down | up (the modem's data link)"),
+        ControlSpec("sms-from", "NUMBER TEXT (a text arrives from NUMBER)"),
+        ControlSpec("sms-log", "- (what the simulated network carried)"),
     ),
 )

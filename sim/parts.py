@@ -23,7 +23,10 @@ from sosbeacon.device.config import Config
 from sosbeacon.device.parts import Parts
 from sosbeacon.hw.battery import SysfsBattery
 from sosbeacon.hw.gps_power import ReceiverPower
+from sosbeacon.hw.modem.driver import AtModem
+from sosbeacon.hw.modem.link import ModemSms
 from sosbeacon.hw.serial_gps import NmeaSerialSource
+from sosbeacon.sim.atmodem import SimAtModem
 from sosbeacon.sim.backend import SimSettings
 from sosbeacon.sim.battery import BatteryModel, SysfsWriter
 from sosbeacon.sim.button import ScriptedButton, long_press, multi_press
@@ -63,6 +66,8 @@ class SimWorld:
     modem: SimModem
     indicator: LogIndicator
     clock: Clock
+    #: the modem's AT port (SMS), set once built
+    at_modem: SimAtModem | None = None
     epochs: int = 0
     #: simulated battery seconds per real second (a drill can drain a cell quickly)
     battery_speed: float = 1.0
@@ -148,6 +153,23 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
             raise ValueError("gps: lost or back")
         return {"gps": value}
 
+    # the cellular modem's AT port on a pty, behind the real driver (hw/modem)
+    at_modem = SimAtModem(base / "modem0")
+    at_modem.start()
+    stack.push_async_callback(at_modem.close)
+    sms = ModemSms(AtModem(str(at_modem.path)), retry=1.0)
+    world.at_modem = at_modem
+
+    async def sms_from(req: dict[str, Any]) -> dict[str, Any]:
+        number, _, text = str(req.get("value", "")).strip().partition(" ")
+        if not number or not text:
+            raise ValueError("sms-from: NUMBER TEXT")
+        await at_modem.sms_from(number, text)
+        return {"from": number, "text": text}
+
+    async def sms_log(req: dict[str, Any]) -> dict[str, Any]:
+        return {"sent": [{"to": s.to, "text": s.text, "part": s.concat} for s in at_modem.sent]}
+
     async def network(req: dict[str, Any]) -> dict[str, Any]:
         value = req.get("value")
         if value not in ("down", "up"):
@@ -164,12 +186,15 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
         gps_power=ReceiverPower(gps, family="ublox"),
         network=world.modem,
         link_monitor=world.modem,
+        sms=sms,
         controls={
             "sim.press": press,
             "sim.battery": battery,
             "sim.gps": gps_control,
             "sim.network": network,
+            "sim.sms-from": sms_from,
+            "sim.sms-log": sms_log,
         },
-        background=[run_gps, world.run_battery],
+        background=[run_gps, world.run_battery, sms.run],
         handles={"world": world},
     )

@@ -113,3 +113,28 @@ def test_the_texts_say_who_where_when_and_how_to_answer() -> None:
     assert drill.startswith("DRILL (a test") and "no fix yet" in drill
     assert end_text(owner="Sam", drill=False).startswith("SOS ended")
     assert is_ack("OK") and is_ack(" ack ") and is_ack("Ok thanks") and not is_ack("book")
+
+
+def test_a_text_that_could_not_go_is_owed_and_tried_again_soon() -> None:
+    p = policy(every=600)
+    first = p.due(130.0)
+    for d in first:
+        p.sent(d, 130.0)  # recorded before it goes
+    p.failed(first[1], 130.0, retry_after=30)  # Bob's did not go (no network service)
+    assert p.due(150.0) == [] and p.wake_at() == 160.0
+    (retry,) = p.due(160.0)
+    assert (retry.number, retry.n) == ("+447700900456", 1)  # owed, before the next round
+    p.sent(retry, 160.0)
+    assert p.wake_at() == 730.0
+
+
+def test_a_restart_goes_on_from_the_log_and_sends_nothing_twice() -> None:
+    p = policy(every=600)
+    for d in p.due(130.0):
+        p.sent(d, 130.0)
+    log = p.to_log("s1")
+    q = policy(every=600)  # the daemon again, its clock started anew
+    q.restore(log, 50.0)
+    assert q.due(50.0) == [] and q.wake_at() == 650.0  # the next round, a whole interval on
+    q.ended = True
+    assert {d.number for d in q.due(60.0)} == {"+447700900123", "+447700900456"}

@@ -62,6 +62,9 @@ ACTIVE_SESSION: Key[dict[str, Any] | None] = Key(
 RETAINED_SOS_SEQ: Key[int] = Key("sos_retained_seq", 0, str, int)
 #: the last OwnTracks message published retained, by topic (the uplink's retained views)
 OWNTRACKS_LAST: Key[dict[str, Any]] = Key("owntracks", {}, _json_or_none, _dict)
+#: the SOS texts sent (device.sms_alerts): the session, what went to whom, whether the
+#: end went; written before each text is sent, so a restart never sends one twice
+SMS_LOG: Key[dict[str, Any]] = Key("sms_log", {}, _json_or_none, _dict)
 #: the outbox's identity, made at its creation (the outbox itself)
 OUTBOX_ID: Key[str] = Key("outbox_id", "", str, str)
 #: what the owner must know about the store until acknowledged: {"at", "what"} (the outbox)

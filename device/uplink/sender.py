@@ -283,9 +283,16 @@ class Sender:
 
     async def _delivered(self, msg: Message) -> None:
         await self._outbox.ack(msg.seqs)
-        self.events.emit(
-            EventKind.RECORDS, what="acked", count=len(msg.seqs), seq=seq_ranges_text(msg.seqs)
+        first = msg.records[0]
+        lifecycle = (
+            {"record": first.kind.value, "session": first.session}
+            if msg.topic == self.packer.topics.sos
+            else {}
         )
+        self.events.emit(
+            EventKind.RECORDS, what="acked", count=len(msg.seqs),
+            seq=seq_ranges_text(msg.seqs), **lifecycle,
+        )  # fmt: skip
         self.stats.records_acked += len(msg.seqs)
         self.acked.set()
         self.limit.acknowledged()

@@ -110,6 +110,12 @@ class AtModem:
             self._channel.close()
             self._channel = None
 
+    async def wait_closed(self) -> str:
+        """Until the line goes away (or is closed); returns why."""
+        if self._channel is None:
+            return "not open"
+        return await asyncio.shield(self._channel.closed)
+
     @property
     def at(self) -> AtChannel:
         if self._channel is None or self._channel.closed.done():

@@ -1,0 +1,92 @@
+"""The SOS texts, end to end: the real daemon on simulated hardware, a real broker and
+no relay (so no receipt ever comes), the simulated modem behind the real driver on a
+pty. Nothing is texted outside an SOS; an unconfirmed SOS is; a contact's OK
+acknowledges it and is thanked; the end goes to whoever was texted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sosbeacon.device import config as config_mod
+from sosbeacon.device.control import request
+from sosbeacon.device.daemon import Daemon
+from sosbeacon.device.parts import load_backend
+from sosbeacon.sim.atmodem import SimAtModem
+from tests.test_daemon import broker_and_contact
+
+ALICE = "+447700900123"
+
+
+def config_text(data: Path, port: int) -> str:
+    return f"""
+[device]
+id = "t1"
+data_dir = "{data}"
+[sos]
+owner = "Sam"
+countdown = 1.0
+[[sos.contacts]]
+name = "Alice"
+reach = "alice@example.org, +44 7700 900123"
+[[sos.contacts]]
+name = "Carol"
+reach = "tgram:123456"
+[sms]
+after = 2
+every = 600
+[mqtt]
+broker = "mqtt://127.0.0.1:{port}"
+"""
+
+
+async def texts(daemon: Daemon, network: SimAtModem, n: int, within: float = 15.0) -> None:
+    """Until the simulated network has carried ``n`` texts (each one an ``sms`` event)."""
+    async with asyncio.timeout(within), daemon.events.follow() as stream:
+        if len(network.sent) >= n:
+            return
+        async for ev in stream:
+            if ev.kind.value == "sms" and len(network.sent) >= n:
+                return
+
+
+async def test_an_unconfirmed_sos_is_texted_acknowledged_by_reply_and_ended(
+    tmp_path: Path,
+) -> None:
+    async with broker_and_contact(tmp_path) as (broker, _):
+        cfg = config_mod.load(text=config_text(tmp_path / "data", broker.port))
+        daemon = Daemon(cfg, load_backend("sim"), handle_signals=False)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.wait_for(daemon.ready.wait(), 15)
+            assert daemon.parts is not None
+            network = daemon.parts.handles["world"].at_modem
+            sock = cfg.socket_path
+            await asyncio.sleep(3)
+            assert network.sent == []  # no SOS: nothing, ever
+            assert (await request(sock, {"cmd": "sos-start", "now": True}))["ok"]
+            await texts(daemon, network, 1)
+            (alert,) = network.sent  # Alice only: Carol has no phone number
+            assert alert.to == ALICE
+            lines = alert.text.splitlines()
+            assert lines[0] == "SOS: Sam needs help." and lines[-1] == "Reply OK to acknowledge."
+            assert any(x.startswith(("Position: ", "Position: no fix")) for x in lines)
+            # a stranger's OK does nothing; Alice's acknowledges, and she is thanked
+            await request(sock, {"cmd": "sim.sms-from", "value": "+447700900999 OK"})
+            await request(sock, {"cmd": "sim.sms-from", "value": f"{ALICE} ok, coming"})
+            await texts(daemon, network, 2)
+            assert network.sent[1].text.startswith("Thank you, Alice")
+            status = await request(sock, {"cmd": "status"})
+            assert status["state"] == "active"
+            events = [e.data for e in daemon.events.recent() if e.kind.value == "sos"]
+            assert any(
+                e.get("what") == "acknowledged" and "SMS" in str(e.get("by")) for e in events
+            )
+            assert (await request(sock, {"cmd": "sos-stop"}))["ok"]
+            await texts(daemon, network, 3)
+            assert network.sent[2].to == ALICE and network.sent[2].text.startswith("SOS ended")
+            await asyncio.sleep(1)
+            assert len(network.sent) == 3  # one end, and no more alerts after the ack
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
