@@ -52,6 +52,8 @@ from sosbeacon.sim.sosd_process import kill_sosd, start_sosd, stop_sosd
 log = logging.getLogger(__name__)
 SCENARIOS = Path(__file__).parent / "scenarios"
 DEVICE = "drill-beacon"
+#: Alice's phone (the simulated network carries her texts)
+ALICE_PHONE = "+447700900123"
 
 #: what a step can do, and what its value means
 ACTIONS = {
@@ -65,6 +67,7 @@ ACTIONS = {
     "gps-back": "the fix returns",
     "battery": "set the cell: a percentage, or plug / unplug",
     "network": "the device's link: down | blackhole | slow | up",
+    "sms-reply": "Alice answers the device's text from her phone (value: the text, OK)",
     "broker-restart": "kill -9 the broker and start it again",
     "daemon-kill": "SIGKILL the daemon and start it again",
 }
@@ -78,6 +81,8 @@ EXPECTATIONS = {
     "ack_within": "seconds from a contact's ack to the device's acknowledgement reaching them",
     "max_route_gap": "seconds between consecutive route points, at most",
     "caught_up_within": "seconds from the network's return to the contact having everything",
+    "first_sms_within": "seconds from gesture (or command) to the first text to a contact",
+    "sms_reply_confirmed_within": "seconds from a contact's SMS reply to the device's answer",
     "first_fix_within": "seconds from daemon start to its first fix",
     "final_state": "the daemon's SOS state at the end: idle | active",
 }
@@ -105,6 +110,8 @@ class Scenario:
     timeout: float = 180.0
     #: seconds (daemon time) to keep running after the last step
     settle: float = 5.0
+    #: Alice can be texted (her phone in her reach): the drills of SMS
+    phone: bool = False
 
     @classmethod
     def load(cls, path: Path) -> Scenario:
@@ -114,7 +121,7 @@ class Scenario:
             raise ScenarioError(f"{path}: {exc}") from None
         problems: list[str] = []
         known = {"name", "description", "step", "config", "expect", "time_scale", "timeout"}
-        known.add("settle")
+        known |= {"settle", "phone"}
         problems += [f"unknown key {k!r}" for k in t if k not in known]
         steps = []
         for i, s in enumerate(t.get("step", [])):
@@ -145,6 +152,7 @@ class Scenario:
             time_scale=float(t.get("time_scale", 1.0)),
             timeout=float(t.get("timeout", 180.0)),
             settle=float(t.get("settle", 5.0)),
+            phone=bool(t.get("phone", False)),
         )
 
 
@@ -332,7 +340,7 @@ class Drill:
             f'data_dir = "{self.data}"',
             "[[sos.contacts]]",
             'name = "Alice"',
-            'reach = "alice@example.org"',
+            f'reach = "alice@example.org{", " + ALICE_PHONE if self.s.phone else ""}"',
             "[mqtt]",
             f'broker = "mqtt://127.0.0.1:{port}"',
             "keepalive = 5",
@@ -425,6 +433,10 @@ class Drill:
                 answer = await self.visitor.ack()
                 if not answer.get("ok"):
                     self.event("contact", f"the page says: {answer.get('error')}")
+        elif step.do == "sms-reply":
+            self.event("contact", f"Alice texts back {v or 'OK'!r}")
+            self.mark("sms-reply")
+            await self._ctl({"cmd": "sim.sms-from", "value": f"{ALICE_PHONE} {v or 'OK'}"})
         elif step.do == "gps-lost":
             self.event("world", "GPS fix lost (tunnel)")
             await self._ctl({"cmd": "sim.gps", "value": "lost"})
@@ -484,6 +496,8 @@ class Drill:
                 async for ev in follow(self.sock, {"cmd": "events", "since": since}):
                     if "kind" in ev:
                         since = max(since, ev["t"])
+                        if ev["kind"] == "sms":
+                            self.mark("sms")
                         shown = device_line(ev)
                         if shown:
                             self.event("device", shown)
@@ -574,6 +588,11 @@ class Drill:
                 round(statistics.median(gaps), 1) if gaps else None
             ),
             "network back to contact caught up (s)": drain,
+            "gesture/command to the first SMS (s)": _since(trig, "sms", self.marks),
+            "SMS reply to the device's answer (s)": _since(
+                self.marks.get("sms-reply", []), "sms", self.marks
+            ),
+            "texts sent": len(self.marks.get("sms", [])),
             "records received (distinct seq)": len(led.seen),
             "records lost": len(led.missing()),
             "records deliberately removed (gap notices)": len(led.removed),
@@ -588,6 +607,10 @@ class Drill:
             "ack_within": ack_latency,
             "max_route_gap": round(max(gaps), 1) if gaps else None,
             "caught_up_within": drain,
+            "first_sms_within": _since(trig, "sms", self.marks),
+            "sms_reply_confirmed_within": _since(
+                self.marks.get("sms-reply", []), "sms", self.marks
+            ),
             "first_fix_within": final.get("first_fix_after"),
             "final_state": final.get("state"),
         }
@@ -635,6 +658,8 @@ def device_line(ev: dict[str, Any]) -> str | None:
             f"battery level {str(ev.get('from')).upper()} -> {str(ev.get('level')).upper()} "
             f"({ev.get('pct')}%)"
         )
+    if kind == "sms":
+        return f"texted {ev.get('to')} ({ev.get('chars')} characters)"
     if kind == "network":
         if ev.get("first"):
             return f"network {ev.get('state')}"
