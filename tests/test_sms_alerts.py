@@ -90,3 +90,35 @@ async def test_an_unconfirmed_sos_is_texted_acknowledged_by_reply_and_ended(
         finally:
             daemon.stop()
             await asyncio.wait_for(task, 15)
+
+
+async def test_a_restart_sends_no_text_twice_and_still_sends_the_end(tmp_path: Path) -> None:
+    """The daemon stops after alerting and starts again: the resumed SOS texts nobody
+    again before its next round, and its end still goes to whoever was texted."""
+    async with broker_and_contact(tmp_path) as (broker, _):
+        cfg = config_mod.load(text=config_text(tmp_path / "data", broker.port))
+
+        async def started() -> tuple[Daemon, asyncio.Task[None]]:
+            d = Daemon(cfg, load_backend("sim"), handle_signals=False)
+            t = asyncio.create_task(d.run())
+            await asyncio.wait_for(d.ready.wait(), 15)
+            return d, t
+
+        daemon, task = await started()
+        network = daemon.parts.handles["world"].at_modem  # type: ignore[union-attr]
+        assert (await request(cfg.socket_path, {"cmd": "sos-start", "now": True}))["ok"]
+        await texts(daemon, network, 1)
+        daemon.stop()
+        await asyncio.wait_for(task, 15)
+        daemon, task = await started()  # the SOS resumes; a new simulated network
+        try:
+            network = daemon.parts.handles["world"].at_modem  # type: ignore[union-attr]
+            await asyncio.sleep(4)  # twice sms.after: the resumed SOS is still unconfirmed
+            assert network.sent == []  # alerted already: the next round is 600 s away
+            assert (await request(cfg.socket_path, {"cmd": "sos-stop"}))["ok"]
+            await texts(daemon, network, 1)
+            (end,) = network.sent
+            assert end.to == ALICE and end.text.startswith("SOS ended")
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
