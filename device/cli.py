@@ -365,6 +365,13 @@ def format_status(s: dict[str, Any]) -> str:
         )
     for text in describe(s.get("delivery") or {}):
         lines.append(f"reached     {text}")
+    sms = s.get("sms")
+    if sms:
+        now = "TEXTING THE CONTACTS (data not confirmed); " if sms.get("texting") else ""
+        err = f"; last failure: {sms['last_error']}" if sms.get("last_error") else ""
+        lines.append(
+            f"sms         {now}{sms['sent']} text(s) sent since start, {sms['acks']} OK by SMS{err}"
+        )
     if s.get("alarm"):
         lines.append(f"ALARM       {s['alarm']}")
         lines.append("            (acknowledge with: sosctl alarm --ack)")

@@ -73,9 +73,11 @@ class SmsAlerts:
         self._changed = asyncio.Event()
         #: set once it follows the event stream
         self.listening = asyncio.Event()
-        #: texts sent (for status and the drills), and replies that acknowledged
+        #: texts sent (for status and the drills), replies that acknowledged, the last
+        #: text that could not go and why
         self.sent = 0
         self.acks = 0
+        self.last_error = ""
 
     async def run(self) -> None:
         await self._finish_an_earlier_end()
@@ -198,10 +200,19 @@ class SmsAlerts:
             await self._link.send(number, text)
         except OSError as exc:
             log.error("the SOS text to %s could not go: %s", number, exc)
+            self.last_error = str(exc)
             return False
         self.sent += 1
         self._events.emit(EventKind.SMS, to=number, chars=len(text))
         return True
+
+    def status(self) -> dict[str, Any]:
+        p = self.policy
+        texting = p is not None and p.first_round is not None and not (p.acknowledged or p.ended)
+        return {
+            "texting": texting, "sent": self.sent, "acks": self.acks,
+            "last_error": self.last_error or None,
+        }  # fmt: skip
 
     def _alert(self) -> str:
         fix = self._ctl.last_fix

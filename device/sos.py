@@ -426,6 +426,10 @@ class SosController:
             data["battery"] = self._last_battery.to_json()
         if self.privacy.share_events:
             data["events"] = list(self._events)
+        # ACTIVE from the moment the session exists (nothing above waited): its start
+        # record follows at once (a stop meanwhile waits for it), and a status never says
+        # "countdown" to someone who already has the SOS
+        self._transition(SosState.ACTIVE, "started", trigger=trigger, drill=drill)
         await self._record(RecordKind.SOS_START, data, Priority.SOS, s)
         await self._session_changed(s)
         if self._last_fix is not None and self._last_fix.lat is not None:
@@ -434,7 +438,6 @@ class SosController:
         log.warning(
             "%s started (session %s, trigger %s)", "DRILL" if drill else "SOS", s.id, trigger
         )
-        self._transition(SosState.ACTIVE, "started", trigger=trigger, drill=drill)
         await self._cue(Cue.SOS_ACTIVE)
         # Wake what may be saving power; the record above did not wait for it.
         if self._gps_power is not None:

@@ -78,6 +78,10 @@ async def test_an_unconfirmed_sos_is_texted_acknowledged_by_reply_and_ended(
             assert network.sent[1].text.startswith("Thank you, Alice")
             status = await request(sock, {"cmd": "status"})
             assert status["state"] == "active"
+            assert status["sms"] == {"texting": False, "sent": 2, "acks": 1, "last_error": None}
+            from sosbeacon.device.cli import format_status
+
+            assert "2 text(s) sent since start, 1 OK by SMS" in format_status(status)
             events = [e.data for e in daemon.events.recent() if e.kind.value == "sos"]
             assert any(
                 e.get("what") == "acknowledged" and "SMS" in str(e.get("by")) for e in events
