@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Cue(enum.StrEnum):
@@ -70,4 +70,8 @@ class SmsLink(Protocol):
 
     def incoming(self) -> AsyncIterator[Incoming]:
         """Messages received, whole, as they come; never ends on its own."""
+        ...
+
+    async def state(self) -> dict[str, Any]:
+        """What ``sosctl status`` shows of it (asked when asked: no polling)."""
         ...

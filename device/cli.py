@@ -372,6 +372,16 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(
             f"sms         {now}{sms['sent']} text(s) sent since start, {sms['acks']} OK by SMS{err}"
         )
+        m = sms.get("modem") or {}
+        if not m.get("ready"):
+            lines.append(f"modem       NOT READY on {m.get('port')} (texts cannot go)")
+        elif m.get("error"):
+            lines.append(f"modem       {m.get('port')}: {m['error']}")
+        else:
+            dbm = f", {m['signal_dbm']} dBm" if m.get("signal_dbm") is not None else ""
+            reg = str(m.get("registered", "?")).replace("_", " ")
+            off = "" if m.get("on_network") else " (NOT ON A NETWORK: texts wait)"
+            lines.append(f"modem       {reg}{dbm}{off}")
     if s.get("alarm"):
         lines.append(f"ALARM       {s['alarm']}")
         lines.append("            (acknowledge with: sosctl alarm --ack)")

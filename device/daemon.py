@@ -552,7 +552,7 @@ class Daemon:
                 "held_dropped": outbox.held_dropped,
             },
             "alarm": outbox.alarm,
-            "sms": self.sms.status() if self.sms is not None else None,
+            "sms": await self.sms.status() if self.sms is not None else None,
             "delivery": uplink.delivery.status(s.id if s else None),
             "uptime": round(now - self.started_at, 1),
             "first_fix_after": (

@@ -206,12 +206,12 @@ class SmsAlerts:
         self._events.emit(EventKind.SMS, to=number, chars=len(text))
         return True
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         p = self.policy
         texting = p is not None and p.first_round is not None and not (p.acknowledged or p.ended)
         return {
             "texting": texting, "sent": self.sent, "acks": self.acks,
-            "last_error": self.last_error or None,
+            "last_error": self.last_error or None, "modem": await self._link.state(),
         }  # fmt: skip
 
     def _alert(self) -> str:

@@ -78,10 +78,22 @@ async def test_an_unconfirmed_sos_is_texted_acknowledged_by_reply_and_ended(
             assert network.sent[1].text.startswith("Thank you, Alice")
             status = await request(sock, {"cmd": "status"})
             assert status["state"] == "active"
-            assert status["sms"] == {"texting": False, "sent": 2, "acks": 1, "last_error": None}
+            sms = status["sms"]
+            assert (sms["texting"], sms["sent"], sms["acks"], sms["last_error"]) == (
+                False,
+                2,
+                1,
+                None,
+            )
+            assert sms["modem"] == {
+                "ready": True, "port": str(network.path), "registered": "home",
+                "on_network": True, "signal_dbm": -77,
+            }  # fmt: skip
             from sosbeacon.device.cli import format_status
 
-            assert "2 text(s) sent since start, 1 OK by SMS" in format_status(status)
+            shown = format_status(status)
+            assert "2 text(s) sent since start, 1 OK by SMS" in shown
+            assert "modem       home, -77 dBm" in shown
             events = [e.data for e in daemon.events.recent() if e.kind.value == "sos"]
             assert any(
                 e.get("what") == "acknowledged" and "SMS" in str(e.get("by")) for e in events
@@ -126,3 +138,23 @@ async def test_a_restart_sends_no_text_twice_and_still_sends_the_end(tmp_path: P
         finally:
             daemon.stop()
             await asyncio.wait_for(task, 15)
+
+
+def test_status_says_plainly_when_texts_cannot_go() -> None:
+    from sosbeacon.device.cli import format_status
+
+    base = {
+        "device": "t1", "armed": True, "state": "active", "session": "s1", "fix": None,
+        "battery": None, "battery_level": "ok",
+        "link": {"connected": False, "broker": "127.0.0.1:1883", "last_error": None},
+        "outbox": {"depth": 3, "in_flight": 0, "oldest_age": 4.0, "kept": 0},
+    }  # fmt: skip
+    sms = {"texting": True, "sent": 1, "acks": 0, "last_error": "+CMS ERROR: 331"}
+    down = format_status({**base, "sms": {**sms, "modem": {"ready": False, "port": "/dev/x"}}})
+    assert "TEXTING THE CONTACTS" in down and "last failure: +CMS ERROR: 331" in down
+    assert "modem       NOT READY on /dev/x (texts cannot go)" in down
+    lost = {"ready": True, "port": "/dev/x", "registered": "denied", "on_network": False,
+            "signal_dbm": None}  # fmt: skip
+    assert "modem       denied (NOT ON A NETWORK: texts wait)" in format_status(
+        {**base, "sms": {**sms, "modem": lost}}
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from sosbeacon.device.actuators import Incoming
 from sosbeacon.hw.modem.at import ModemError, ModemGone
@@ -48,6 +49,22 @@ class ModemSms:
         except TimeoutError:
             raise ModemGone("", f"the modem on {self.modem.port} is not ready") from None
         await self.modem.send(number, text)
+
+    async def state(self) -> dict[str, Any]:
+        """Ready or not, and, when ready, the network's registration and the signal
+        (asked of the modem now, within two seconds)."""
+        if not self._open.is_set():
+            return {"ready": False, "port": self.modem.port}
+        try:
+            async with asyncio.timeout(2):
+                reg = await self.modem.registration()
+                sig = await self.modem.signal()
+        except (ModemError, TimeoutError) as exc:
+            return {"ready": True, "port": self.modem.port, "error": str(exc) or "no answer"}
+        return {
+            "ready": True, "port": self.modem.port, "registered": reg.name.lower(),
+            "on_network": reg.on_network, "signal_dbm": sig.dbm,
+        }  # fmt: skip
 
     async def incoming(self) -> AsyncIterator[Incoming]:
         while True:
