@@ -328,6 +328,16 @@ def sosctl(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _modem_line(m: dict[str, Any]) -> str:
+    if not m.get("ready"):
+        return f"NOT READY on {m.get('port')} (texts cannot go)"
+    if m.get("error"):
+        return f"{m.get('port')}: {m['error']}"
+    dbm = f", {m['signal_dbm']} dBm" if m.get("signal_dbm") is not None else ""
+    off = "" if m.get("on_network") else " (NOT ON A NETWORK: texts wait)"
+    return f"{str(m.get('registered', '?')).replace('_', ' ')}{dbm}{off}"
+
+
 def format_status(s: dict[str, Any]) -> str:
     lines = [f"device      {s['device']}  ({'armed' if s['armed'] else 'NOT ARMED: no contact'})"]
     state = s["state"]
@@ -372,16 +382,8 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(
             f"sms         {now}{sms['sent']} text(s) sent since start, {sms['acks']} OK by SMS{err}"
         )
-        m = sms.get("modem") or {}
-        if not m.get("ready"):
-            lines.append(f"modem       NOT READY on {m.get('port')} (texts cannot go)")
-        elif m.get("error"):
-            lines.append(f"modem       {m.get('port')}: {m['error']}")
-        else:
-            dbm = f", {m['signal_dbm']} dBm" if m.get("signal_dbm") is not None else ""
-            reg = str(m.get("registered", "?")).replace("_", " ")
-            off = "" if m.get("on_network") else " (NOT ON A NETWORK: texts wait)"
-            lines.append(f"modem       {reg}{dbm}{off}")
+        if sms.get("modem") is not None:  # asked of the modem for sosctl status only
+            lines.append(f"modem       {_modem_line(sms['modem'])}")
     if s.get("alarm"):
         lines.append(f"ALARM       {s['alarm']}")
         lines.append("            (acknowledge with: sosctl alarm --ack)")

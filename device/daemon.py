@@ -452,7 +452,7 @@ class Daemon:
             return {"ok": False, "error": str(exc)}
 
     async def _req_status(self, req: dict[str, Any]) -> dict[str, Any]:
-        return await self.status()
+        return await self.status(ask_modem=True)
 
     async def _req_events(self, req: dict[str, Any]) -> Any:
         since = req.get("since")
@@ -512,7 +512,9 @@ class Daemon:
             return {"ok": False, "error": "an SOS is active: stop it before purging"}
         return {"deleted": await outbox.wipe()}
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, ask_modem: bool = False) -> dict[str, Any]:
+        """The daemon's state. ``ask_modem`` asks the modem too (a few AT commands):
+        for ``sosctl status`` only, not the STATUS line of every watchdog tick."""
         ctl, outbox, uplink = self.controller, self.outbox, self.uplink
         assert ctl is not None and outbox is not None and uplink is not None
         now = self.clock.monotonic()
@@ -552,7 +554,7 @@ class Daemon:
                 "held_dropped": outbox.held_dropped,
             },
             "alarm": outbox.alarm,
-            "sms": await self.sms.status() if self.sms is not None else None,
+            "sms": await self.sms.status(ask_modem=ask_modem) if self.sms is not None else None,
             "delivery": uplink.delivery.status(s.id if s else None),
             "uptime": round(now - self.started_at, 1),
             "first_fix_after": (

@@ -206,13 +206,18 @@ class SmsAlerts:
         self._events.emit(EventKind.SMS, to=number, chars=len(text))
         return True
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, ask_modem: bool) -> dict[str, Any]:
+        """For ``sosctl status``; ``ask_modem`` puts AT commands on the line (the
+        owner asked), never for the STATUS line of every watchdog tick."""
         p = self.policy
         texting = p is not None and p.first_round is not None and not (p.acknowledged or p.ended)
-        return {
+        out: dict[str, Any] = {
             "texting": texting, "sent": self.sent, "acks": self.acks,
-            "last_error": self.last_error or None, "modem": await self._link.state(),
+            "last_error": self.last_error or None,
         }  # fmt: skip
+        if ask_modem:
+            out["modem"] = await self._link.state()
+        return out
 
     def _alert(self) -> str:
         fix = self._ctl.last_fix

@@ -94,6 +94,8 @@ async def test_an_unconfirmed_sos_is_texted_acknowledged_by_reply_and_ended(
             shown = format_status(status)
             assert "2 text(s) sent since start, 1 OK by SMS" in shown
             assert "modem       home, -77 dBm" in shown
+            # the STATUS line of every watchdog tick does not put AT commands on the line
+            assert "modem" not in (await daemon.status())["sms"]
             events = [e.data for e in daemon.events.recent() if e.kind.value == "sos"]
             assert any(
                 e.get("what") == "acknowledged" and "SMS" in str(e.get("by")) for e in events
