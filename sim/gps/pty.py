@@ -78,7 +78,6 @@ class PtyPort:
 
     async def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
-        loop = asyncio.get_running_loop()
         while view:
             fd = self._master
             if fd is None:
@@ -87,19 +86,7 @@ class PtyPort:
                 n = os.write(fd, view)
             except BlockingIOError:
                 # Reader is behind: wait until the pty buffer drains.
-                ready: asyncio.Future[None] = loop.create_future()
-
-                def wake(fut: asyncio.Future[None] = ready) -> None:
-                    if not fut.done():
-                        fut.set_result(None)
-
-                loop.add_writer(fd, wake)
-                try:
-                    await asyncio.wait_for(ready, 1.0)
-                except TimeoutError:
-                    pass
-                finally:
-                    loop.remove_writer(fd)
+                await _ready(fd, writing=True, within=1.0)
                 continue
             except OSError:
                 return
@@ -108,7 +95,6 @@ class PtyPort:
 
     async def read(self) -> bytes:
         """What the other end wrote, once there is some (b"" once unplugged)."""
-        loop = asyncio.get_running_loop()
         while True:
             fd = self._master
             if fd is None:
@@ -116,19 +102,7 @@ class PtyPort:
             try:
                 return os.read(fd, 4096)
             except BlockingIOError:
-                ready: asyncio.Future[None] = loop.create_future()
-
-                def wake(fut: asyncio.Future[None] = ready) -> None:
-                    if not fut.done():
-                        fut.set_result(None)
-
-                loop.add_reader(fd, wake)
-                try:
-                    await asyncio.wait_for(ready, 0.5)  # and look again: unplugged?
-                except TimeoutError:
-                    pass
-                finally:
-                    loop.remove_reader(fd)
+                await _ready(fd, writing=False, within=0.5)  # and look again: unplugged?
             except OSError:
                 return b""
 
@@ -146,3 +120,21 @@ class PtyPort:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _ready(fd: int, *, writing: bool, within: float) -> None:
+    """Until ``fd`` can be written (or read), or ``within`` seconds pass."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    (loop.add_writer if writing else loop.add_reader)(fd, wake)
+    try:
+        await asyncio.wait_for(ready, within)
+    except TimeoutError:
+        pass
+    finally:
+        (loop.remove_writer if writing else loop.remove_reader)(fd)
