@@ -93,7 +93,7 @@ class SmsAlerts:
             self.listening.set()
             s = self._ctl.session  # resumed before we listened: its events are gone
             if s is not None and (self.policy is None or self.session != s.id):
-                await self._begin(s.id, s.drill, self._clock.monotonic(), resumed=True)
+                await self._begin(s.id, s.drill, self._clock.monotonic())
                 self._changed.set()
             async for ev in stream:
                 await self._on(ev)
@@ -105,7 +105,7 @@ class SmsAlerts:
             s = self._ctl.session
             if s is None:
                 return
-            await self._begin(s.id, s.drill, now, resumed=d.get("what") == "resumed")
+            await self._begin(s.id, s.drill, now)
             return
         p = self.policy
         if p is None:
@@ -123,32 +123,30 @@ class SmsAlerts:
         elif ev.kind is EventKind.LINK:
             p.link(d.get("state") == "up", now)
 
-    async def _begin(self, session: str, drill: bool, now: float, *, resumed: bool) -> None:
+    async def _begin(self, session: str, drill: bool, now: float) -> None:
+        """A session starts or resumes: it goes on from its log, if it has one."""
         numbers = phone_numbers(self._ctl.config.contacts)
         self.policy = SmsPolicy(self.config, numbers, started=now, drill=drill)
         self.session, self._drill = session, drill
         logged = await self._state.get(SMS_LOG)
         if logged.get("session") == session:
             self.policy.restore(logged, now)
-        elif not resumed or logged.get("session") != session:
+        else:
             await self._save()
 
     async def _finish_an_earlier_end(self) -> None:
         """A daemon stopped after an SOS ended and before its end texts went: they go
         now (unless that session is running again)."""
         logged = await self._state.get(SMS_LOG)
-        probe = SmsPolicy(self.config, [], started=0.0)
-        probe.restore(logged, 0.0)
-        if not probe.alerted or probe.ends_sent:
-            return
         s = self._ctl.session
         if s is not None and s.id == logged.get("session"):
             return
+        now = self._clock.monotonic()
         numbers = phone_numbers(self._ctl.config.contacts)
-        self.policy = SmsPolicy(self.config, numbers, started=self._clock.monotonic())
-        self.policy.restore(logged, self._clock.monotonic())
-        self.policy.ended = True
-        self.session = str(logged.get("session"))
+        p = SmsPolicy(self.config, numbers, started=now, ended=True)
+        p.restore(logged, now)
+        if p.alerted and not p.ends_sent:
+            self.policy, self.session = p, str(logged.get("session"))
 
     async def _replies(self) -> None:
         async for msg in self._link.incoming():

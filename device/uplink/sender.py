@@ -157,9 +157,6 @@ class Sender:
             t.cancel()
         await asyncio.gather(*self.settling, return_exceptions=True)
 
-    async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
-        await until(self._clock, event, seconds)
-
     async def _send_loop(self, conn: Connection, *, urgent: bool, budget: Window | None) -> None:
         cfg = self.config
         watch = self._outbox.watch()
@@ -188,13 +185,13 @@ class Sender:
                 else:
                     wait = routine_due(p, self._clock.now(), cfg)
                 if wait is None or wait > 0:
-                    await self._wait(watch, wait)
+                    await until(self._clock, watch, wait)
                     continue
             stored = await self._outbox.take(limit, first=first, last=last, run=cfg.max_batch)
             more = len(seqs_of(stored)) >= limit  # more when a whole message came along
             if not stored:
                 if at_once:
-                    await self._wait(watch, None)
+                    await until(self._clock, watch, None)
                 continue
             last_sent = self._clock.monotonic()
             for msg in await self.pack(stored):
