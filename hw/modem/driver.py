@@ -21,6 +21,7 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
+from sosbeacon.device.actuators import Incoming
 from sosbeacon.hw.modem import pdu
 from sosbeacon.hw.modem.at import AtChannel, ModemError, ModemGone
 
@@ -65,14 +66,6 @@ class Signal:
         return cls(dbm, None if ber == 99 else ber)
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A whole message from a number (its parts joined)."""
-
-    sender: str
-    text: str
-
-
 class AtModem:
     def __init__(self, port: str, *, baudrate: int = 115200, pin: str = "") -> None:
         self.port = port
@@ -80,7 +73,7 @@ class AtModem:
         self._pin = pin
         self._channel: AtChannel | None = None
         #: whole messages received, and delivery reports, as they come
-        self.received: asyncio.Queue[Received] = asyncio.Queue()
+        self.received: asyncio.Queue[Incoming] = asyncio.Queue()
         self.reports: asyncio.Queue[pdu.StatusReport] = asyncio.Queue()
         self._parts: dict[tuple[str, int, int], dict[int, str]] = {}
         self._ref = 0
@@ -207,7 +200,7 @@ class AtModem:
             log.warning("an unreadable message in the SIM (%s); deleted", exc)
             return
         if got.concat is None:
-            self.received.put_nowait(Received(got.sender, got.text))
+            self.received.put_nowait(Incoming(got.sender, got.text))
             return
         ref, total, number = got.concat
         parts = self._parts.setdefault((got.sender, ref, total), {})
@@ -215,7 +208,7 @@ class AtModem:
         if len(parts) == total:
             del self._parts[(got.sender, ref, total)]
             text = "".join(parts[n] for n in sorted(parts))
-            self.received.put_nowait(Received(got.sender, text))
+            self.received.put_nowait(Incoming(got.sender, text))
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
         async def guarded() -> None:

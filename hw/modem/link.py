@@ -68,5 +68,4 @@ class ModemSms:
 
     async def incoming(self) -> AsyncIterator[Incoming]:
         while True:
-            got = await self.modem.received.get()
-            yield Incoming(got.sender, got.text)
+            yield await self.modem.received.get()
