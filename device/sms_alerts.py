@@ -96,32 +96,41 @@ class SmsAlerts:
                 await self._begin(s.id, s.drill, self._clock.monotonic())
                 self._changed.set()
             async for ev in stream:
-                await self._on(ev)
-                self._changed.set()
+                if await self._on(ev):
+                    self._changed.set()  # the policy changed: look again at what is due
 
-    async def _on(self, ev: Event) -> None:
+    async def _on(self, ev: Event) -> bool:
+        """Feed ``ev`` to the policy; whether it mattered (most events do not: a stored
+        record every second of an SOS wakes nothing)."""
         d, now = ev.data, self._clock.monotonic()
         if ev.kind is EventKind.SOS and d.get("what") in ("started", "resumed"):
             s = self._ctl.session
             if s is None:
-                return
+                return False
             await self._begin(s.id, s.drill, now)
-            return
+            return True
         p = self.policy
         if p is None:
-            return
+            return False
         if ev.kind is EventKind.SOS and d.get("what") == "ended":
             p.ended = True
         elif ev.kind is EventKind.SOS and d.get("what") == "acknowledged":
             p.acknowledged = True
             await self._save()
-        elif ev.kind is EventKind.RECORDS and d.get("what") == "acked":
-            if d.get("record") == "sos-start" and d.get("session") == self.session:
-                p.broker_acked = True
+        elif (
+            ev.kind is EventKind.RECORDS
+            and d.get("what") == "acked"
+            and d.get("record") == "sos-start"
+            and d.get("session") == self.session
+        ):
+            p.broker_acked = True
         elif ev.kind is EventKind.RECEIPT and d.get("sess") == self.session:
             p.receipt = True
         elif ev.kind is EventKind.LINK:
             p.link(d.get("state") == "up", now)
+        else:
+            return False
+        return True
 
     async def _begin(self, session: str, drill: bool, now: float) -> None:
         """A session starts or resumes: it goes on from its log, if it has one."""
