@@ -502,3 +502,27 @@ def test_what_a_salvage_cannot_send_is_named_as_ranges_however_high_the_seqs() -
     assert complement({1, 2}, 2) == [] and complement(set(), 0) == []
     # a counter in the billions costs nothing: no seq is listed one by one
     assert complement({5, 2**40}, 2**40) == [(1, 4), (6, 2**40 - 1)]
+
+
+async def test_a_lock_taken_while_running_holds_the_sos_record_and_stores_it_after(
+    tmp_path: Path,
+) -> None:
+    """Another process takes the write lock while sosd runs: an SOS record is held in
+    memory (add() does not fail), the outage is named for what it is, and the record is
+    stored once the lock is let go. (The outbox's own error, not SQLite's, is what its
+    store raises: it must still be told apart from a failure that will not pass.)"""
+    path = tmp_path / "outbox.db"
+    async with await Outbox.open(path, Limits(min_free_bytes=0)) as box:
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN EXCLUSIVE")
+        start = Record(RecordKind.SOS_START, T0, {"trigger": "cli"}, Priority.SOS, "s1")
+        try:
+            await box.add(start)  # waits out the busy timeout, then holds it
+            assert box.held == 1 and box.fault == "storage locked by another process"
+            assert not box.writable.is_set()
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        await asyncio.wait_for(box.writable.wait(), 30)
+        kept = [s for s, _ in await box.export()]
+        assert [s.kind for s in kept] == [RecordKind.SOS_START] and box.held == 0

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sosbeacon.device.clock import Clock, MonotonicClock
 from sosbeacon.device.outbox import reader as reading
 from sosbeacon.device.outbox.capacity import Capacity, Limits
-from sosbeacon.device.outbox.errors import OutboxFull, as_full, holdable, speaks_for_itself
+from sosbeacon.device.outbox.errors import OutboxError, as_full, holdable, speaks_for_itself
 from sosbeacon.device.outbox.faults import Fault, classify
 from sosbeacon.device.outbox.handout import Handout
 from sosbeacon.device.outbox.holding import Held, Holding
@@ -195,7 +195,7 @@ class Outbox:
             try:
                 await self.store(record)
                 return
-            except (OutboxFull, sqlite3.OperationalError) as exc:
+            except (OutboxError, sqlite3.OperationalError) as exc:
                 if not holdable(exc):
                     raise
                 self._holding.disk_full(exc)

@@ -70,9 +70,8 @@ def as_full(exc: sqlite3.OperationalError, what: str, path: Path) -> BaseExcepti
 
 def holdable(exc: BaseException) -> bool:
     """A write that may succeed later, unchanged: a full disk, a lock held by another
-    process, an I/O error. What it wrote waits in memory meanwhile."""
-    if isinstance(exc, OutboxFull):
-        return True
+    process, an I/O error (SQLite's own error, or ours carrying it as its ``fault``).
+    What it wrote waits in memory meanwhile."""
     return classify(exc) in (Fault.FULL, Fault.LOCKED, Fault.IO)
 
 

@@ -41,9 +41,14 @@ class CorruptOutbox(sqlite3.DatabaseError):
 
 def classify(exc: BaseException) -> Fault:
     """What a storage error says about the file. Anything SQLite does not call corrupt
-    is not treated as corruption, whatever the message reads like."""
+    is not treated as corruption, whatever the message reads like. The outbox's own
+    errors (``OutboxError``, an OSError without an errno) carry what SQLite said as
+    their ``fault``."""
     if isinstance(exc, CorruptOutbox):
         return Fault.CORRUPT
+    own = getattr(exc, "fault", None)
+    if isinstance(own, Fault):
+        return own
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return Fault.FULL

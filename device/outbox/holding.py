@@ -87,7 +87,7 @@ class Holding:
             return
         self.full_since = self._clock.now()
         self.writable.clear()
-        fault = Fault.FULL if isinstance(exc, OutboxFull) else classify(exc)
+        fault = classify(exc)
         self.fault = "disk full" if fault is Fault.FULL else f"storage {fault.value}"
         log.error(
             "%s: %s Records are held in memory (SOS records first, up to %d) and stored "
