@@ -99,7 +99,9 @@ class SosCommands:
         same = cmd.session in (None, current)
         if current is not None and same and at is not None and now - at < ACK_INTERVAL:
             return {"session": current, "recorded": False}  # acknowledged already
-        session = await ctl.acknowledge(by=cmd.by, session=cmd.session)
+        session = await ctl.acknowledge(
+            by=cmd.by, session=cmd.session, contact=cmd.contact, via=cmd.via
+        )
         self._acked[(cmd.by or "", session)] = now
         while len(self._acked) > 1024:
             self._acked.popitem(last=False)

@@ -301,10 +301,12 @@ class Daemon:
                     log.info("first fix after %.1f s", self.first_fix_after)
             await self.controller.on_fix(fix)
 
-    async def _acknowledge_by_sms(self, by: str, session: str | None) -> None:
-        """A contact's OK by SMS: the command table's ``ack``, as for the page."""
+    async def _acknowledge_by_sms(self, by: str, session: str | None, contact: int) -> None:
+        """A contact's OK by SMS: the command table's ``ack``, as for the page (with
+        who it was, so that the relay does not alert them again)."""
         assert self.commands is not None
-        await self.commands(Command(CommandName.ACK, by=by, session=session))
+        cmd = Command(CommandName.ACK, by=by, session=session, contact=contact, via="sms")
+        await self.commands(cmd)
 
     async def _network_loop(self) -> None:
         """The network's state, from NetworkManager or the modem, to the uplink: it

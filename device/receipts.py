@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +87,24 @@ class Delivery:
                 "at": r.get("t"),
             }
         return out
+
+
+#: what a share link may look like to go into a text: http(s), no space, no line break
+#: (a receipt that put one there could forge lines of the SMS)
+_LINK = re.compile(r"https?://[!-~]{1,300}")
+
+
+def share_links(contacts: Any) -> dict[int, str]:
+    """Each contact's share link (by its place in the SOS's contacts) from a receipt's
+    ``contacts``; anything that is not a plain http(s) URL is left out."""
+    out: dict[int, str] = {}
+    for c in contacts if isinstance(contacts, list) else []:
+        if not isinstance(c, dict):
+            continue
+        i, link = c.get("contact"), c.get("link")
+        if isinstance(i, int) and isinstance(link, str) and _LINK.fullmatch(link):
+            out[i] = link
+    return out
 
 
 def _hhmm(t: Any) -> str:

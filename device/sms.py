@@ -23,6 +23,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from sosbeacon.device.sos import Contact
 from sosbeacon.device.wire import AddressError, addresses, parse_address
@@ -45,28 +46,40 @@ class Kind(enum.StrEnum):
     END = "end"
 
 
-@dataclass(frozen=True, slots=True)
-class Due:
-    """A text to send now: to whom (number, contact's name), what kind, and its number
-    in the session (with the session, a key that is never sent twice)."""
+class Phone(NamedTuple):
+    """A number to text: whose, and that contact's place in the SOS's contacts (the
+    relay's links are numbered the same way)."""
 
     number: str
     name: str
+    contact: int
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A text to send now: to whom, what kind, and its number in the session (with the
+    session, a key that is never sent twice)."""
+
+    to: Phone
     kind: Kind
     n: int
 
+    @property
+    def number(self) -> str:
+        return self.to.number
 
-def phone_numbers(contacts: tuple[Contact, ...]) -> list[tuple[str, str]]:
-    """(number, name) for every phone number in the contacts' ``reach``."""
+
+def phone_numbers(contacts: tuple[Contact, ...]) -> list[Phone]:
+    """Every phone number in the contacts' ``reach``."""
     out = []
-    for c in contacts:
+    for i, c in enumerate(contacts):
         for a in addresses(c.reach):
             try:
                 addr = parse_address(a)
             except AddressError:
                 continue
             if addr.channel == "sms":
-                out.append((addr.target, c.name))
+                out.append(Phone(addr.target, c.name, i))
     return out
 
 
@@ -121,7 +134,7 @@ class SmsPolicy:
     and tried again after a pause, whatever the round."""
 
     config: SmsConfig
-    numbers: list[tuple[str, str]]
+    numbers: list[Phone]
     started: float
     drill: bool = False
     broker_acked: bool = False
@@ -158,14 +171,14 @@ class SmsPolicy:
         elif self.down_since is None:
             self.down_since = now
 
-    def acknowledgement_from(self, number: str, text: str) -> str | None:
-        """A reply: the contact's name when it acknowledges (a contact's number, "OK"),
-        else None (a number that is not a contact never acknowledges anything)."""
-        name = next((n for num, n in self.numbers if num == number), None)
-        if name is None or not is_ack(text):
+    def acknowledgement_from(self, number: str, text: str) -> Phone | None:
+        """A reply: the contact when it acknowledges (a contact's number, "OK"), else
+        None (a number that is not a contact never acknowledges anything)."""
+        phone = next((p for p in self.numbers if p.number == number), None)
+        if phone is None or not is_ack(text) or self.ended:
             return None
         self.acknowledged = True
-        return name
+        return phone
 
     def _round(self, now: float) -> int:
         """The round due now (0: none yet)."""
@@ -183,21 +196,21 @@ class SmsPolicy:
         or :meth:`failed`)."""
         if not self.config.enabled or not self.numbers:
             return []
-        ready = [(num, name) for num, name in self.numbers if self.held.get(num, 0.0) <= now]
+        ready = [p for p in self.numbers if self.held.get(p.number, 0.0) <= now]
         if self.ended:
             return [
-                Due(num, name, Kind.END, 0)
-                for num, name in ready
-                if self.alerts.get(num) and num not in self.ended_to
+                Due(p, Kind.END, 0)
+                for p in ready
+                if self.alerts.get(p.number) and p.number not in self.ended_to
             ]
         if self.acknowledged:
             return []
         current = self._round(now)
         room = self.config.max_per_session - self.alerts_sent
         out = [
-            Due(num, name, Kind.ALERT, self.alerts.get(num, 0) + 1)
-            for num, name in ready
-            if self.alerts.get(num, 0) < current
+            Due(p, Kind.ALERT, self.alerts.get(p.number, 0) + 1)
+            for p in ready
+            if self.alerts.get(p.number, 0) < current
         ]
         return out[: max(0, room)]
 
@@ -219,16 +232,23 @@ class SmsPolicy:
         elif self.alerts.get(due.number, 0) >= due.n:
             self.alerts[due.number] = due.n - 1
 
-    def to_log(self, session: str) -> dict[str, object]:
+    @property
+    def finished(self) -> bool:
+        """Nothing more will ever be sent: the SOS ended and whoever was texted was told."""
+        return self.ended and self.ends_sent
+
+    def to_log(self) -> dict[str, object]:
         """What a restart needs to go on without sending anything twice."""
         return {
-            "session": session, "alerts": self.alerts, "ended_to": self.ended_to,
-            "acknowledged": self.acknowledged,
+            "alerts": self.alerts, "ended_to": self.ended_to, "ended": self.ended,
+            "acknowledged": self.acknowledged, "drill": self.drill,
         }  # fmt: skip
 
     def restore(self, log: dict[str, object], now: float) -> None:
         """Go on from a log of the same session: the rounds sent count as just sent
         (the next one waits a whole interval), so nothing goes twice."""
+        self.drill = self.drill or bool(log.get("drill"))
+        self.ended = self.ended or bool(log.get("ended"))
         alerts = log.get("alerts")
         if isinstance(alerts, dict):
             self.alerts = {str(k): int(v) for k, v in alerts.items() if isinstance(v, int)}

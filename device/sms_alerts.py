@@ -6,8 +6,11 @@ stream, its texts sent through the modem (:class:`device.actuators.SmsLink`).
   down and up; texts received.
 * The log (``SMS_LOG`` in the device state) is written *before* each text goes: a crash
   in between loses that text rather than sending it twice after the restart, and the
-  next repeat goes after its interval. An end not yet sent when the daemon stopped is
-  sent at the next start.
+  next repeat goes after its interval. It keeps every session with something still to
+  send: an end not yet sent (the modem was away, the daemon stopped) is sent at the next
+  start, or later, even when a new SOS has begun meanwhile.
+* An alert carries the contact's own share link once the relay's receipt has given one
+  (:func:`device.receipts.share_links`).
 * A reply ``OK`` from a contact's number acknowledges the SOS through the command table
   (as that contact, like a page's "I'm on it"), and is answered with a confirmation;
   from any other number it does nothing but a log line.
@@ -26,7 +29,9 @@ from sosbeacon.device.clock import Clock
 from sosbeacon.device.events import Event, EventKind, Events
 from sosbeacon.device.outbox import SMS_LOG, DeviceState
 from sosbeacon.device.privacy import fix_payload
+from sosbeacon.device.receipts import share_links
 from sosbeacon.device.sms import (
+    Due,
     Kind,
     Position,
     SmsConfig,
@@ -42,8 +47,9 @@ log = logging.getLogger(__name__)
 #: seconds before a text that could not go is tried again
 RETRY = 30.0
 
-#: acknowledge the running SOS as ``by`` (the command table's ``ack``)
-Acknowledge = Callable[[str, str | None], Awaitable[Any]]
+#: acknowledge the running SOS as ``by`` (the command table's ``ack``): by, session, and
+#: the contact's place in the SOS's contacts
+Acknowledge = Callable[[str, str | None, int], Awaitable[Any]]
 
 
 class SmsAlerts:
@@ -67,9 +73,13 @@ class SmsAlerts:
         self._clock = clock
         self._acknowledge = acknowledge
         self._owner = owner
-        self.policy: SmsPolicy | None = None
+        #: every session with something still to send, oldest first; the last one may be
+        #: the running SOS (:attr:`session`)
+        self.policies: dict[str, SmsPolicy] = {}
+        #: the running SOS's session (None: none, or it ended)
         self.session: str | None = None
-        self._drill = False
+        #: the share link of each contact (by place), from the relay's receipt, by session
+        self._links: dict[str, dict[int, str]] = {}
         self._changed = asyncio.Event()
         #: set once it follows the event stream
         self.listening = asyncio.Event()
@@ -79,8 +89,13 @@ class SmsAlerts:
         self.acks = 0
         self.last_error = ""
 
+    @property
+    def policy(self) -> SmsPolicy | None:
+        """The running SOS's texting."""
+        return self.policies.get(self.session) if self.session is not None else None
+
     async def run(self) -> None:
-        await self._finish_an_earlier_end()
+        await self._load()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._follow())
             tg.create_task(self._replies())
@@ -92,7 +107,7 @@ class SmsAlerts:
         async with self._events.follow() as stream:
             self.listening.set()
             s = self._ctl.session  # resumed before we listened: its events are gone
-            if s is not None and (self.policy is None or self.session != s.id):
+            if s is not None and self.session != s.id:
                 await self._begin(s.id, s.drill, self._clock.monotonic())
                 self._changed.set()
             async for ev in stream:
@@ -100,21 +115,40 @@ class SmsAlerts:
                     self._changed.set()  # the policy changed: look again at what is due
 
     async def _on(self, ev: Event) -> bool:
-        """Feed ``ev`` to the policy; whether it mattered (most events do not: a stored
-        record every second of an SOS wakes nothing)."""
+        """Feed ``ev`` to the policies; whether it mattered (most events do not: a
+        stored record every second of an SOS wakes nothing)."""
         d, now = ev.data, self._clock.monotonic()
-        if ev.kind is EventKind.SOS and d.get("what") in ("started", "resumed"):
+        what = d.get("what") if ev.kind is EventKind.SOS else None
+        if what in ("started", "resumed"):
             s = self._ctl.session
             if s is None:
                 return False
             await self._begin(s.id, s.drill, now)
             return True
+        if what == "ended":
+            p = self.policies.get(str(d.get("session")))
+            if p is None:
+                return False
+            p.ended = True
+            if self.session == d.get("session"):
+                self.session = None
+            await self._save()
+            return True
+        if ev.kind is EventKind.LINK:
+            for p in self.policies.values():
+                p.link(d.get("state") == "up", now)
+            return True
+        if ev.kind is EventKind.RECEIPT:
+            sess = str(d.get("sess"))
+            self._links[sess] = share_links(d.get("contacts"))
+            p = self.policies.get(sess)
+            if p is not None:
+                p.receipt = True
+            return p is not None
         p = self.policy
         if p is None:
             return False
-        if ev.kind is EventKind.SOS and d.get("what") == "ended":
-            p.ended = True
-        elif ev.kind is EventKind.SOS and d.get("what") == "acknowledged":
+        if what == "acknowledged":
             p.acknowledged = True
             await self._save()
         elif (
@@ -124,44 +158,40 @@ class SmsAlerts:
             and d.get("session") == self.session
         ):
             p.broker_acked = True
-        elif ev.kind is EventKind.RECEIPT and d.get("sess") == self.session:
-            p.receipt = True
-        elif ev.kind is EventKind.LINK:
-            p.link(d.get("state") == "up", now)
         else:
             return False
         return True
 
     async def _begin(self, session: str, drill: bool, now: float) -> None:
         """A session starts or resumes: it goes on from its log, if it has one."""
-        numbers = phone_numbers(self._ctl.config.contacts)
-        self.policy = SmsPolicy(self.config, numbers, started=now, drill=drill)
-        self.session, self._drill = session, drill
-        logged = await self._state.get(SMS_LOG)
-        if logged.get("session") == session:
-            self.policy.restore(logged, now)
-        else:
-            await self._save()
+        p = SmsPolicy(self.config, phone_numbers(self._ctl.config.contacts), now, drill=drill)
+        logged = _sessions(await self._state.get(SMS_LOG)).get(session)
+        if logged is not None:
+            p.restore(logged, now)
+        self.policies.pop(session, None)
+        self.policies[session] = p
+        self.session = session
+        await self._save()
 
-    async def _finish_an_earlier_end(self) -> None:
-        """A daemon stopped after an SOS ended and before its end texts went: they go
-        now (unless that session is running again)."""
-        logged = await self._state.get(SMS_LOG)
-        s = self._ctl.session
-        if s is not None and s.id == logged.get("session"):
-            return
+    async def _load(self) -> None:
+        """Sessions that ended with their end texts not all sent (the daemon stopped,
+        the modem was away): they go now. (The running SOS resumes from its own log.)"""
         now = self._clock.monotonic()
         numbers = phone_numbers(self._ctl.config.contacts)
-        p = SmsPolicy(self.config, numbers, started=now, ended=True)
-        p.restore(logged, now)
-        if p.alerted and not p.ends_sent:
-            self.policy, self.session = p, str(logged.get("session"))
+        running = self._ctl.session.id if self._ctl.session is not None else None
+        for session, logged in _sessions(await self._state.get(SMS_LOG)).items():
+            if session == running:
+                continue
+            p = SmsPolicy(self.config, numbers, started=now, ended=True)
+            p.restore(logged, now)
+            if not p.finished:
+                self.policies[session] = p
 
     async def _replies(self) -> None:
         async for msg in self._link.incoming():
             p = self.policy
-            name = p.acknowledgement_from(msg.sender, msg.text) if p is not None else None
-            if name is None:
+            phone = p.acknowledgement_from(msg.sender, msg.text) if p is not None else None
+            if phone is None:
                 log.info(
                     "a text from %s does not acknowledge anything (not a contact's number, "
                     "or no running SOS, or not OK)", msg.sender,
@@ -169,12 +199,12 @@ class SmsAlerts:
                 continue
             self.acks += 1
             try:
-                await self._acknowledge(f"{name} (SMS)", self.session)
+                await self._acknowledge(f"{phone.name} (SMS)", self.session, phone.contact)
             except Exception as exc:  # the SOS may have ended meanwhile
-                log.warning("the SMS acknowledgement of %s was not applied: %s", name, exc)
+                log.warning("the SMS acknowledgement of %s was not applied: %s", phone.name, exc)
                 continue
             await self._send_safely(
-                msg.sender, f"Thank you, {name}: {self._owner}'s beacon got your OK."
+                msg.sender, f"Thank you, {phone.name}: {self._owner}'s beacon got your OK."
             )
             self._changed.set()
 
@@ -183,24 +213,27 @@ class SmsAlerts:
     async def _tick(self) -> None:
         while True:
             self._changed.clear()
-            p = self.policy
             now = self._clock.monotonic()
-            if p is not None:
+            for session, p in list(self.policies.items()):
                 for due in p.due(now):
-                    text = (
-                        end_text(owner=self._owner, drill=self._drill)
-                        if due.kind is Kind.END
-                        else self._alert()
-                    )
                     p.sent(due, now)  # recorded before it goes: never twice
                     await self._save()
-                    if not await self._send_safely(due.number, text):
+                    if not await self._send_safely(due.number, self._text(session, p, due)):
                         p.failed(due, now, RETRY)  # it did not go: owed, tried again
                         await self._save()
-                if p.ended and (p.ends_sent or not p.alerted):
-                    self.policy = None
-            wake = self.policy.wake_at() if self.policy is not None else None
+                if p.finished:
+                    del self.policies[session]
+                    self._links.pop(session, None)
+                    await self._save()
+            wakes = [w for p in self.policies.values() if (w := p.wake_at()) is not None]
+            wake = min(wakes, default=None)
             await until(self._clock, self._changed, None if wake is None else max(0.0, wake - now))
+
+    def _text(self, session: str, p: SmsPolicy, due: Due) -> str:
+        if due.kind is Kind.END:
+            return end_text(owner=self._owner, drill=p.drill)
+        link = self._links.get(session, {}).get(due.to.contact)
+        return self._alert(p.drill, link)
 
     async def _send_safely(self, number: str, text: str) -> bool:
         try:
@@ -221,12 +254,13 @@ class SmsAlerts:
         out: dict[str, Any] = {
             "texting": texting, "sent": self.sent, "acks": self.acks,
             "last_error": self.last_error or None,
+            "ends_owed": sum(1 for q in self.policies.values() if q.ended and not q.finished),
         }  # fmt: skip
         if ask_modem:
             out["modem"] = await self._link.state()
         return out
 
-    def _alert(self) -> str:
+    def _alert(self, drill: bool, link: str | None) -> str:
         fix = self._ctl.last_fix
         position = None
         shared = fix_payload(fix, self._ctl.privacy) if fix is not None else None
@@ -237,14 +271,24 @@ class SmsAlerts:
         battery = self._ctl.last_battery
         shown = battery is not None and self._ctl.privacy.share_battery
         return alert_text(
-            owner=self._owner, drill=self._drill, position=position,
-            battery=battery.capacity if battery is not None and shown else None, link=None,
+            owner=self._owner, drill=drill, position=position,
+            battery=battery.capacity if battery is not None and shown else None, link=link,
         )  # fmt: skip
 
     async def _save(self) -> None:
-        if self.policy is None or self.session is None:
-            return
+        logged = {"sessions": {s: p.to_log() for s, p in self.policies.items()}}
         try:
-            await self._state.put(SMS_LOG, self.policy.to_log(self.session))
+            await self._state.put(SMS_LOG, logged)
         except OSError as exc:  # a full disk: the texts still go
             log.warning("the SMS log could not be stored (%s)", exc)
+
+
+def _sessions(logged: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The log's sessions, oldest first (a log of one session, as an earlier version
+    wrote it, read as such)."""
+    if "session" in logged:
+        return {str(logged["session"]): logged}
+    sessions = logged.get("sessions")
+    if not isinstance(sessions, dict):
+        return {}
+    return {str(k): v for k, v in sessions.items() if isinstance(v, dict)}

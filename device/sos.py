@@ -281,12 +281,20 @@ class SosController:
         await self._end(session, reason=trigger)
         return True
 
-    async def acknowledge(self, *, by: str | None, session: str | None = None) -> str:
+    async def acknowledge(
+        self, *, by: str | None, session: str | None = None, contact: int | None = None,
+        via: str | None = None,
+    ) -> str:  # fmt: skip
         """A contact saw the SOS: record it, show it on the LED/buzzer. Returns the
         session acknowledged; raises :class:`SosRefused` when there is nothing to
-        acknowledge."""
+        acknowledge. ``contact`` (their place in the contacts) and ``via`` (``sms``) when
+        the device itself knows who it was: the relay then sends that contact no alert
+        of its own."""
         s = self._current(session)
-        await self._record(RecordKind.SOS_ACK, {"by": by}, Priority.SOS, s)
+        data: dict[str, Any] = {"by": by}
+        if contact is not None:
+            data.update(contact=contact, via=via)
+        await self._record(RecordKind.SOS_ACK, data, Priority.SOS, s)
         log.warning("%s acknowledged by %s", "DRILL" if s.drill else "SOS", by or "a contact")
         self._event("acknowledged", by=by)
         await self._cue(Cue.ACKNOWLEDGED)
@@ -469,7 +477,7 @@ class SosController:
         )
         # a start that came meanwhile stands: the end leaves its state as it is
         after = self._resting() if self._state is SosState.ENDING else self._state
-        self._transition(after, "ended", trigger=reason, drill=s.drill)
+        self._transition(after, "ended", trigger=reason, drill=s.drill, session=s.id)
         await self._cue(Cue.ENDED)
         self._spawn(self._gps_idle_mode())
 
@@ -547,7 +555,8 @@ class SosController:
     def _event(self, what: str, **info: Any) -> None:
         self._events.append({"t": self._clock.now().isoformat(), "event": what, **info})
         s = self.session
-        self.events.emit(EventKind.SOS, what=what, **info, **({"session": s.id} if s else {}))
+        data = {**({"session": s.id} if s else {}), **info}  # info may name the session
+        self.events.emit(EventKind.SOS, what=what, **data)
 
     async def _cue(self, cue: Cue) -> None:
         self.events.emit(EventKind.CUE, cue=cue.value)

@@ -490,6 +490,10 @@ class Command:
     #: the SOS session the command is meant for; a stale command for an earlier
     #: session is refused instead of acting on the current one
     session: str | None = None
+    #: set by the device itself, never read from the wire: the acknowledging contact's
+    #: place in the SOS's contacts, and how they answered (``sms``)
+    contact: int | None = None
+    via: str | None = None
 
 
 MAX_COMMAND_BYTES = 4096

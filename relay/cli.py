@@ -39,7 +39,11 @@ def _load(path: Path | None) -> RelayConfig:
 
 def open_store(cfg: RelayConfig) -> Store:
     cfg.relay.data_dir.mkdir(parents=True, exist_ok=True)
-    return Store(db.engine(cfg.database_url()), link_key=links.load_key(cfg.link_key_path()))
+    return Store(
+        db.engine(cfg.database_url()),
+        link_key=links.load_key(cfg.link_key_path()),
+        backlog_hold=cfg.notify.backlog_hold,
+    )
 
 
 def _when(t: float | None) -> str:

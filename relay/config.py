@@ -92,6 +92,11 @@ class NotifySettings:
     attempts: int = 12
     #: seconds one send may take
     timeout: float = 30.0
+    #: seconds the alerts of a late SOS start wait (one recorded more than
+    #: ``LATE_START`` s before it arrived: the backlog of a device that had no data), so
+    #: that an acknowledgement the device took by SMS meanwhile, right behind it in the
+    #: backlog, arrives first and that contact is not alerted again
+    backlog_hold: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "notify.retry_max": (0.1, 7 * _DAY),
     "notify.attempts": (1, 1000),
     "notify.timeout": (1, 600),
+    "notify.backlog_hold": (0, 60),
 }
 _GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,31}")

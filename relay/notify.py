@@ -92,8 +92,29 @@ def start_message(
     return Message(title, "\n".join(lines))
 
 
+#: the end of the title of :func:`acknowledged_message`
+ACKNOWLEDGED = "(you have acknowledged)"
+
+
+def acknowledged_message(*, who: str, drill: bool, link: str, acked: float) -> Message:
+    """Instead of the alert, to a contact who acknowledged on the device already (an SMS
+    reply while there was no data): no second alarm, only the link the SMS could not
+    carry."""
+    head = "DRILL" if drill else "SOS"
+    title = f"{head}: {who}'s live route {ACKNOWLEDGED}"
+    body = (
+        f"You acknowledged {who}'s {head} at {_clock(acked)}; {who}'s beacon has your OK.\n"
+        f"Their route is online now: {link}\n"
+        "Only you have this link: do not forward it."
+    )
+    return Message(title, body)
+
+
+_END_HEADS = ("DRILL over", "SOS ended")
+
+
 def end_message(*, who: str, drill: bool, link: str, expires: float | None) -> Message:
-    head = "DRILL over" if drill else "SOS ended"
+    head = _END_HEADS[0] if drill else _END_HEADS[1]
     until = f" until {_clock(expires)}" if expires else ""
     title = f"{head}: {who}"
     body = (
@@ -103,9 +124,19 @@ def end_message(*, who: str, drill: bool, link: str, expires: float | None) -> M
     return Message(title, body)
 
 
+def message_kind(title: str) -> str:
+    """What a message of ours is, from its title: ``alert``, ``acknowledged`` or ``end``
+    (for the drills, which count the alerts a contact got)."""
+    if title.startswith(tuple(f"{h}:" for h in _END_HEADS)):
+        return "end"
+    return "acknowledged" if title.endswith(ACKNOWLEDGED) else "alert"
+
+
 __all__ = [
     "Message",
+    "acknowledged_message",
     "end_message",
+    "message_kind",
     "service_url",
     "start_message",
 ]

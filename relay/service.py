@@ -310,7 +310,11 @@ class Relay:
         cfg, now = self.config, self.clock()
         who = item["owner"] or item["device"]
         link = cfg.link_base() + self.store.link_token(item["salt"])
-        if item["kind"] == "start":
+        if item["kind"] == "start" and item["acked"] is not None:
+            msg = notify.acknowledged_message(
+                who=who, drill=bool(item["drill"]), link=link, acked=item["acked"]
+            )
+        elif item["kind"] == "start":
             msg = notify.start_message(
                 who=who, drill=bool(item["drill"]), start=item["start"] or {}, link=link,
                 now=now, sent=item["started"] or now,
@@ -388,7 +392,8 @@ class Relay:
                 continue
             devices, self._dirty = self._dirty, set()
             for device in sorted(devices):
-                r = await self._guarded(self.store.receipt(device))
+                base = self.config.link_base()
+                r = await self._guarded(self.store.receipt(device, link_base=base))
                 if r is None:
                     self._dirty.add(device)
                     continue

@@ -27,6 +27,10 @@ from sosbeacon.relay.db import links as links_t
 
 log = logging.getLogger(__name__)
 
+#: an SOS start recorded this many seconds before it reached the relay is a backlog
+#: (the device had no data): its alerts wait ``backlog_hold`` for what follows it
+LATE_START = 10.0
+
 #: record kinds kept with a session (routine telemetry is only counted in the ledger)
 SOS_EVENT_KINDS = ("sos-start", "sos-end", "sos-ack", "last-gasp", "gap")
 
@@ -54,9 +58,10 @@ class LinkView:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, *, link_key: bytes) -> None:
+    def __init__(self, engine: AsyncEngine, *, link_key: bytes, backlog_hold: float = 0.0) -> None:
         self.engine = engine
         self.key = link_key
+        self.backlog_hold = backlog_hold
         self._pg = engine.dialect.name == "postgresql"
         #: the one statement a backlog is made of, in the driver's own SQL: a day of fixes
         #: goes through ``executemany`` with no per-row work by SQLAlchemy
@@ -171,6 +176,8 @@ class Store:
             if r.kind == "sos-start":
                 if await self._started(conn, sid, r, now):
                     out.started.append(sid)
+            elif r.kind == "sos-ack":
+                await self._acked_on_device(conn, sid, box, r)
             elif r.kind == "sos-end":
                 await self._ended(conn, sid, r, now)
                 out.ended.append(sid)
@@ -214,6 +221,10 @@ class Store:
         if had:
             return False
         contacts = r.data.get("contacts") or []
+        # a late start (a backlog) is alerted a moment later, when what the device
+        # recorded after it (an acknowledgement by SMS) has arrived too
+        late = isinstance(r.t, int | float) and now - r.t > LATE_START
+        at = now + self.backlog_hold if late else now
         for i, c in enumerate(contacts if isinstance(contacts, list) else []):
             if not isinstance(c, dict):
                 continue
@@ -232,8 +243,35 @@ class Store:
                 )
             )
             link_id = res.inserted_primary_key[0]  # type: ignore[index]
-            await self._queue(conn, link_id, "start", str(c.get("reach") or ""), now)
+            await self._queue(conn, link_id, "start", str(c.get("reach") or ""), at)
         return True
+
+    async def _acked_on_device(
+        self, conn: AsyncConnection, sid: int, box: str, r: Received
+    ) -> None:
+        """An acknowledgement the device itself took from a contact (an SMS reply
+        ``OK``): that contact's link counts as acknowledged, so the relay sends them no
+        alert of its own (:meth:`claim_due` says so). Acknowledgements through the relay
+        are confirmed by the device's reply instead (:meth:`ack_answered`)."""
+        contact, via = r.data.get("contact"), r.data.get("via")
+        if not isinstance(contact, int) or not isinstance(via, str):
+            return
+        link_id = (
+            await conn.execute(
+                select(links_t.c.id).where(
+                    links_t.c.session_id == sid, links_t.c.contact == contact
+                )
+            )
+        ).scalar()
+        if link_id is None:
+            log.warning("relay: an acknowledgement by %s names no contact of its SOS", via)
+            return
+        await conn.execute(
+            self._insert(acks)(
+                link_id=link_id, cmd_id=f"{via[:16]}:{box}:{r.seq}", requested=r.t,
+                confirmed=r.t,
+            ).on_conflict_do_nothing()
+        )  # fmt: skip
 
     async def _queue(
         self, conn: AsyncConnection, link_id: int, kind: str, reach: str, now: float
@@ -382,9 +420,16 @@ class Store:
                 .where(notifications.c.id.in_(ids))
                 .values(state="sending", claimed_by=me, next_try=now + lease)
             )
+            acked = (
+                select(func.min(acks.c.confirmed))
+                .where(acks.c.link_id == links_t.c.id)
+                .scalar_subquery()
+                .label("acked")
+            )
             q2 = (
                 select(
                     notifications,
+                    acked,
                     links_t.c.name,
                     links_t.c.salt,
                     sessions.c.id.label("sid"),
@@ -519,9 +564,11 @@ class Store:
 
     # -- receipts ----------------------------------------------------------------------
 
-    async def receipt(self, device: str) -> dict[str, Any]:
+    async def receipt(self, device: str, *, link_base: str) -> dict[str, Any]:
         """What the device is told: the seqs stored per box, and for its newest session
-        each contact's notifications, first open and acknowledgement."""
+        each contact's place, share link (``link_base`` + token, while it works: the
+        device texts it when there is no data), notifications, first open and
+        acknowledgement."""
         async with self.engine.connect() as conn:
             stored = {
                 r.box: ranges.text(r.seen)
@@ -544,7 +591,12 @@ class Store:
                 lrows = (
                     await conn.execute(
                         select(
-                            links_t.c.id, links_t.c.name, links_t.c.first_opened, links_t.c.revoked
+                            links_t.c.id,
+                            links_t.c.contact,
+                            links_t.c.name,
+                            links_t.c.salt,
+                            links_t.c.first_opened,
+                            links_t.c.revoked,
                         )
                         .where(links_t.c.session_id == s.id)
                         .order_by(links_t.c.contact)
@@ -581,9 +633,12 @@ class Store:
                          **({"error": n.error} if n.error and n.state != "sent" else {})}
                         for n in nrows if n.link_id == lk.id
                     ]  # fmt: skip
+                    live = lk.revoked is None and s.expires is None
                     contacts.append(
                         {
+                            "contact": lk.contact,
                             "name": lk.name,
+                            **({"link": link_base + self.link_token(lk.salt)} if live else {}),
                             "notified": sends,
                             "opened": lk.first_opened,
                             "acked": acked.get(lk.id),

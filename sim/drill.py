@@ -40,6 +40,7 @@ from sosbeacon.device.control import NotRunning, follow, request
 from sosbeacon.device.errors import SosbeaconError
 from sosbeacon.device.mqtt import BrokerConfig, Connection, MqttError
 from sosbeacon.device.wire import Received, Topics, dumps
+from sosbeacon.relay.notify import message_kind
 from sosbeacon.sim import localrelay
 from sosbeacon.sim.broker import Mosquitto
 from sosbeacon.sim.button import multi_press
@@ -83,6 +84,8 @@ EXPECTATIONS = {
     "caught_up_within": "seconds from the network's return to the contact having everything",
     "first_sms_within": "seconds from gesture (or command) to the first text to a contact",
     "sms_reply_confirmed_within": "seconds from a contact's SMS reply to the device's answer",
+    "link_sent": "whether the relay's message with her share link reached Alice",
+    "alerts_after_ack": "SOS alerts the relay sent Alice after she acknowledged by SMS (0)",
     "first_fix_within": "seconds from daemon start to its first fix",
     "final_state": "the daemon's SOS state at the end: idle | active",
 }
@@ -214,8 +217,10 @@ class Drill:
         self.proc: asyncio.subprocess.Process | None = None
         self.logfile = workdir / "sosd.log"
         self.receiver: Receiver | None = None
-        #: the relay's e-mail to Alice, and her view of the page it links to
+        #: the relay's first e-mail to Alice (every one, in order), and her view of the
+        #: page it links to
         self.mail: Mail | None = None
+        self.mails: list[tuple[float, Mail]] = []
         self.link: str | None = None
         self.visitor: PageVisitor | None = None
         self.relay_url: str | None = None
@@ -285,12 +290,18 @@ class Drill:
             self.event("relay", "the device confirmed the acknowledgement; the page shows it")
 
     async def _follow_mail(self, sink: MailSink) -> None:
-        """Alice's mailbox: the relay's e-mail, whose link she opens at once."""
-        mail = (await sink.wait(1, within=3600))[0]
-        self.mail = mail
-        self.mark("notified")
+        """Alice's mailbox: the relay's e-mails; the first one's link she opens at once."""
+        while True:
+            mail = (await sink.wait(len(self.mails) + 1, within=3600))[-1]
+            self.mails.append((self.now(), mail))
+            self.event("contact", f"e-mail to {', '.join(mail.to)}: {mail.subject!r}")
+            if self.mail is None:
+                self.mail = mail
+                self.mark("notified")
+                await self._open_link(mail)
+
+    async def _open_link(self, mail: Mail) -> None:
         found = re.search(r"https?://\S+/s/[A-Za-z0-9_-]+", mail.body)
-        self.event("contact", f"e-mail to {', '.join(mail.to)}: {mail.subject!r}")
         if found is None:
             self.event("contact", "the e-mail has no link")
             return
@@ -498,6 +509,8 @@ class Drill:
                         since = max(since, ev["t"])
                         if ev["kind"] == "sms":
                             self.mark("sms")
+                        elif ev["kind"] == "sos" and str(ev.get("by", "")).endswith("(SMS)"):
+                            self.mark("sms-acked")  # acknowledged, by a reply
                         shown = device_line(ev)
                         if shown:
                             self.event("device", shown)
@@ -599,7 +612,16 @@ class Drill:
             "duplicates (resends, dropped by seq)": led.duplicates,
             "final SOS state": final.get("state"),
         }
+        replied = self.marks.get("sms-acked", [])
+        alerts_after_ack = sum(
+            1
+            for t, m in self.mails
+            if replied and t >= replied[0] and message_kind(m.subject) == "alert"
+        )
+        figures["relay alerts to Alice after her OK by SMS"] = alerts_after_ack
         got = {
+            "link_sent": self.link is not None,
+            "alerts_after_ack": alerts_after_ack,
             "records_lost": len(led.missing()),
             "sos_started": bool(starts),
             "drill": bool(starts) and all(r.drill for r in starts),

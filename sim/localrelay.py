@@ -15,10 +15,9 @@ from typing import Any
 import httpx
 
 from sosbeacon.relay import config as relay_config
-from sosbeacon.relay import db, links
+from sosbeacon.relay.cli import open_store
 from sosbeacon.relay.config import RelayConfig
 from sosbeacon.relay.service import Relay
-from sosbeacon.relay.store import Store
 from sosbeacon.sim.broker import free_port
 
 
@@ -46,8 +45,7 @@ async def running(
     cfg: RelayConfig, *, clock: Callable[[], float] = time.time, **kw: Any
 ) -> AsyncIterator[Relay]:
     """The relay, connected to its broker and serving its page, until the block ends."""
-    cfg.relay.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(db.engine(cfg.database_url()), link_key=links.load_key(cfg.link_key_path()))
+    store = open_store(cfg)
     relay = Relay(cfg, store, clock=clock, **kw)
     task = asyncio.create_task(relay.run())
     try:

@@ -31,7 +31,7 @@ def test_a_broken_scenario_says_what_is_wrong(tmp_path: Path) -> None:
     assert "step[0].at" in msg and "'fly' is not one of" in msg and "expect.x: unknown" in msg
 
 
-@pytest.mark.parametrize("name", ["false-trigger", "crash", "no-data"])
+@pytest.mark.parametrize("name", ["false-trigger", "crash", "no-data", "data-returns"])
 async def test_drill(name: str, tmp_path: Path) -> None:
     need_mosquitto()
     scenario = Scenario.load(next(p for p in list_scenarios() if p.stem == name))
@@ -43,13 +43,19 @@ async def test_drill(name: str, tmp_path: Path) -> None:
         # the relay got the SOS through the kills and the broker restart, and e-mailed
         assert report.figures["relay stored the SOS (s after the gesture)"] is not None
         assert report.figures["contact notified by e-mail (s after the gesture)"] is not None
-    if name == "no-data":
+    if name in ("no-data", "data-returns"):
         # texted with no data at all: the alert, the thanks for her OK, the end
         assert report.figures["texts sent"] == 3
         assert any("texted +447700900123" in e for e in report.events)
         assert any("acknowledged by Alice (SMS)" in e for e in report.events)
     else:
         assert report.figures["texts sent"] == 0  # confirmed, or no SOS: nothing by SMS
+    if name == "data-returns":
+        # the backlog reached the relay: Alice got her link, and no second alarm
+        subjects = [e for e in report.events if "e-mail to alice@example.org" in e]
+        assert any("live route (you have acknowledged)" in e for e in subjects), subjects
+        assert any("SOS ended" in e for e in subjects), subjects
+        assert report.figures["relay alerts to Alice after her OK by SMS"] == 0
 
 
 async def test_a_small_fleet_loses_nothing(tmp_path: Path) -> None:

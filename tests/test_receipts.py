@@ -85,3 +85,22 @@ def test_what_is_not_a_receipt_is_counted_and_changes_nothing() -> None:
     assert d.refused == 7
     assert d.receipt is not None and d.receipt["sess"] == "s1"
     assert d.take(b"") is True  # the relay withdrew its retained receipt
+
+
+def test_share_links_are_taken_only_as_plain_urls_by_the_contact_s_place() -> None:
+    """A link goes into a text as it is: one with a line break could forge a line of
+    the SMS ("Position: ..."), so anything but a plain http(s) URL is left out."""
+    from sosbeacon.device.receipts import share_links
+
+    good = "https://sos.example.org/s/c_laiPydmkbecz6N2XFADfrPxlFxrmcW"
+    contacts = [
+        {"contact": 0, "name": "Alice", "link": good},
+        {"contact": 1, "name": "Bob", "link": good + "\nPosition: 0,0"},
+        {"contact": 2, "name": "Carol", "link": "javascript:alert(1)"},
+        {"contact": "3", "name": "Dan", "link": good},
+        {"contact": 4, "name": "Eve", "link": "https://x.org/ spaced"},
+        {"contact": 5, "name": "Fay"},  # revoked or ended: no link
+        "not a contact",
+    ]
+    assert share_links(contacts) == {0: good}
+    assert share_links(None) == {} and share_links({"contact": 0}) == {}

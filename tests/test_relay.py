@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -150,6 +151,8 @@ async def test_an_sos_reaches_each_contact_once_with_a_link_to_a_live_page(world
     assert got["sess"] == sess and got["sos_stored"]
     assert list(got["stored"].values()) == ["1-5"]
     by = {c["name"]: c for c in got["contacts"]}
+    # each contact's place and own link: the device texts it when there is no data
+    assert [(c["contact"], c["link"]) for c in got["contacts"]] == [(0, alice), (1, bob)]
     assert by["Alice"]["notified"][0]["channel"] == "email"
     assert by["Alice"]["notified"][0]["state"] == "sent"
     assert by["Bob"]["notified"][0] == {**by["Bob"]["notified"][0], "state": "sent"}
@@ -250,7 +253,7 @@ async def _sent(relay: RelayRig, name: str) -> bool:
 
 
 async def _state_async(relay: RelayRig, name: str) -> str | None:
-    receipt = await relay.store.receipt("dev1")
+    receipt = await relay.store.receipt("dev1", link_base="")
     for c in receipt.get("contacts", []):
         if c["name"] == name and c["notified"]:
             return str(c["notified"][0]["state"])
@@ -357,3 +360,73 @@ async def test_an_sos_nobody_heard_is_marked_until_the_relay_s_receipt_arrives(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def sos_ack(session: str, *, contact: Any, via: Any = "sms", by: str = "Alice (SMS)") -> Record:
+    return Record(
+        kind=RecordKind.SOS_ACK,
+        time=datetime.now(UTC),
+        data={"by": by, "contact": contact, "via": via},
+        priority=Priority.SOS,
+        session=session,
+    )
+
+
+async def test_a_contact_who_acknowledged_by_sms_gets_the_link_and_no_second_alarm(
+    world: World,
+) -> None:
+    """The device had no data: it texted Alice, she replied OK. Data returns and the
+    backlog arrives, its start a minute late, the acknowledgement right behind it.
+    The late start's alerts wait ``notify.backlog_hold``, so Alice gets her link
+    without a second alarm, and Bob (who has not answered) the alert; the page and the
+    receipt show Alice on it. An acknowledgement that names no contact changes nothing."""
+    dev, relay = world.device, world.relay
+    sess = uuid.uuid4().hex[:16]
+    start = sos_start(sess)
+    late = dataclasses.replace(start, time=start.time - timedelta(seconds=60))
+    await dev.outbox.add(late)
+    for odd in (7, "0", None, -1):
+        await dev.outbox.add(sos_ack(sess, contact=odd, by="nobody"))
+    await dev.outbox.add(sos_ack(sess, contact=0))
+    mails = await relay.wait(lambda: world.smtp.mails)
+    posts = await relay.wait(lambda: world.hook.posts)
+    alice, bob = await relay.links()
+    (mail,) = mails
+    assert mail.subject == "SOS: Sam's live route (you have acknowledged)"
+    assert alice in mail.body and "needs help" not in mail.body
+    assert posts[0][1]["title"] == "SOS: Sam needs help" and bob in posts[0][1]["message"]
+    token = alice.rsplit("/", 1)[1]
+    data = (await relay.http.get(f"/s/{token}/data")).json()
+    assert [c["name"] for c in data["confirmed"]] == ["Alice"]
+    receipt = await relay.store.receipt("dev1", link_base="")
+    assert [bool(c["acked"]) for c in receipt["contacts"]] == [True, False]
+    await asyncio.sleep(1.0)
+    assert len(world.smtp.mails) == 1  # and no alert after it
+
+
+async def test_a_start_on_time_is_alerted_at_once_a_late_one_after_the_hold(
+    tmp_path: Path,
+) -> None:
+    """The hold applies to a backlog only: an SOS start that arrives as it is made is
+    claimed for sending at once; one recorded a minute earlier, ``backlog_hold`` later."""
+    from sosbeacon.device.wire import Received
+    from sosbeacon.relay.cli import open_store
+
+    cfg = relay_settings(tmp_path, 1, **{"notify.backlog_hold": 5})
+    store = open_store(cfg)
+    await store.create()
+    try:
+        now = 1_000_000.0
+
+        def start(sess: str, t: float) -> Received:
+            return Received("b" + sess, 1, "sos-start", t, {"contacts": CONTACTS}, sess, False)
+
+        await store.ingest("dev1", [start("s1", now - 1)], now=now)
+        await store.ingest("dev1", [start("s2", now - 60)], now=now)
+        due = await store.claim_due(now=now, me="t", lease=30)
+        assert {d["name"] for d in due} == {"Alice", "Bob"} and len(due) == 2
+        assert await store.claim_due(now=now + 4.9, me="t", lease=30) == []
+        held = await store.claim_due(now=now + 5, me="t", lease=30)
+        assert len(held) == 2 and {d["sid"] for d in held} != {d["sid"] for d in due}
+    finally:
+        await store.close()

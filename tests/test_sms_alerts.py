@@ -9,8 +9,10 @@ import asyncio
 from pathlib import Path
 
 from sosbeacon.device import config as config_mod
+from sosbeacon.device.clock import ScaledClock
 from sosbeacon.device.control import request
 from sosbeacon.device.daemon import Daemon
+from sosbeacon.device.outbox import SMS_LOG
 from sosbeacon.device.parts import load_backend
 from sosbeacon.sim.atmodem import SimAtModem
 from tests.test_daemon import broker_and_contact
@@ -160,3 +162,93 @@ def test_status_says_plainly_when_texts_cannot_go() -> None:
     assert "modem       denied (NOT ON A NETWORK: texts wait)" in format_status(
         {**base, "sms": {**sms, "modem": lost}}
     )
+
+
+async def test_an_end_owed_to_an_earlier_sos_still_goes_when_a_new_one_has_begun(
+    tmp_path: Path,
+) -> None:
+    """SOS A is texted; it ends while the modem has no network, so its end cannot go;
+    SOS B begins at once. B neither overwrites nor forgets A's end: once the network is
+    back, Alice gets A's end (on the retry) and B's alert, and the log keeps only what
+    is still owed. (Ten times real time: the 30 s retry takes 3 s.)"""
+    async with broker_and_contact(tmp_path) as (broker, _):
+        text = config_text(tmp_path / "data", broker.port).replace("after = 2", "after = 20")
+        cfg = config_mod.load(text=text)
+        daemon = Daemon(cfg, load_backend("sim"), clock=ScaledClock(10), handle_signals=False)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.wait_for(daemon.ready.wait(), 15)
+            assert daemon.parts is not None and daemon.sms is not None
+            network = daemon.parts.handles["world"].at_modem
+            sock = cfg.socket_path
+            assert (await request(sock, {"cmd": "sos-start", "now": True}))["ok"]
+            await texts(daemon, network, 1)
+            first = (await request(sock, {"cmd": "status"}))["session"]
+            network.state.registration = 3  # denied: texts cannot go
+            assert (await request(sock, {"cmd": "sos-stop"}))["ok"]
+            assert (await request(sock, {"cmd": "sos-start", "now": True}))["ok"]
+            second = (await request(sock, {"cmd": "status"}))["session"]
+            assert second != first
+            logged = await daemon.sms._state.get(SMS_LOG)
+            assert list(logged["sessions"]) == [first, second]  # A's end is owed
+            assert logged["sessions"][first]["ended"] is True
+            status = await request(sock, {"cmd": "status"})
+            assert status["sms"]["ends_owed"] == 1 and "331" in str(status["sms"]["last_error"])
+            network.state.registration = 1
+            await texts(daemon, network, 3, within=20)
+            kinds = sorted(s.text.split(":")[0] for s in network.sent[1:])
+            assert kinds == ["SOS", "SOS ended"]
+            assert all(s.to == ALICE for s in network.sent)
+            await asyncio.sleep(0.5)
+            logged = await daemon.sms._state.get(SMS_LOG)
+            assert list(logged["sessions"]) == [second]  # A's texting is over
+            assert (await request(sock, {"cmd": "status"}))["sms"]["ends_owed"] == 0
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
+
+
+async def test_a_text_carries_the_contact_s_own_link_once_the_relay_has_given_it(
+    tmp_path: Path,
+) -> None:
+    """With data, the SOS reaches the relay, whose receipt gives the device each
+    contact's link: nothing is texted. Then the data link dies: the alert that goes
+    after ``sms.after`` carries Alice's own link (the one her e-mail has)."""
+    from sosbeacon.sim.mailsink import MailSink
+    from tests.relay_env import relay_rig, relay_settings
+
+    async with broker_and_contact(tmp_path) as (broker, _):
+        with MailSink() as smtp:
+            services = {"notify.services": {"email": smtp.url()}}
+            async with relay_rig(relay_settings(tmp_path, broker.port, **services)) as relay:
+                cfg = config_mod.load(text=config_text(tmp_path / "data", broker.port))
+                daemon = Daemon(cfg, load_backend("sim"), handle_signals=False)
+                task = asyncio.create_task(daemon.run())
+                try:
+                    await asyncio.wait_for(daemon.ready.wait(), 15)
+                    assert daemon.parts is not None and daemon.uplink is not None
+                    network = daemon.parts.handles["world"].at_modem
+                    assert (await request(cfg.socket_path, {"cmd": "sos-start", "now": True}))["ok"]
+                    delivery = daemon.uplink.delivery
+
+                    def linked() -> bool:
+                        r = delivery.receipt or {}
+                        return any("link" in c for c in r.get("contacts", []))
+
+                    await relay.wait(linked)
+                    alice_link = (await relay.links())[0]
+                    await asyncio.sleep(3)  # past sms.after: confirmed, so not texted
+                    assert network.sent == []
+                    broker.kill()  # the data link dies
+                    await texts(daemon, network, 1, within=20)
+                    # longer than one SMS with the link: sent in parts, joined by her phone
+                    parts = network.sent
+                    assert {p.to for p in parts} == {ALICE} and len(parts) == 2
+                    assert [p.concat[1:] for p in parts if p.concat] == [(2, 1), (2, 2)]
+                    text = "".join(p.text for p in parts)
+                    assert text.startswith("SOS: Sam needs help.")
+                    assert f"Route: {alice_link}" in text.splitlines()
+                    assert alice_link in smtp.mails[0].body  # the same link as her e-mail
+                finally:
+                    daemon.stop()
+                    await asyncio.wait_for(task, 15)

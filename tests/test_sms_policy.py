@@ -29,9 +29,10 @@ def policy(**cfg: float) -> SmsPolicy:
 
 def test_only_phone_numbers_of_contacts_are_texted() -> None:
     assert phone_numbers((ALICE, BOB, CAROL)) == [
-        ("+447700900123", "Alice"),
-        ("+447700900456", "Bob"),
+        ("+447700900123", "Alice", 0),  # with each contact's place, as the relay numbers them
+        ("+447700900456", "Bob", 1),
     ]
+    assert phone_numbers((CAROL, BOB)) == [("+447700900456", "Bob", 1)]
 
 
 def test_a_confirmed_sos_sends_no_sms_and_a_silent_one_does_after_the_wait() -> None:
@@ -71,7 +72,7 @@ def test_alerts_repeat_until_acknowledged_and_end_goes_to_who_was_alerted() -> N
         p.sent(d, 730.0)
     assert p.acknowledgement_from("+447700900999", "OK") is None  # not a contact
     assert p.acknowledgement_from("+447700900456", "see you") is None  # not an ack
-    assert p.acknowledgement_from("+447700900456", "ok, on my way") == "Bob"
+    assert p.acknowledgement_from("+447700900456", "ok, on my way") == ("+447700900456", "Bob", 1)
     assert p.due(5000.0) == []  # acknowledged: no more alerts
     p.ended = True
     ends = p.due(5001.0)
@@ -132,9 +133,28 @@ def test_a_restart_goes_on_from_the_log_and_sends_nothing_twice() -> None:
     p = policy(every=600)
     for d in p.due(130.0):
         p.sent(d, 130.0)
-    log = p.to_log("s1")
+    log = p.to_log()
     q = policy(every=600)  # the daemon again, its clock started anew
     q.restore(log, 50.0)
     assert q.due(50.0) == [] and q.wake_at() == 650.0  # the next round, a whole interval on
     q.ended = True
     assert {d.number for d in q.due(60.0)} == {"+447700900123", "+447700900456"}
+
+
+def test_an_ended_session_in_the_log_stays_ended_and_owes_its_ends() -> None:
+    """The log of a drill that ended with its ends unsent: restored, the policy knows it
+    ended, is a drill, and owes the end to each number alerted, and nothing else."""
+    p = SmsPolicy(SmsConfig(), phone_numbers((ALICE, BOB)), started=100.0, drill=True)
+    for d in p.due(130.0):
+        p.sent(d, 130.0)
+    p.ended = True
+    (first, second) = p.due(131.0)
+    p.sent(first, 131.0)
+    assert not p.finished
+    q = SmsPolicy(SmsConfig(), phone_numbers((ALICE, BOB)), started=5.0)
+    q.restore(p.to_log(), 5.0)
+    assert (q.ended, q.drill, q.finished) == (True, True, False)
+    assert [(d.number, d.kind) for d in q.due(5.0)] == [(second.number, Kind.END)]
+    assert q.acknowledgement_from(second.number, "OK") is None  # an ended SOS takes no OK
+    q.sent(second, 5.0)
+    assert q.finished and q.due(6.0) == [] and q.wake_at() is None
