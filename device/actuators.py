@@ -75,3 +75,8 @@ class SmsLink(Protocol):
     async def state(self) -> dict[str, Any]:
         """What ``sosctl status`` shows of it (asked when asked: no polling)."""
         ...
+
+    def known(self) -> dict[str, Any]:
+        """What is known of it without asking (for the STATUS line of every watchdog
+        tick): ready or not, and what :meth:`state` last heard."""
+        ...

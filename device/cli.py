@@ -379,10 +379,13 @@ def format_status(s: dict[str, Any]) -> str:
     if sms:
         now = "TEXTING THE CONTACTS (data not confirmed); " if sms.get("texting") else ""
         err = f"; last failure: {sms['last_error']}" if sms.get("last_error") else ""
+        owed = sms.get("ends_owed") or 0
+        ends = f"; {owed} earlier SOS still owe(s) their end text" if owed else ""
         lines.append(
-            f"sms         {now}{sms['sent']} text(s) sent since start, {sms['acks']} OK by SMS{err}"
+            f"sms         {now}{sms['sent']} text(s) sent since start, {sms['acks']} OK by SMS"
+            f"{ends}{err}"
         )
-        if sms.get("modem") is not None:  # asked of the modem for sosctl status only
+        if sms.get("modem") is not None:
             lines.append(f"modem       {_modem_line(sms['modem'])}")
     if s.get("alarm"):
         lines.append(f"ALARM       {s['alarm']}")

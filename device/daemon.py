@@ -42,6 +42,7 @@ from sosbeacon.device.outbox import ACTIVE_SESSION, Outbox, OutboxError, Session
 from sosbeacon.device.parts import Backend, Parts
 from sosbeacon.device.records import run_retention
 from sosbeacon.device.sms_alerts import SmsAlerts
+from sosbeacon.device.sms_alerts import summary as sms_summary
 from sosbeacon.device.sos import Session, SosController, SosRefused
 from sosbeacon.device.tomlconf import ConfigError
 from sosbeacon.device.uplink import Uplink
@@ -583,6 +584,9 @@ class Daemon:
             line += "; ALARM: see sosctl status"
         if st["delivery"]["unheard"]:
             line += "; SOS NOT YET RECEIVED BY ANYONE"
+        sms = st["sms"]
+        if sms is not None:
+            line += "; " + sms_summary(sms)
         return line
 
 

@@ -256,8 +256,7 @@ class SmsAlerts:
             "last_error": self.last_error or None,
             "ends_owed": sum(1 for q in self.policies.values() if q.ended and not q.finished),
         }  # fmt: skip
-        if ask_modem:
-            out["modem"] = await self._link.state()
+        out["modem"] = await self._link.state() if ask_modem else self._link.known()
         return out
 
     def _alert(self, drill: bool, link: str | None) -> str:
@@ -292,3 +291,22 @@ def _sessions(logged: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if not isinstance(sessions, dict):
         return {}
     return {str(k): v for k, v in sessions.items() if isinstance(v, dict)}
+
+
+def summary(status: dict[str, Any]) -> str:
+    """:meth:`SmsAlerts.status` in a few words, for the STATUS line systemd shows
+    (``modem ready, home -77 dBm``; ``TEXTING THE CONTACTS, 2 sent``; ``modem NOT
+    READY``)."""
+    m = status.get("modem") or {}
+    if not m.get("ready"):
+        parts = ["modem NOT READY"]
+    elif m.get("registered") and not m.get("on_network"):
+        parts = [f"modem OFF NETWORK ({m['registered']})"]
+    else:
+        dbm = f" {m['signal_dbm']} dBm" if m.get("signal_dbm") is not None else ""
+        parts = [f"modem ready{', ' + str(m['registered']) if m.get('registered') else ''}{dbm}"]
+    if status.get("texting"):
+        parts.append(f"TEXTING THE CONTACTS, {status.get('sent', 0)} sent")
+    if status.get("ends_owed"):
+        parts.append(f"{status['ends_owed']} end text(s) owed")
+    return ", ".join(parts)

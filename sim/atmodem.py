@@ -58,6 +58,8 @@ class SimAtModem:
         self.state = ModemState(pin=pin)
         self.report_delay = report_delay
         self.sent: list[SentSms] = []
+        #: AT commands answered (a test checks what does not talk to the modem)
+        self.commands = 0
         self._store: dict[int, bytes] = {}
         self._next_index = 1
         self._mr = 0
@@ -145,6 +147,7 @@ class SimAtModem:
         await self._send(pre + body.encode())
 
     async def _answer(self, cmd: str) -> None:
+        self.commands += 1
         s = self.state
         up = cmd.upper()
         if up in ("AT", "AT+CMEE=1", "AT+CNMI=2,1,0,1,0"):

@@ -96,8 +96,12 @@ async def test_an_unconfirmed_sos_is_texted_acknowledged_by_reply_and_ended(
             shown = format_status(status)
             assert "2 text(s) sent since start, 1 OK by SMS" in shown
             assert "modem       home, -77 dBm" in shown
-            # the STATUS line of every watchdog tick does not put AT commands on the line
-            assert "modem" not in (await daemon.status())["sms"]
+            # the STATUS line of every watchdog tick puts no AT command on the line: it
+            # shows what the owner's last status heard
+            asked = network.commands
+            line = await daemon.status_line()
+            assert network.commands == asked
+            assert line.endswith("; modem ready, home -77 dBm"), line
             events = [e.data for e in daemon.events.recent() if e.kind.value == "sos"]
             assert any(
                 e.get("what") == "acknowledged" and "SMS" in str(e.get("by")) for e in events
@@ -252,3 +256,18 @@ async def test_a_text_carries_the_contact_s_own_link_once_the_relay_has_given_it
                 finally:
                     daemon.stop()
                     await asyncio.wait_for(task, 15)
+
+
+def test_the_status_line_says_in_a_few_words_whether_texts_can_go() -> None:
+    from sosbeacon.device.sms_alerts import summary
+
+    ready = {"ready": True, "port": "/dev/x", "registered": "home", "on_network": True,
+             "signal_dbm": -91}  # fmt: skip
+    assert summary({"modem": ready}) == "modem ready, home -91 dBm"
+    assert summary({"modem": {"ready": True, "port": "/dev/x"}}) == "modem ready"
+    assert summary({"modem": {"ready": False, "port": "/dev/x"}}) == "modem NOT READY"
+    lost = {**ready, "registered": "denied", "on_network": False}
+    texting = {"modem": lost, "texting": True, "sent": 2, "ends_owed": 1}
+    assert summary(texting) == (
+        "modem OFF NETWORK (denied), TEXTING THE CONTACTS, 2 sent, 1 end text(s) owed"
+    )

@@ -22,6 +22,8 @@ class ModemSms:
         self.retry = retry
         self.wait_open = wait_open
         self._open = asyncio.Event()
+        #: what state() last heard of the network (registration, signal)
+        self._heard: dict[str, Any] = {}
 
     async def run(self) -> None:
         """Keep the modem open (a backend's background task)."""
@@ -54,17 +56,22 @@ class ModemSms:
         """Ready or not, and, when ready, the network's registration and the signal
         (asked of the modem now, within two seconds)."""
         if not self._open.is_set():
-            return {"ready": False, "port": self.modem.port}
+            return self.known()
         try:
             async with asyncio.timeout(2):
                 reg = await self.modem.registration()
                 sig = await self.modem.signal()
         except (ModemError, TimeoutError) as exc:
             return {"ready": True, "port": self.modem.port, "error": str(exc) or "no answer"}
-        return {
-            "ready": True, "port": self.modem.port, "registered": reg.name.lower(),
-            "on_network": reg.on_network, "signal_dbm": sig.dbm,
+        self._heard = {
+            "registered": reg.name.lower(), "on_network": reg.on_network, "signal_dbm": sig.dbm,
         }  # fmt: skip
+        return self.known()
+
+    def known(self) -> dict[str, Any]:
+        if not self._open.is_set():
+            return {"ready": False, "port": self.modem.port}
+        return {"ready": True, "port": self.modem.port, **self._heard}
 
     async def incoming(self) -> AsyncIterator[Incoming]:
         while True:
