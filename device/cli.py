@@ -334,6 +334,8 @@ def _modem_line(m: dict[str, Any]) -> str:
     if m.get("error"):
         return f"{m.get('port')}: {m['error']}"
     dbm = f", {m['signal_dbm']} dBm" if m.get("signal_dbm") is not None else ""
+    if m.get("signal_pct") is not None:  # ModemManager gives a percentage
+        dbm = f", signal {m['signal_pct']}%"
     off = "" if m.get("on_network") else " (NOT ON A NETWORK: texts wait)"
     return f"{str(m.get('registered', '?')).replace('_', ' ')}{dbm}{off}"
 

@@ -110,13 +110,36 @@ class NetworkSettings:
     monitor: bool = True
 
 
+class ModemKind(enum.StrEnum):
+    #: sosd speaks AT to the modem's port itself
+    AT = "at"
+    #: ModemManager owns the modem; sosd texts through its D-Bus API
+    MODEMMANAGER = "modemmanager"
+    #: no modem: no SMS
+    NONE = "none"
+
+
 @dataclass(frozen=True, slots=True)
 class ModemSettings:
+    #: how texts go: "at" (sosd on ``port``; no port, no SMS), "modemmanager", "none"
+    backend: ModemKind = ModemKind.AT
     #: the modem's AT port (/dev/serial/by-id/...-if02-port0, /dev/ttyUSB2); "" = none
     port: str = ""
     baud: int = 115200
-    #: a file holding the SIM's PIN, readable by sosd only ("" = the SIM has no PIN)
+    #: a file holding the SIM's PIN, readable by sosd only ("" = the SIM has no PIN;
+    #: with ModemManager, it unlocks the SIM)
     pin_file: str = ""
+    #: ModemManager: which modem, by its IMEI (EquipmentIdentifier); "" = the first
+    mm_modem: str = ""
+    #: ModemManager: the D-Bus address ("" = the system bus)
+    dbus: str = ""
+
+    @property
+    def kind(self) -> ModemKind:
+        """The backend in use (``at`` without a port is none)."""
+        if self.backend is ModemKind.AT and not self.port:
+            return ModemKind.NONE
+        return self.backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +215,11 @@ def _check(cfg: Config) -> list[str]:
     pin = cfg.modem.pin_file
     if pin and not (tomlconf.is_file(pin) and os.access(pin, os.R_OK)):
         errors.append(f"modem.pin_file: {pin[:200]} cannot be read (or is not a file)")
+    if cfg.modem.backend is ModemKind.MODEMMANAGER and cfg.modem.port:
+        errors.append(
+            'modem.port: not used with modem.backend = "modemmanager" (ModemManager owns '
+            "the port); leave it out, or choose modem.mm_modem by IMEI"
+        )
     try:
         Topics.for_device(cfg.device.id or "?", cfg.uplink.prefix)
     except ValueError as exc:

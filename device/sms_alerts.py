@@ -304,6 +304,8 @@ def summary(status: dict[str, Any]) -> str:
         parts = [f"modem OFF NETWORK ({m['registered']})"]
     else:
         dbm = f" {m['signal_dbm']} dBm" if m.get("signal_dbm") is not None else ""
+        if m.get("signal_pct") is not None:
+            dbm = f" signal {m['signal_pct']}%"
         parts = [f"modem ready{', ' + str(m['registered']) if m.get('registered') else ''}{dbm}"]
     if status.get("texting"):
         parts.append(f"TEXTING THE CONTACTS, {status.get('sent', 0)} sent")

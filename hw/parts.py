@@ -15,7 +15,7 @@ from sosbeacon.device.actuators import GpsPower, Indicator, LinkMonitor, Network
 from sosbeacon.device.battery import BatterySource
 from sosbeacon.device.button import ButtonSource
 from sosbeacon.device.clock import Clock
-from sosbeacon.device.config import BatteryKind, Config, GpsKind
+from sosbeacon.device.config import BatteryKind, Config, GpsKind, ModemKind
 from sosbeacon.device.gps import GpsSource
 from sosbeacon.device.parts import Parts
 from sosbeacon.hw.battery import Max17048, SysfsBattery
@@ -23,6 +23,7 @@ from sosbeacon.hw.gps_power import ReceiverPower
 from sosbeacon.hw.gpsd_client import GpsdSource
 from sosbeacon.hw.modem.driver import AtModem
 from sosbeacon.hw.modem.link import ModemSms
+from sosbeacon.hw.modem.mm import MmSms
 from sosbeacon.hw.network import NmcliLink, NmcliMonitor
 from sosbeacon.hw.serial_gps import NmeaSerialSource
 
@@ -81,13 +82,17 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
             )
         else:
             monitor = NmcliMonitor(nmcli=exe)
-    sms: ModemSms | None = None
+    sms: ModemSms | MmSms | None = None
     background: list[Callable[[], Awaitable[None]]] = []
-    if config.modem.port:
-        pin = ""
-        if config.modem.pin_file:  # the PIN stays in its file and in memory: never logged
-            pin = (await asyncio.to_thread(Path(config.modem.pin_file).read_text)).strip()
-        sms = ModemSms(AtModem(config.modem.port, baudrate=config.modem.baud, pin=pin))
+    m = config.modem
+    pin = ""
+    if m.pin_file and m.kind is not ModemKind.NONE:  # in its file and in memory: never logged
+        pin = (await asyncio.to_thread(Path(m.pin_file).read_text)).strip()
+    if m.kind is ModemKind.AT:
+        sms = ModemSms(AtModem(m.port, baudrate=m.baud, pin=pin))
+    elif m.kind is ModemKind.MODEMMANAGER:
+        sms = MmSms(bus_address=m.dbus, imei=m.mm_modem, pin=pin)
+    if sms is not None:
         background.append(sms.run)
     return Parts(
         gps=gps,

@@ -17,6 +17,8 @@ declare -A NEED=(
     # the relay's page is tested in a real browser, headless, driven by Selenium
     [chromium]=chromium
     [chromedriver]=chromium-driver
+    # the ModemManager backend is tested against a fake service on a private bus
+    [dbus-daemon]=dbus-daemon
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }

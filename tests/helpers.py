@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sosbeacon.device.gps import Fix, GpsSource
 
@@ -45,3 +46,16 @@ async def collecting(source: GpsSource) -> AsyncIterator[Collector]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def eventually(cond: Any, within: float = 20.0, step: float = 0.05) -> Any:
+    """Until ``cond()`` (sync or async) is truthy, for what gives no event to wait on
+    (another process, a bus); returns its value. Raises TimeoutError after ``within``."""
+    async with asyncio.timeout(within):
+        while True:
+            got = cond()
+            if asyncio.iscoroutine(got):
+                got = await got
+            if got:
+                return got
+            await asyncio.sleep(step)

@@ -3,7 +3,6 @@ HTTP endpoint), a clock the test moves, and a relay on a free port beside a brok
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import threading
@@ -20,6 +19,7 @@ from sosbeacon.relay.config import RelayConfig
 from sosbeacon.relay.service import Relay
 from sosbeacon.relay.store import Store
 from sosbeacon.sim import localrelay
+from tests.helpers import eventually
 
 
 class HttpSink:
@@ -87,14 +87,7 @@ class RelayRig:
 
     async def wait(self, cond: Any, within: float = 20.0, step: float = 0.05) -> Any:
         """Until ``cond()`` (sync or async) is truthy; returns its value."""
-        async with asyncio.timeout(within):
-            while True:
-                got = cond()
-                if asyncio.iscoroutine(got):
-                    got = await got
-                if got:
-                    return got
-                await asyncio.sleep(step)
+        return await eventually(cond, within, step)
 
     async def links(self) -> list[str]:
         """Every link the relay made, whole (the test holds the relay's key)."""

@@ -195,3 +195,19 @@ def test_contact_addresses_of_every_form_are_accepted() -> None:
     reach = "alice@example.org, +44 7700 900123, tgram:123456, ntfy:family-sos"
     cfg = load(text=MINIMAL.replace('name = "Alice"', f'name = "Alice"\nreach = "{reach}"'))
     assert cfg.sos.contacts[0].reach == reach
+
+
+def test_the_modem_backend_is_at_on_a_port_modemmanager_or_none() -> None:
+    from sosbeacon.device.config import ModemKind
+
+    assert load(text=MINIMAL).modem.kind is ModemKind.NONE  # no port: no SMS
+    on_port = load(text=MINIMAL + '[modem]\nport = "/dev/ttyUSB2"\n')
+    assert on_port.modem.kind is ModemKind.AT
+    mm = load(text=MINIMAL + '[modem]\nbackend = "modemmanager"\nmm_modem = "356938035643809"\n')
+    assert mm.modem.kind is ModemKind.MODEMMANAGER and mm.modem.mm_modem == "356938035643809"
+    with pytest.raises(ConfigError) as err:
+        load(text=MINIMAL + '[modem]\nbackend = "modemmanager"\nport = "/dev/ttyUSB2"\n')
+    assert 'modem.port: not used with modem.backend = "modemmanager"' in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load(text=MINIMAL + '[modem]\nbackend = "mm"\n')
+    assert "modem.backend: expected one of 'at', 'modemmanager', 'none'" in str(err.value)

@@ -43,7 +43,7 @@ class Registered(enum.IntEnum):
         return self in (Registered.HOME, Registered.ROAMING)
 
 
-def _stat(n: int) -> Registered:
+def registered(n: int) -> Registered:
     """TS 27.007 ``<stat>``: 6 and 9 are home (SMS only, CSFB not preferred), 7 and 10
     roaming the same ways; 8 (emergency services only) sends no SMS."""
     if 0 <= n <= 5:
@@ -148,7 +148,7 @@ class AtModem:
             for line in lines:
                 fields = [f.strip() for f in line.split(":", 1)[1].split(",")]
                 if len(fields) >= 2 and fields[1].isdigit():
-                    seen.add(_stat(int(fields[1])))
+                    seen.add(registered(int(fields[1])))
         order = (Registered.HOME, Registered.ROAMING, Registered.DENIED, Registered.SEARCHING)
         return next((s for s in order if s in seen), Registered.NOT_SEARCHING)
 
