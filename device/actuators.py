@@ -44,6 +44,14 @@ class NetworkLink(Protocol):
         ...
 
 
+class Microphone(Protocol):
+    async def record(self, seconds: float) -> bytes:
+        """``seconds`` of sound, as :data:`device.voice.RATE` Hz mono signed 16-bit
+        little-endian PCM. Raises OSError when there is no microphone, it is busy, or
+        the recording failed (its message says which)."""
+        ...
+
+
 class LinkMonitor(Protocol):
     def changes(self) -> AsyncIterator[bool]:
         """Whether the network is up, each time that changes (the first value is the

@@ -389,6 +389,20 @@ def format_status(s: dict[str, Any]) -> str:
         )
         if sms.get("modem") is not None:
             lines.append(f"modem       {_modem_line(sms['modem'])}")
+    sh = s.get("shared")
+    if sh:
+        items = [f"location ({sh['precision']})"] + [
+            k for k in ("battery", "events", "voice") if sh.get(k)
+        ]
+        held = [k for k in ("battery", "events", "voice") if not sh.get(k)]
+        lines.append(
+            f"shares      {', '.join(items)}" + (f"; not {', '.join(held)}" if held else "")
+        )
+    v = s.get("voice")
+    if v and (v.get("recording") or v.get("stored") or v.get("failed")):
+        now = "RECORDING; " if v.get("recording") else ""
+        err = f"; last failure: {v['last_error']}" if v.get("last_error") else ""
+        lines.append(f"voice       {now}{v['stored']} note(s) stored, {v['failed']} failed{err}")
     if s.get("alarm"):
         lines.append(f"ALARM       {s['alarm']}")
         lines.append("            (acknowledge with: sosctl alarm --ack)")

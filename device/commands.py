@@ -13,13 +13,16 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sosbeacon.device.clock import Clock, MonotonicClock
 from sosbeacon.device.events import EventKind, Events
 from sosbeacon.device.mqtt import Inbound
 from sosbeacon.device.sos import SosController, SosRefused
 from sosbeacon.device.wire import Command, CommandError, CommandName, command_id, parse_command
+
+if TYPE_CHECKING:
+    from sosbeacon.device.voice import VoiceNotes
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,16 @@ class SosCommands:
     records. Repeated acknowledgements of one session by one contact within
     :data:`ACK_INTERVAL` are answered as done and recorded once."""
 
-    def __init__(self, controller: SosController, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        controller: SosController,
+        *,
+        clock: Clock | None = None,
+        voice: VoiceNotes | None = None,
+    ) -> None:
         self.controller = controller
+        #: the voice notes, when the device has a microphone (``voice-now``)
+        self.voice = voice
         self._clock = clock or MonotonicClock()
         #: (sender, kind) -> times of its recent commands
         self._recent: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
@@ -91,6 +102,12 @@ class SosCommands:
     async def _locate_now(self, cmd: Command) -> dict[str, Any]:
         return {"fix_age": await self.controller.locate_now()}
 
+    async def _voice_now(self, cmd: Command) -> dict[str, Any]:
+        if self.voice is None:
+            raise SosRefused("this device has no microphone: no voice note is recorded")
+        self.controller.current(cmd.session)  # a stale command for an earlier SOS: refused
+        return await self.voice.now(cmd.by)
+
     async def _ack(self, cmd: Command) -> dict[str, Any]:
         ctl = self.controller
         current = ctl.session.id if ctl.session is not None else None
@@ -136,6 +153,11 @@ COMMANDS: dict[CommandName, CommandSpec] = {
             "record the freshest fix now as a live position",
             SosCommands._locate_now,
             False,
+        ),
+        CommandSpec(
+            CommandName.VOICE_NOW,
+            "record a voice note now (if the owner shares voice)",
+            SosCommands._voice_now,
         ),
     )
 }

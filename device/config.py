@@ -34,6 +34,7 @@ from sosbeacon.device.tomlconf import (
     topic_problem,
 )
 from sosbeacon.device.uplink import UplinkConfig
+from sosbeacon.device.voice import VoiceConfig
 from sosbeacon.device.wire import AddressError, Topics, addresses, parse_address
 
 DEFAULT_CONFIG = Path("/etc/sosbeacon/sosbeacon.toml")
@@ -155,6 +156,8 @@ class Config:
     modem: ModemSettings = field(default_factory=ModemSettings)
     #: texting the contacts during an SOS when data does not get through (device.sms)
     sms: SmsConfig = field(default_factory=SmsConfig)
+    #: voice notes (device.voice), recorded only with privacy.share_voice
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     #: batching, expiry and backoff (``device_id`` comes from ``device.id``)
     uplink: UplinkConfig = field(default_factory=lambda: UplinkConfig(device_id=""))
@@ -310,6 +313,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "modem.baud": (300, 4_000_000),
     "sms.after": (1, 3600),
     "sms.every": (60, _DAY),
+    "voice.seconds": (1, 120),
+    "voice.bitrate": (6, 64),
     "sms.max_per_session": (1, 1000),
     "uplink.routine_expiry": (1, 2**32 - 1),
     "uplink.batch_count": (1, 1_000_000),

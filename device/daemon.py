@@ -40,12 +40,14 @@ from sosbeacon.device.gps import Fix
 from sosbeacon.device.notify import Notifier
 from sosbeacon.device.outbox import ACTIVE_SESSION, Outbox, OutboxError, SessionMark
 from sosbeacon.device.parts import Backend, Parts
+from sosbeacon.device.privacy import shared_now
 from sosbeacon.device.records import run_retention
 from sosbeacon.device.sms_alerts import SmsAlerts
 from sosbeacon.device.sms_alerts import summary as sms_summary
 from sosbeacon.device.sos import Session, SosController, SosRefused
 from sosbeacon.device.tomlconf import ConfigError
 from sosbeacon.device.uplink import Uplink
+from sosbeacon.device.voice import VoiceNotes
 from sosbeacon.device.wire import Command, CommandError, CommandName
 
 log = logging.getLogger("sosd")
@@ -84,6 +86,8 @@ class Daemon:
         self.commands: SosCommands | None = None
         #: the SOS texts, when the parts have a modem (device.sms_alerts)
         self.sms: SmsAlerts | None = None
+        #: voice notes, when the parts have a microphone (device.voice)
+        self.voice: VoiceNotes | None = None
         self.last_fix: Fix | None = None
         self.last_battery: BatterySample | None = None
         self.started_at = 0.0
@@ -146,6 +150,14 @@ class Daemon:
                 sos_active=lambda: ctl.session is not None,
                 events=self.events,
             )
+            if parts.microphone is not None:
+                self.voice = commands.voice = VoiceNotes(
+                    config=cfg.voice,
+                    microphone=parts.microphone,
+                    controller=ctl,
+                    events=self.events,
+                    max_payload=lambda: uplink.limit.max_bytes,
+                )
             server = await control.serve(cfg.socket_path, self.handle)
             stack.callback(server.close)
             intake = [
@@ -161,6 +173,8 @@ class Daemon:
                 intake.append(self._supervise("button", buttons))
             if parts.link_monitor is not None:
                 intake.append(self._supervise("network", self._network_loop))
+            if self.voice is not None:
+                intake.append(self._supervise("voice", self.voice.run))
             if parts.sms is not None and cfg.sms.enabled:
                 self.sms = SmsAlerts(
                     config=cfg.sms,
@@ -558,6 +572,8 @@ class Daemon:
             },
             "alarm": outbox.alarm,
             "sms": await self.sms.status(ask_modem=ask_modem) if self.sms is not None else None,
+            "shared": shared_now(ctl.privacy),
+            "voice": self.voice.status() if self.voice is not None else None,
             "delivery": uplink.delivery.status(s.id if s else None),
             "uptime": round(now - self.started_at, 1),
             "first_fix_after": (

@@ -47,6 +47,9 @@ class EventKind(enum.StrEnum):
     RECEIPT = "receipt"
     #: a text message went to a contact (``to``, ``chars``)
     SMS = "sms"
+    #: a voice note: ``what`` recording, stored (``clip``, ``seconds``, ``bytes``,
+    #: ``chunks``) or failed (``error``), with the ``session``
+    VOICE = "voice"
     #: the follower lost ``data.count`` events (it was too slow)
     MISSED = "missed"
 

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sosbeacon.device.actuators import GpsPower, Indicator, LinkMonitor, NetworkLink, SmsLink
+from sosbeacon.device.actuators import (
+    GpsPower,
+    Indicator,
+    LinkMonitor,
+    Microphone,
+    NetworkLink,
+    SmsLink,
+)
 from sosbeacon.device.battery import BatterySource
 from sosbeacon.device.button import ButtonSource
 from sosbeacon.device.clock import Clock
@@ -48,6 +55,8 @@ class Parts:
     link_monitor: LinkMonitor | None = None
     #: text messages when data does not get through (a cellular modem)
     sms: SmsLink | None = None
+    #: voice notes (ALSA capture)
+    microphone: Microphone | None = None
     #: extra ``sosctl`` commands, by name (``sim.press``, ...)
     controls: dict[str, Control] = field(default_factory=dict)
     #: what the backend needs running beside the daemon (a simulated receiver, ...)

@@ -34,6 +34,8 @@ class PrivacyConfig:
     precision: Precision = Precision.EXACT
     share_battery: bool = True
     share_events: bool = True
+    #: record a voice note when an SOS starts and when a contact asks (voice-now)
+    share_voice: bool = False
     #: share location outside an SOS (routine tracking); off unless the owner opts in
     track_outside_sos: bool = False
 
@@ -65,3 +67,13 @@ def fix_payload(fix: Fix, privacy: PrivacyConfig) -> dict[str, Any] | None:
         # the receiver's date is not to be trusted (a week rollover, no date yet): say so
         out["time_issue"] = fix.time_issue.value
     return out
+
+
+def shared_now(privacy: PrivacyConfig) -> dict[str, Any]:
+    """What the owner shares, as the ``sos-start`` says it and ``sosctl status`` shows it."""
+    return {
+        "precision": privacy.precision.value,
+        "battery": privacy.share_battery,
+        "events": privacy.share_events,
+        "voice": privacy.share_voice,
+    }

@@ -31,14 +31,18 @@ class RecordKind(enum.StrEnum):
     #: records the store deleted undelivered (evicted to make room, or expired), so a
     #: receiver can tell deliberate removal from loss
     GAP = "gap"
+    #: one chunk of a voice note (device.voice)
+    VOICE = "voice"
 
 
 class Priority(enum.IntEnum):
-    """Upload order: SOS events and last gasp first, then live positions, then backlog."""
+    """Upload order: SOS events and last gasp first, then live positions, then voice
+    notes, then the routine backlog. (Stored as these numbers: outbox schema 4.)"""
 
     SOS = 0
     LIVE = 1
-    ROUTINE = 2
+    VOICE = 2
+    ROUTINE = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from sosbeacon.device.events import EventKind, Events
 from sosbeacon.device.geo import haversine
 from sosbeacon.device.gesture import Detected, Press
 from sosbeacon.device.gps import Fix
-from sosbeacon.device.privacy import PrivacyConfig, fix_payload
+from sosbeacon.device.privacy import PrivacyConfig, fix_payload, shared_now
 from sosbeacon.device.records import Priority, Record, Recorder, RecordKind
 from sosbeacon.device.telemetry import Telemetry
 
@@ -290,7 +290,7 @@ class SosController:
         acknowledge. ``contact`` (their place in the contacts) and ``via`` (``sms``) when
         the device itself knows who it was: the relay then sends that contact no alert
         of its own."""
-        s = self._current(session)
+        s = self.current(session)
         data: dict[str, Any] = {"by": by}
         if contact is not None:
             data.update(contact=contact, via=via)
@@ -299,6 +299,16 @@ class SosController:
         self._event("acknowledged", by=by)
         await self._cue(Cue.ACKNOWLEDGED)
         return s.id
+
+    async def attach(
+        self, kind: RecordKind, items: list[dict[str, Any]], priority: Priority, session: str
+    ) -> None:
+        """Records made beside the SOS (a voice note's chunks), stored with ``session``
+        while it is the one running; :class:`SosRefused` once it has ended (nothing of
+        it is shared after the stop)."""
+        s = self.current(session)
+        for data in items:
+            await self._record(kind, data, priority, s)
 
     async def locate_now(self) -> float | None:
         """Record the freshest fix at once, as a live position, and wake the GPS.
@@ -320,7 +330,9 @@ class SosController:
         age: float | None = shared["fix_age"]
         return age
 
-    def _current(self, session: str | None) -> Session:
+    def current(self, session: str | None = None) -> Session:
+        """The running session (``session``, if named); :class:`SosRefused` if none is,
+        or another one is: a stale command for an earlier SOS is never applied."""
         s = self.session
         if s is None:
             raise SosRefused("no SOS is active")
@@ -423,11 +435,7 @@ class SosController:
             "trigger": trigger,
             **({"owner": self.config.owner} if self.config.owner else {}),
             "contacts": [{"name": c.name, "reach": c.reach} for c in self.config.contacts],
-            "shared": {
-                "precision": self.privacy.precision.value,
-                "battery": self.privacy.share_battery,
-                "events": self.privacy.share_events,
-            },
+            "shared": shared_now(self.privacy),
             **self._fix_and_age(),
         }
         if self.privacy.share_battery and self._last_battery is not None:

@@ -11,7 +11,9 @@ before, with positions in integer micro-degrees (0.11 m).
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 import json
 import math
 import re
@@ -30,6 +32,9 @@ SOS_KINDS = frozenset(
 )
 #: of those, the lifecycle records kept retained on ``sos`` (the topic's latest state)
 RETAINED_KINDS = frozenset({RecordKind.SOS_START, RecordKind.SOS_END})
+#: records that go one to a message, on a topic of their kind's own: the lifecycle on
+#: ``sos``, voice-note chunks on ``voice``
+SINGLE_KINDS = SOS_KINDS | {RecordKind.VOICE}
 MICRO = 1_000_000
 
 
@@ -58,6 +63,15 @@ class Topics:
     @property
     def sos(self) -> str:
         return f"{self.base}/sos"
+
+    @property
+    def voice(self) -> str:
+        """Voice-note chunks, one per message."""
+        return f"{self.base}/voice"
+
+    def single(self, kind: RecordKind) -> str:
+        """The topic of a record that goes alone (:data:`SINGLE_KINDS`)."""
+        return self.voice if kind is RecordKind.VOICE else self.sos
 
     @property
     def status(self) -> str:
@@ -271,7 +285,9 @@ def encode_track(box: str, records: Sequence[Item]) -> bytes:
 
 
 def encode_sos(box: str, seq: int, r: Record) -> bytes:
-    """One SOS lifecycle record (``sos-start``, ``sos-end``, ``last-gasp``, ``sos-ack``)."""
+    """One record alone in its message: an SOS lifecycle record (``sos-start``,
+    ``sos-end``, ``last-gasp``, ``sos-ack``) on ``sos``, or a voice-note chunk on
+    ``voice``."""
     msg: dict[str, Any] = {
         "v": WIRE_VERSION,
         "box": box,
@@ -474,6 +490,7 @@ class CommandName(enum.StrEnum):
     CANCEL = "cancel"
     DRILL = "drill"
     LOCATE_NOW = "locate-now"
+    VOICE_NOW = "voice-now"
 
 
 class CommandError(SosbeaconError, ValueError):
@@ -619,3 +636,76 @@ def parse_address(text: str) -> Address:
 def addresses(reach: str) -> list[str]:
     """A contact's ``reach``: one address or several, comma-separated."""
     return [a.strip() for a in reach.split(",") if a.strip()]
+
+
+# -- voice notes ------------------------------------------------------------------------
+
+#: what a chunk's message carries besides the chunk (the envelope, the clip's fields)
+VOICE_ENVELOPE = 640
+VOICE_CODEC = "opus"
+VOICE_MIME = "audio/ogg"
+#: a clip is at most this large, whatever a chunk says (the relay's guard)
+MAX_CLIP_BYTES = 2 * 1024 * 1024
+
+
+def chunk_size(max_payload: int) -> int:
+    """Clip bytes per chunk so that its message (base64 and envelope) fits
+    ``max_payload``."""
+    return max(256, (max_payload - VOICE_ENVELOPE) * 3 // 4)
+
+
+def split_clip(
+    clip: bytes, *, clip_id: str, seconds: float, max_payload: int, why: str
+) -> list[dict[str, Any]]:
+    """The ``voice`` records' data for ``clip`` (Ogg Opus), in order."""
+    size = chunk_size(max_payload)
+    n = max(1, math.ceil(len(clip) / size))
+    digest = hashlib.sha256(clip).hexdigest()
+    return [
+        {
+            "clip": clip_id,
+            "i": i,
+            "n": n,
+            "codec": VOICE_CODEC,
+            "mime": VOICE_MIME,
+            "dur": round(seconds, 2),
+            "bytes": len(clip),
+            "sha256": digest,
+            "why": why,
+            "chunk": base64.b64encode(clip[i * size : (i + 1) * size]).decode(),
+        }
+        for i in range(n)
+    ]
+
+
+class ClipError(ValueError):
+    """Chunks that do not make the clip they describe."""
+
+
+def join_clip(chunks: Iterable[dict[str, Any]]) -> bytes:
+    """The clip from all its chunks' data (any order, duplicates allowed), checked
+    against its size and SHA-256. Raises :class:`ClipError` (one missing, or forged)."""
+    parts: dict[int, bytes] = {}
+    first: dict[str, Any] | None = None
+    for c in chunks:
+        try:
+            i, n, piece = int(c["i"]), int(c["n"]), base64.b64decode(c["chunk"], validate=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClipError(f"not a voice chunk: {exc}") from None
+        first = first or c
+        if (n, c.get("sha256"), c.get("bytes")) != (
+            first["n"], first.get("sha256"), first.get("bytes"),
+        ) or not 0 <= i < n:  # fmt: skip
+            raise ClipError("chunks of different clips, or out of range")
+        parts[i] = piece
+    if first is None:
+        raise ClipError("no chunks")
+    n = int(first["n"])
+    if len(parts) != n:
+        raise ClipError(f"{n - len(parts)} of {n} chunk(s) missing")
+    clip = b"".join(parts[i] for i in range(n))
+    if len(clip) != first.get("bytes") or len(clip) > MAX_CLIP_BYTES:
+        raise ClipError(f"{len(clip)} bytes, the chunks said {first.get('bytes')}")
+    if hashlib.sha256(clip).hexdigest() != first.get("sha256"):
+        raise ClipError("the clip does not match its SHA-256")
+    return clip

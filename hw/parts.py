@@ -21,6 +21,7 @@ from sosbeacon.device.parts import Parts
 from sosbeacon.hw.battery import Max17048, SysfsBattery
 from sosbeacon.hw.gps_power import ReceiverPower
 from sosbeacon.hw.gpsd_client import GpsdSource
+from sosbeacon.hw.microphone import AlsaMicrophone
 from sosbeacon.hw.modem.driver import AtModem
 from sosbeacon.hw.modem.link import ModemSms
 from sosbeacon.hw.modem.mm import MmSms
@@ -103,5 +104,7 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
         network=network,
         link_monitor=monitor,
         sms=sms,
+        # nothing is recorded unless privacy.share_voice (which a reload may change)
+        microphone=AlsaMicrophone(config.voice.device),
         background=background,
     )

@@ -19,6 +19,10 @@ declare -A NEED=(
     [chromedriver]=chromium-driver
     # the ModemManager backend is tested against a fake service on a private bus
     [dbus-daemon]=dbus-daemon
+    # voice notes: ALSA capture, Ogg Opus, and the simulator's spoken sentence
+    [arecord]=alsa-utils
+    [opusenc]=opus-tools
+    [espeak-ng]=espeak-ng
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }

@@ -32,6 +32,7 @@ from sosbeacon.sim.battery import BatteryModel, SysfsWriter
 from sosbeacon.sim.button import ScriptedButton, long_press, multi_press
 from sosbeacon.sim.gps import PtyPort, ReceiverScript, Route, RouteWalker, SimReceiver
 from sosbeacon.sim.gps.runner import run_receiver
+from sosbeacon.sim.microphone import SimMicrophone
 from sosbeacon.sim.modem import SimModem
 
 log = logging.getLogger("sim")
@@ -187,6 +188,7 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
         network=world.modem,
         link_monitor=world.modem,
         sms=sms,
+        microphone=SimMicrophone(base / "mic"),
         controls={
             "sim.press": press,
             "sim.battery": battery,

@@ -104,7 +104,7 @@ class Receiver:
             got: list[Received] = []
             if topic == self.topics.track:
                 got = decode_track(payload)
-            elif topic == self.topics.sos and payload:
+            elif topic in (self.topics.sos, self.topics.voice) and payload:
                 got = [decode_sos(payload)]
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             self.undecodable += 1

@@ -412,7 +412,10 @@ async def test_an_outbox_of_the_first_release_opens_with_nothing_lost(tmp_path: 
         new = await box.store(Record(RecordKind.FIX, T0, {"fix": fix}))
         assert new.seq == 5 and new.row is not None  # new fixes get their track rows
         version = (await Probe(box).sql("PRAGMA user_version"))[0][0]
-        assert version == SCHEMA_VERSION == 3
+        assert version == SCHEMA_VERSION == 4
+        # routine was 2 before voice notes took 2: the backlog is still routine, after voice
+        prio = await Probe(box).sql("SELECT seq, priority FROM records ORDER BY seq")
+        assert [tuple(r) for r in prio] == [(1, 3), (2, 3), (3, 3), (4, 1), (5, 3)]
         # records from before commit times were kept count as committed at the upgrade
         assert {s.committed for s in taken} == {taken[0].committed} != {None}
         await box.store(Record(RecordKind.FIX, T0, {"fix": {**fix, "lat": 48.31}}))

@@ -100,7 +100,9 @@ async def test_gesture_countdown_then_sos_with_the_freshest_fix_and_its_age() ->
     assert start.data["fix"]["lat"] == 55.95
     assert start.data["fix_age"] == pytest.approx(17.0, abs=0.01)
     assert start.data["contacts"] == [{"name": "Alice", "reach": "+44 7700 900123"}]
-    assert start.data["shared"] == {"precision": "exact", "battery": True, "events": True}
+    assert start.data["shared"] == {
+        "precision": "exact", "battery": True, "events": True, "voice": False,
+    }  # fmt: skip
     assert start.drill is False
     assert start.session is not None
     assert hw.cues[:5] == [Cue.COUNTDOWN] * 5

@@ -67,6 +67,8 @@ class Pending:
     routine: int
     #: when the oldest routine record waiting was committed (the device's clock), if any
     oldest_routine: datetime | None
+    #: chunks of voice notes: sent at once too, with the routine backlog's pacing
+    voice: int = 0
 
 
 @speaks_for_itself
@@ -458,10 +460,12 @@ class Outbox:
                 "ORDER BY seq LIMIT 1",
                 (routine, taken.get(routine, 0)),
             ).fetchone()
+            voice = int(Priority.VOICE)
             return Pending(
-                min(cap, sum(v for p, v in n.items() if p != routine)),
+                min(cap, sum(v for p, v in n.items() if p not in (routine, voice))),
                 n[routine],
                 moment(oldest[0]) if oldest else None,
+                n[voice],
             )
 
         return await self._reader.run(run)

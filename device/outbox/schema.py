@@ -62,7 +62,7 @@ CREATE INDEX IF NOT EXISTS records_by_session ON records (session) WHERE session
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, expires REAL NOT NULL);
 {_BINDINGS}"""
 #: ``PRAGMA user_version`` of the schema above; older outboxes are brought up to it
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def pragmas(db: sqlite3.Connection, journal_limit: int) -> None:
@@ -86,6 +86,9 @@ def migrate(db: sqlite3.Connection, now: datetime) -> None:
         version = 2
     if version == 2:
         _migrate_from_2(db, now)
+        version = 3
+    if version == 3:
+        _migrate_from_3(db)
     db.executescript(SCHEMA)
     if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -196,3 +199,11 @@ def _migrate_from_2(db: sqlite3.Connection, now: datetime) -> None:
         db.execute("UPDATE records SET committed=?", (now.timestamp(),))
         db.execute("PRAGMA user_version=3")
     log.info("outbox schema brought up to version 3 (records keep their commit time)")
+
+
+def _migrate_from_3(db: sqlite3.Connection) -> None:
+    """Version 3 numbered routine records 2: voice notes take 2 now, routine 3."""
+    with transaction(db):
+        db.execute("UPDATE records SET priority=3 WHERE priority=2")
+        db.execute("PRAGMA user_version=4")
+    log.info("outbox schema brought up to version 4 (a priority for voice notes)")

@@ -5,8 +5,8 @@ the caller passes how (the outbox reads the records at the cut).
 * A record already bound to a message id goes in that message again (a resend carries
   the same id), unless the broker's size limit has since fallen below it: then its
   records are formed anew.
-* ``sos`` lifecycle records go one per message, their id derived from the record
-  (:func:`sos_message_id`), so nothing needs binding.
+* ``sos`` lifecycle records and ``voice`` chunks go one per message, their id derived
+  from the record (:func:`sos_message_id`), so nothing needs binding.
 * Everything else forms ``track`` batches: one session, one drill flag, one expiry, at
   most ``max_batch`` records, split in halves until each fits the size limit.
 * Expiry is counted down on the device's clock (:func:`expiry`).
@@ -24,7 +24,13 @@ from datetime import datetime
 
 from sosbeacon.device.records import FixRun, Item, RecordKind, Stored, seqs_of
 from sosbeacon.device.uplink.sizelimit import SizeLimit
-from sosbeacon.device.wire import RETAINED_KINDS, SOS_KINDS, Topics, encode_sos, encode_track
+from sosbeacon.device.wire import (
+    RETAINED_KINDS,
+    SINGLE_KINDS,
+    Topics,
+    encode_sos,
+    encode_track,
+)
 
 #: a run of fixes too large for one message, in two
 Cut = Callable[[FixRun], Awaitable[tuple[Item, Item]]]
@@ -103,8 +109,9 @@ class Packer:
 
         def message(mid: str, group: list[Item]) -> Message:
             first = group[0]
-            if isinstance(first, Stored) and first.kind in SOS_KINDS:
-                topic, payload = self.topics.sos, encode_sos(box, first.seq, first.record)
+            if isinstance(first, Stored) and first.kind in SINGLE_KINDS:
+                topic = self.topics.single(first.kind)
+                payload = encode_sos(box, first.seq, first.record)
                 retain = first.kind in RETAINED_KINDS and first.seq > retained_seq
             else:
                 topic, payload = self.topics.track, encode_track(box, group)
@@ -130,7 +137,7 @@ class Packer:
             size = len(s) if isinstance(s, FixRun) else 1
             if s.msg_id is not None:
                 bound.setdefault(s.msg_id, []).append(s)
-            elif isinstance(s, Stored) and s.kind in SOS_KINDS:
+            elif isinstance(s, Stored) and s.kind in SINGLE_KINDS:
                 messages.append(message(sos_message_id(box, s.seq), [s]))
                 cur = None
             elif (

@@ -45,6 +45,8 @@ def routine_due(p: Pending, now: datetime, cfg: UplinkConfig) -> float | None:
     that clock too), never from a receiver's fix time. A commit time ahead of ``now``
     means the system clock was set back since: the backlog goes now rather than wait
     for the clock to catch up."""
+    if p.voice:
+        return 0.0  # a voice note goes at once, paced like the backlog behind it
     if p.routine == 0:
         return None
     if p.routine >= cfg.batch_count or p.oldest_routine is None:
@@ -162,7 +164,7 @@ class Sender:
         watch = self._outbox.watch()
         last_sent = -math.inf
         first, last = (
-            (Priority.SOS, Priority.LIVE) if urgent else (Priority.ROUTINE, Priority.ROUTINE)
+            (Priority.SOS, Priority.LIVE) if urgent else (Priority.VOICE, Priority.ROUTINE)
         )
         # urgent: everything waiting; routine: two messages' worth at a time
         limit = cfg.max_batch * (4 if urgent else 2)
