@@ -146,6 +146,26 @@ acks = Table(
     Column("error", Text),
 )
 
+#: a session's voice notes, whole (joined from their chunks, checked against the hash)
+voices = Table(
+    "voices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("clip", String(64), nullable=False),
+    Column("mime", String(64), nullable=False),
+    Column("seconds", Float, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    #: why it was recorded: "sos-start", "voice-now:<contact>"
+    Column("why", Text),
+    #: the device's time of its first chunk, and when the relay had it whole
+    Column("at", Float, nullable=False),
+    Column("received", Float, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    UniqueConstraint("session_id", "clip"),
+)
+
 #: links whose session was deleted or that were revoked: only the hash, to answer 410
 gone = Table(
     "gone",

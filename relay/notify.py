@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from apprise.attachment.memory import AttachMemory
+
 from sosbeacon.device.wire import Address, AddressError
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ def _clock(t: float) -> str:
 class Message:
     title: str
     body: str
+    #: a file to attach where the channel takes one (name, media type, bytes)
+    attachment: tuple[str, str, bytes] | None = None
 
 
 def start_message(
@@ -110,6 +114,20 @@ def acknowledged_message(*, who: str, drill: bool, link: str, acked: float) -> M
     return Message(title, body)
 
 
+def voice_message(
+    *, who: str, drill: bool, link: str, seconds: float,
+    attachment: tuple[str, str, bytes] | None = None,
+) -> Message:  # fmt: skip
+    """The first voice note of a session is ready (later ones are on the page only)."""
+    head = "DRILL" if drill else "SOS"
+    return Message(
+        f"{head}: voice note from {who}",
+        f"{who} recorded a voice note ({seconds:.0f} s): voice note attached where this "
+        f"channel allows; it plays on the live page too: {link}",
+        attachment,
+    )
+
+
 _END_HEADS = ("DRILL over", "SOS ended")
 
 
@@ -125,18 +143,22 @@ def end_message(*, who: str, drill: bool, link: str, expires: float | None) -> M
 
 
 def message_kind(title: str) -> str:
-    """What a message of ours is, from its title: ``alert``, ``acknowledged`` or ``end``
+    """What a message of ours is, from its title: ``alert``, ``acknowledged``, ``voice`` or ``end``
     (for the drills, which count the alerts a contact got)."""
     if title.startswith(tuple(f"{h}:" for h in _END_HEADS)):
         return "end"
+    if ": voice note from " in title:
+        return "voice"
     return "acknowledged" if title.endswith(ACKNOWLEDGED) else "alert"
 
 
 __all__ = [
+    "AttachMemory",
     "Message",
     "acknowledged_message",
     "end_message",
     "message_kind",
     "service_url",
     "start_message",
+    "voice_message",
 ]

@@ -32,6 +32,7 @@ from sosbeacon.device.mqtt import Connection, Inbound, MqttError
 from sosbeacon.device.wire import Address, AddressError, Received, decode_sos, decode_track, dumps
 from sosbeacon.relay import notify
 from sosbeacon.relay.config import RelayConfig
+from sosbeacon.relay.notify import AttachMemory
 from sosbeacon.relay.store import Ingested, Store
 
 log = logging.getLogger("sos-relay")
@@ -195,7 +196,7 @@ class Relay:
             try:
                 if leaf == "track":
                     items.append((device, decode_track(m.payload)))
-                elif leaf == "sos" and m.payload:
+                elif leaf in ("sos", "voice") and m.payload:
                     items.append((device, [decode_sos(m.payload)]))
                 elif leaf == "reply" and m.payload:
                     await self._reply(m.payload)
@@ -233,8 +234,12 @@ class Relay:
         await self._after(done)
 
     async def _after(self, done: Ingested) -> None:
-        if done.started or done.ended:
+        if done.started or done.ended or done.voices:
             self._wake_notifier.set()
+        for sid, clip in done.voices:
+            self.tell("voice-stored", session_id=sid, clip=clip)
+            if self.hub.watched(sid):
+                await self.push(sid, since=1 << 62)
         for sid in done.started:
             self.tell("sos-stored", session_id=sid)
         for sid, recs in done.new.items():
@@ -319,6 +324,16 @@ class Relay:
                 who=who, drill=bool(item["drill"]), start=item["start"] or {}, link=link,
                 now=now, sent=item["started"] or now,
             )  # fmt: skip
+        elif item["kind"] == "voice":
+            note = await self.store.voice(item["sid"])
+            if note is None:  # the session went meanwhile
+                await self.store.failed(item["id"], "the voice note is gone", retry_at=None)
+                return
+            clip, mime, data, seconds = note
+            msg = notify.voice_message(
+                who=who, drill=bool(item["drill"]), link=link, seconds=seconds,
+                attachment=(f"voice-note-{clip}.opus", mime, data),
+            )  # fmt: skip
         else:
             msg = notify.end_message(
                 who=who, drill=bool(item["drill"]), link=link, expires=item["expires"]
@@ -356,12 +371,18 @@ class Relay:
         a = apprise.Apprise()
         if not a.add(url):
             return "Apprise does not understand this service URL (check notify.services)"
+        attach = None
+        if msg.attachment is not None:  # sent where the channel takes attachments (e-mail)
+            name, mime, data = msg.attachment
+            memory = AttachMemory(content=data, name=name, mimetype=mime)  # type: ignore[no-untyped-call]
+            attach = apprise.AppriseAttachment(memory)
         with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as said:  # type: ignore[no-untyped-call]
             try:
                 async with asyncio.timeout(self.config.notify.timeout):
                     result = await a.async_notify(
-                        body=msg.body, title=msg.title, body_format=apprise.NotifyFormat.TEXT
-                    )
+                        body=msg.body, title=msg.title, body_format=apprise.NotifyFormat.TEXT,
+                        attach=attach,
+                    )  # fmt: skip
             except TimeoutError:
                 return f"no answer within {self.config.notify.timeout:g} s"
         if result:

@@ -19,10 +19,28 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import aliased
 
-from sosbeacon.device.wire import AddressError, Received, addresses, parse_address
+from sosbeacon.device.wire import (
+    VOICE_MIME,
+    AddressError,
+    ClipError,
+    Received,
+    addresses,
+    join_clip,
+    parse_address,
+)
 from sosbeacon.relay import db, links, ranges
-from sosbeacon.relay.db import acks, boxes, gone, notifications, opens, records, sessions
+from sosbeacon.relay.db import (
+    acks,
+    boxes,
+    gone,
+    notifications,
+    opens,
+    records,
+    sessions,
+    voices,
+)
 from sosbeacon.relay.db import links as links_t
 
 log = logging.getLogger(__name__)
@@ -45,6 +63,8 @@ class Ingested:
     #: sessions whose sos-start arrived now (links were made): notify their contacts
     started: list[int] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
+    #: voice notes made whole now: (session row id, clip)
+    voices: list[tuple[int, str]] = field(default_factory=list)
     devices: set[str] = field(default_factory=set)
 
 
@@ -164,6 +184,7 @@ class Store:
         rows: list[tuple[Any, ...]] = []
         sids: dict[str, int] = {}
         new = out.new
+        voice_chunks: dict[tuple[int, str], list[Received]] = {}
         for r in fresh:
             if r.session is None:
                 continue  # routine telemetry: counted in the ledger, not kept
@@ -178,6 +199,8 @@ class Store:
                     out.started.append(sid)
             elif r.kind == "sos-ack":
                 await self._acked_on_device(conn, sid, box, r)
+            elif r.kind == "voice":
+                voice_chunks.setdefault((sid, str(r.data.get("clip"))), []).append(r)
             elif r.kind == "sos-end":
                 await self._ended(conn, sid, r, now)
                 out.ended.append(sid)
@@ -186,6 +209,39 @@ class Store:
             # insert of 500 rows would be compiled afresh for every message, and
             # SQLAlchemy's own executemany does per-row work a backlog pays for
             await conn.exec_driver_sql(self._insert_records, rows)
+        for (sid, clip), got in voice_chunks.items():
+            if await self._voice(conn, sid, clip, got[0], now):
+                out.voices.append((sid, clip))
+
+    async def _voice(
+        self, conn: AsyncConnection, sid: int, clip: str, r: Received, now: float
+    ) -> bool:
+        """A chunk of ``clip`` arrived: once all have, the note is joined, checked
+        against its hash and kept whole. True when it became whole now."""
+        q = select(records.c.data, records.c.at).where(
+            records.c.session_id == sid, records.c.kind == "voice"
+        )
+        rows = [(d, at) for d, at in (await conn.execute(q)).all() if (d or {}).get("clip") == clip]
+        try:
+            data = join_clip(d for d, _ in rows)
+        except ClipError as exc:
+            if "missing" not in str(exc):
+                log.warning("relay: voice note %s cannot be joined: %s", clip[:64], exc)
+            return False
+        res = await conn.execute(
+            self._insert(voices)(
+                session_id=sid, clip=clip[:64], mime=str(r.data.get("mime") or VOICE_MIME)[:64],
+                seconds=float(r.data.get("dur") or 0.0), bytes=len(data),
+                sha256=str(r.data.get("sha256")), why=str(r.data.get("why") or "")[:200],
+                at=min(at for _, at in rows), received=now, data=data,
+            ).on_conflict_do_nothing()
+        )  # fmt: skip
+        if not res.rowcount:
+            return False
+        count = select(func.count()).where(voices.c.session_id == sid)
+        if (await conn.execute(count)).scalar_one() == 1:
+            await self._follow_up(conn, sid, "voice", now)  # the first note is announced
+        return True
 
     async def _session_id(
         self, conn: AsyncConnection, device: str, sess: str, drill: bool, box: str, now: float
@@ -302,7 +358,11 @@ class Store:
             .where(sessions.c.id == sid)
             .values(ended=r.t, end_reason=str(r.data.get("reason") or ""), expires=exp)
         )
-        # "SOS ended" goes to the channels that had the start
+        await self._follow_up(conn, sid, "end", now)
+
+    async def _follow_up(self, conn: AsyncConnection, sid: int, kind: str, now: float) -> None:
+        """A notification of ``kind`` ("end", "voice") to every channel that had the
+        start; once per link and channel."""
         q = (
             select(notifications.c.link_id, notifications.c.channel, notifications.c.address)
             .join(links_t, links_t.c.id == notifications.c.link_id)
@@ -313,7 +373,7 @@ class Store:
             await conn.execute(
                 self._insert(notifications)(
                     link_id=link_id,
-                    kind="end",
+                    kind=kind,
                     channel=channel,
                     address=address,
                     state="pending",
@@ -378,6 +438,7 @@ class Store:
                 links_t.c.revoked,
                 links_t.c.first_opened,
                 links_t.c.opens,
+                links_t.c.session_id,
                 sessions.c.device,
                 sessions.c.sess,
                 sessions.c.drill,
@@ -403,10 +464,25 @@ class Store:
 
     async def claim_due(self, *, now: float, me: str, lease: float) -> list[dict[str, Any]]:
         """Notifications due now, claimed by ``me`` for ``lease`` seconds (a relay that
-        dies mid-send leaves its claim to expire, and another sends it)."""
-        cond = or_(
-            and_(notifications.c.state == "pending", notifications.c.next_try <= now),
-            and_(notifications.c.state == "sending", notifications.c.next_try <= now),
+        dies mid-send leaves its claim to expire, and another sends it). A voice note's
+        waits for the alert on its channel to have gone (or failed for good): a contact
+        never hears a voice note before they know there is an SOS."""
+        start = aliased(notifications)
+        alerted = (
+            select(start.c.id)
+            .where(
+                start.c.link_id == notifications.c.link_id,
+                start.c.channel == notifications.c.channel,
+                start.c.address == notifications.c.address,
+                start.c.kind == "start",
+                start.c.state.in_(("sent", "failed")),
+            )
+            .exists()
+        )
+        cond = and_(
+            notifications.c.state.in_(("pending", "sending")),
+            notifications.c.next_try <= now,
+            or_(notifications.c.kind != "voice", alerted),
         )
         async with self.engine.begin() as conn:
             q = select(notifications.c.id).where(cond).order_by(notifications.c.id).limit(50)
@@ -538,6 +614,13 @@ class Store:
                     .where(links_t.c.session_id == sid, acks.c.confirmed.is_not(None))
                 )
             ).all()
+            notes = (
+                await conn.execute(
+                    select(voices.c.clip, voices.c.seconds, voices.c.at, voices.c.why)
+                    .where(voices.c.session_id == sid)
+                    .order_by(voices.c.at, voices.c.id)
+                )
+            ).all()
         start = s.start or {}
         battery = (bat.data or {}).get("battery") if bat else start.get("battery")
         start_fix = start.get("fix") if isinstance(start.get("fix"), dict) else None
@@ -560,7 +643,26 @@ class Store:
             ],
             "waiting": ranges.count(waiting),
             "confirmed": [{"name": a.name, "at": a.confirmed} for a in acked],
+            "voices": [
+                {"clip": v.clip, "seconds": v.seconds, "at": v.at, "asked": _asked(v.why)}
+                for v in notes
+            ],
+            "shared": start.get("shared") if isinstance(start.get("shared"), dict) else None,
         }
+
+    async def voice(
+        self, sid: int, clip: str | None = None
+    ) -> tuple[str, str, bytes, float] | None:
+        """A voice note of session ``sid`` (its first when ``clip`` is None): its clip
+        id, media type, bytes and seconds."""
+        q = select(voices.c.clip, voices.c.mime, voices.c.data, voices.c.seconds).where(
+            voices.c.session_id == sid
+        )
+        if clip is not None:
+            q = q.where(voices.c.clip == clip)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q.order_by(voices.c.at, voices.c.id).limit(1))).first()
+        return (row.clip, row.mime, bytes(row.data), float(row.seconds)) if row else None
 
     # -- receipts ----------------------------------------------------------------------
 
@@ -662,9 +764,9 @@ class Store:
     # -- expiry ------------------------------------------------------------------------
 
     async def sweep(self, *, now: float, gone_for: float) -> int:
-        """Delete every session whose route has expired: its records, links, opens,
-        notifications and acks; each link's hash moves to ``gone`` (410). Returns how
-        many sessions went."""
+        """Delete every session whose route has expired: its records, voice notes, links,
+        opens, notifications and acks; each link's hash moves to ``gone`` (410). Returns
+        how many sessions went."""
         async with self.engine.begin() as conn:
             sids = [
                 r[0]
@@ -691,6 +793,7 @@ class Store:
                 link_ids = select(links_t.c.id).where(links_t.c.session_id.in_(sids))
                 for table in (opens, notifications, acks):
                     await conn.execute(delete(table).where(table.c.link_id.in_(link_ids)))
+                await conn.execute(delete(voices).where(voices.c.session_id.in_(sids)))
                 await conn.execute(delete(links_t).where(links_t.c.session_id.in_(sids)))
                 await conn.execute(delete(records).where(records.c.session_id.in_(sids)))
                 await conn.execute(delete(sessions).where(sessions.c.id.in_(sids)))
@@ -740,6 +843,13 @@ def _extra(r: Received) -> dict[str, Any] | None:
     if r.kind == "sos-start":
         return {k: v for k, v in r.data.items() if k != "contacts"}
     return dict(r.data) or None
+
+
+def _asked(why: str | None) -> str | None:
+    """Who asked for a voice note (``voice-now:<name>``), or None (the SOS start)."""
+    if why and why.startswith("voice-now:"):
+        return why.split(":", 1)[1] or "a contact"
+    return None
 
 
 def _event_text(kind: str, data: Any) -> dict[str, Any]:

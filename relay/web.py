@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -60,7 +61,8 @@ def _csp(tiles: str) -> str:
     img = " ".join(x for x in ("'self'", "data:", tile_origin(tiles)) if x)
     return (
         "default-src 'none'; script-src 'self'; style-src 'self'; "
-        f"img-src {img}; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        f"img-src {img}; media-src 'self'; connect-src 'self'; base-uri 'none'; "
+        "form-action 'none'; "
         "frame-ancestors 'none'"
     )
 
@@ -100,6 +102,30 @@ _GONE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <link rel="icon" href="/static/icon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/page.css"></head>
 <body class="gone"><main><h1>{title}</h1><p>{text}</p></main></body></html>"""
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def ranged(data: bytes, mime: str, header: str | None) -> Response:
+    """``data``, or the part a ``Range: bytes=a-b`` header asks for (206): a browser
+    reads an Ogg file's end to learn its duration."""
+    size = len(data)
+    common = {"Accept-Ranges": "bytes"}
+    m = _RANGE.fullmatch((header or "").strip())
+    if m is None or not (m.group(1) or m.group(2)):
+        return Response(data, media_type=mime, headers=common)
+    if m.group(1):
+        first = int(m.group(1))
+        last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    else:  # the last N bytes
+        first, last = max(0, size - int(m.group(2))), size - 1
+    if first >= size or first > last:
+        return Response(status_code=416, headers={**common, "Content-Range": f"bytes */{size}"})
+    return Response(
+        data[first : last + 1], status_code=206, media_type=mime,
+        headers={**common, "Content-Range": f"bytes {first}-{last}/{size}"},
+    )  # fmt: skip
 
 
 def _gone_page(why: str) -> HTMLResponse:
@@ -188,6 +214,16 @@ def app(relay: Relay) -> Starlette:
             headers={"X-Accel-Buffering": "no"},  # nginx: do not buffer the stream
         )
 
+    async def voice(request: Request) -> Response:
+        view = await _link(request, record=False)
+        if isinstance(view, Response):
+            return view
+        got = await relay.store.voice(view.session_id, str(request.path_params["clip"])[:64])
+        if got is None:
+            return _not_found()
+        _clip, mime, data, _seconds = got
+        return ranged(data, mime, request.headers.get("range"))
+
     async def ack(request: Request) -> Response:
         view = await _link(request, record=False)
         if isinstance(view, Response):
@@ -211,6 +247,7 @@ def app(relay: Relay) -> Starlette:
         Route("/s/{token}/data", data, methods=["GET"]),
         Route("/s/{token}/events", events, methods=["GET"]),
         Route("/s/{token}/ack", ack, methods=["POST"]),
+        Route("/s/{token}/voice/{clip}", voice, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/favicon.ico", icon, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

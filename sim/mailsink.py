@@ -9,7 +9,7 @@ import email
 import email.policy
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
@@ -25,6 +25,8 @@ class Mail:
     body: str
     #: time.monotonic() when it arrived
     at: float
+    #: attached files: (file name, content type, bytes)
+    attachments: list[tuple[str, str, bytes]] = field(default_factory=list)
 
 
 class MailSink:
@@ -41,7 +43,14 @@ class MailSink:
                 assert isinstance(msg, EmailMessage)
                 part = msg.get_body(preferencelist=("plain", "html"))
                 body = part.get_content() if part is not None else ""
-                mail = Mail(list(envelope.rcpt_tos), str(msg["Subject"]), body, time.monotonic())
+                files = []
+                for a in msg.iter_attachments():
+                    data = a.get_payload(decode=True)
+                    if isinstance(data, bytes):
+                        files.append((str(a.get_filename()), a.get_content_type(), data))
+                mail = Mail(
+                    list(envelope.rcpt_tos), str(msg["Subject"]), body, time.monotonic(), files
+                )
                 with sink._lock:
                     sink.mails.append(mail)
                     waiters = list(sink._waiters)

@@ -105,6 +105,8 @@
       li.textContent = clock(e.t) + " — " + what;
       ev.appendChild(li);
     });
+    renderVoices(d.voices || []);
+    renderShared(d.shared);
     var mine = (d.confirmed || []).filter(function (a) { return a.name === d.you; });
     var as = $("ackstate");
     if (mine.length) {
@@ -116,6 +118,43 @@
       as.textContent = "Sent; waiting for the device to confirm…";
     }
     drawMap(p);
+  }
+
+  function renderVoices(notes) {
+    // each note's player is made once: a live update must not stop one playing
+    $("voices").hidden = !notes.length;
+    notes.forEach(function (v) {
+      if (document.getElementById("v-" + v.clip)) return;
+      var li = document.createElement("li");
+      var label = document.createElement("span");
+      label.className = "voicelabel";
+      label.textContent = clock(v.at) + " — " + Math.round(v.seconds) + " s" +
+        (v.asked ? " (asked for by " + v.asked + ")" : "");
+      var audio = document.createElement("audio");
+      audio.id = "v-" + v.clip;
+      audio.controls = true;
+      audio.preload = "metadata";
+      audio.src = base + "/voice/" + encodeURIComponent(v.clip);
+      li.appendChild(label);
+      li.appendChild(audio);
+      $("voicelist").appendChild(li);
+    });
+  }
+
+  function renderShared(sh) {
+    var p = $("withheld");
+    if (!sh) { p.hidden = true; return; }
+    var not = [];
+    if (sh.battery === false) not.push("the battery");
+    if (sh.events === false) not.push("recent events");
+    if (sh.voice === false) not.push("voice notes");
+    var parts = [];
+    if (sh.precision && sh.precision !== "exact") {
+      parts.push("The owner shares the position to about " + sh.precision + ".");
+    }
+    if (not.length) parts.push("The owner chose not to share " + not.join(", ") + ".");
+    p.textContent = parts.join(" ");
+    p.hidden = !parts.length;
   }
 
   function drawMap(p) {
