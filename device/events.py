@@ -52,6 +52,8 @@ class EventKind(enum.StrEnum):
     VOICE = "voice"
     #: the follower lost ``data.count`` events (it was too slow)
     MISSED = "missed"
+    #: the SOS button was pressed (``data.gesture``: press, long-press, multi-press)
+    BUTTON = "button"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,12 @@ class Events:
         self._size = size
         self._followers: set[_Follower] = set()
         self._recent: deque[Event] = deque(maxlen=keep)
+        self._taps: list[Callable[[Event], None]] = []
+
+    def tap(self, fn: Callable[[Event], None]) -> None:
+        """Call ``fn`` with every event as it is emitted (synchronously: it must be quick
+        and never raise), for what must see every event in order, unlike a follower."""
+        self._taps.append(fn)
 
     def recent(self) -> list[Event]:
         """The events kept (the newest ``keep``), oldest first."""
@@ -89,6 +97,8 @@ class Events:
     def emit(self, kind: EventKind, **data: Any) -> None:
         ev = Event(kind, self._clock(), data)
         self._recent.append(ev)
+        for fn in self._taps:
+            fn(ev)
         for f in self._followers:
             if f.queue.full():
                 f.queue.get_nowait()

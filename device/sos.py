@@ -24,7 +24,6 @@ import contextlib
 import enum
 import logging
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +38,7 @@ from sosbeacon.device.geo import haversine
 from sosbeacon.device.gesture import Detected, Press
 from sosbeacon.device.gps import Fix
 from sosbeacon.device.privacy import PrivacyConfig, fix_payload, shared_now
+from sosbeacon.device.recent import RecentEvents
 from sosbeacon.device.records import Priority, Record, Recorder, RecordKind
 from sosbeacon.device.telemetry import Telemetry
 
@@ -157,7 +157,9 @@ class SosController:
         self._activation: asyncio.Task[None] | None = None
         self._last_fix: Fix | None = None
         self._last_battery: BatterySample | None = None
-        self._events: deque[dict[str, Any]] = deque(maxlen=20)
+        #: the hour before an SOS, shared in its start with privacy.share_events
+        self.recent = RecentEvents()
+        self.events.tap(self.recent.note)
         self._background: set[asyncio.Task[None]] = set()
         if not config.contacts:
             log.error(
@@ -212,6 +214,8 @@ class SosController:
 
     async def on_button(self, event: Detected | Press) -> None:
         """Events from the gesture detector."""
+        gesture = "press" if isinstance(event, Press) else event.gesture.value
+        self.events.emit(EventKind.BUTTON, gesture=gesture)
         if isinstance(event, Press):
             if self.state is SosState.COUNTDOWN:
                 await self.cancel_countdown("button")
@@ -441,7 +445,7 @@ class SosController:
         if self.privacy.share_battery and self._last_battery is not None:
             data["battery"] = self._last_battery.to_json()
         if self.privacy.share_events:
-            data["events"] = list(self._events)
+            data["events"] = self.recent.before(self._clock.now().timestamp())
         # ACTIVE from the moment the session exists (nothing above waited): its start
         # record follows at once (a stop meanwhile waits for it), and a status never says
         # "countdown" to someone who already has the SOS
@@ -561,7 +565,6 @@ class SosController:
         )
 
     def _event(self, what: str, **info: Any) -> None:
-        self._events.append({"t": self._clock.now().isoformat(), "event": what, **info})
         s = self.session
         data = {**({"session": s.id} if s else {}), **info}  # info may name the session
         self.events.emit(EventKind.SOS, what=what, **data)

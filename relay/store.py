@@ -648,6 +648,7 @@ class Store:
                 for v in notes
             ],
             "shared": start.get("shared") if isinstance(start.get("shared"), dict) else None,
+            "before": _before(start.get("events")),
         }
 
     async def voice(
@@ -843,6 +844,24 @@ def _extra(r: Received) -> dict[str, Any] | None:
     if r.kind == "sos-start":
         return {k: v for k, v in r.data.items() if k != "contacts"}
     return dict(r.data) or None
+
+
+#: what the page may say of the hour before an SOS (device/recent.py's vocabulary)
+BEFORE = frozenset({
+    "button-press", "countdown", "countdown-cancelled", "gps-first-fix", "gps-lost",
+    "gps-back", "link-down", "link-up", "battery-ok", "battery-low", "battery-critical",
+})  # fmt: skip
+
+
+def _before(events: Any) -> list[dict[str, Any]]:
+    """The device's hour before the SOS (shared with its start), in its known words only."""
+    out = []
+    for e in events if isinstance(events, list) else []:
+        if isinstance(e, dict) and e.get("what") in BEFORE and isinstance(e.get("t"), int | float):
+            pct = e.get("pct")
+            out.append({"t": e["t"], "what": e["what"],
+                        **({"pct": pct} if isinstance(pct, int | float) else {})})  # fmt: skip
+    return out[-200:]
 
 
 def _asked(why: str | None) -> str | None:

@@ -23,7 +23,7 @@ from sosbeacon.sim.mailsink import MailSink
 from tests.browser import chromium
 from tests.mqtt_env import DURABLE, need_mosquitto
 from tests.relay_env import relay_rig, relay_settings
-from tests.test_relay_page import device_config, until
+from tests.test_relay_page import device_config, text, until
 from tests.test_voice import need_audio_tools
 
 
@@ -31,7 +31,9 @@ def voice_device(data: Path, port: int, *, share: bool) -> str:
     return device_config(data, port).replace(
         "[mqtt]",
         f"[privacy]\nshare_voice = {str(share).lower()}\nshare_battery = {str(share).lower()}\n"
-        "[voice]\nseconds = 4\n[mqtt]",
+        f"share_events = {str(share).lower()}\n"
+        + ("" if share else 'precision = "100m"\n')
+        + "[voice]\nseconds = 4\n[mqtt]",
     )
 
 
@@ -50,6 +52,11 @@ async def test_the_contact_gets_the_voice_note_by_mail_and_plays_it_on_the_page(
             task = asyncio.create_task(daemon.run())
             try:
                 await asyncio.wait_for(daemon.ready.wait(), 15)
+                # a stray press first: the page lists it among the hour before the SOS
+                assert (await request(dcfg.socket_path, {"cmd": "sim.press", "value": "short"}))[
+                    "ok"
+                ]
+                await asyncio.sleep(1.0)
                 assert (await request(dcfg.socket_path, {"cmd": "sos-start", "now": True}))["ok"]
                 alert, voice = await smtp.wait(2, within=40)
                 # the alert first, then the note: nobody hears a voice before the SOS
@@ -89,6 +96,8 @@ async def test_the_contact_gets_the_voice_note_by_mail_and_plays_it_on_the_page(
                     )  # fmt: skip
                     assert "asked for by Alice" in drv.find_element(By.ID, "voicelist").text
                     assert not drv.find_element(By.ID, "withheld").is_displayed()
+                    before = drv.find_element(By.ID, "before").text
+                    assert "SOS button pressed" in before, before
                     errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
                     assert errors == [], errors  # media-src allows the relay's own audio
                 await asyncio.sleep(1.0)
@@ -99,8 +108,8 @@ async def test_the_contact_gets_the_voice_note_by_mail_and_plays_it_on_the_page(
 
 
 async def test_what_the_owner_does_not_share_never_reaches_the_page(tmp_path: Path) -> None:
-    """Voice and battery off: no note and no battery anywhere, and the page says the
-    owner chose not to share them."""
+    """Voice, battery and events off: no note, no battery, no hour before, and the page
+    says the owner chose not to share them."""
     need_audio_tools()
     with (
         Mosquitto(tmp_path / "broker", config=DURABLE, binary=need_mosquitto()) as broker,
@@ -124,7 +133,14 @@ async def test_what_the_owner_does_not_share_never_reaches_the_page(tmp_path: Pa
                         lambda d: d.find_element(By.ID, "withheld").is_displayed(),
                     )  # fmt: skip
                     said = drv.find_element(By.ID, "withheld").text
-                    assert said == "The owner chose not to share the battery, voice notes."
+                    assert said == (
+                        "The owner shares the position to about 100m. The owner chose not to "
+                        "share the battery, recent events, voice notes."
+                    )
+                    await until(drv, "a position", lambda d: "," in text(d, "coords"))
+                    lat, lon = drv.find_element(By.ID, "coords").text.split(", ")
+                    assert lat.endswith("000") and lon.endswith("000")  # 3 decimals only
+                    assert not drv.find_element(By.ID, "beforesec").is_displayed()
                     assert drv.find_element(By.ID, "battery").text == "not shared"
                     await asyncio.sleep(6)  # longer than a note takes
                     assert not drv.find_elements(By.CSS_SELECTOR, "#voicelist audio")
@@ -132,6 +148,16 @@ async def test_what_the_owner_does_not_share_never_reaches_the_page(tmp_path: Pa
                 assert await relay.store.voice(sid) is None
                 page = await relay.store.page(sid)
                 assert page["voices"] == [] and page["battery"] in (None, {})
+                assert page["before"] == []
+                # and on the device: nothing of it in the outbox, so nothing on any topic
+                exported = await request(dcfg.socket_path, {"cmd": "export"})
+                kinds = {r["kind"] for r in exported["records"]}
+                assert "voice" not in kinds and "battery" not in kinds
+                start = next(r for r in exported["records"] if r["kind"] == "sos-start")
+                assert "battery" not in start["data"] and "events" not in start["data"]
+                fixes = [r["data"]["fix"] for r in exported["records"] if r["kind"] == "fix"]
+                assert fixes and all(round(f["lat"], 3) == f["lat"] for f in fixes)
+                assert all("alt" not in f and f["acc"] >= 111 for f in fixes)
                 assert len(smtp.mails) == 1
             finally:
                 daemon.stop()

@@ -106,6 +106,7 @@
       ev.appendChild(li);
     });
     renderVoices(d.voices || []);
+    renderBefore(d.before || []);
     renderShared(d.shared);
     var mine = (d.confirmed || []).filter(function (a) { return a.name === d.you; });
     var as = $("ackstate");
@@ -138,6 +139,32 @@
       li.appendChild(label);
       li.appendChild(audio);
       $("voicelist").appendChild(li);
+    });
+  }
+
+  var BEFORE = {
+    "button-press": "SOS button pressed",
+    "countdown": "SOS countdown started",
+    "countdown-cancelled": "Countdown cancelled",
+    "gps-first-fix": "GPS found its position",
+    "gps-lost": "GPS position lost",
+    "gps-back": "GPS position back",
+    "link-down": "Lost its connection",
+    "link-up": "Connected",
+    "battery-ok": "Battery fine again",
+    "battery-low": "Battery low",
+    "battery-critical": "Battery critical"
+  };
+
+  function renderBefore(list) {
+    $("beforesec").hidden = !list.length;
+    var ol = $("before");
+    ol.textContent = "";
+    list.forEach(function (e) {
+      var li = document.createElement("li");
+      li.textContent = clock(e.t) + " — " + (BEFORE[e.what] || e.what) +
+        (typeof e.pct === "number" ? " (" + Math.round(e.pct) + "%)" : "");
+      ol.appendChild(li);
     });
   }
 
