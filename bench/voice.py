@@ -117,4 +117,4 @@ def run(*, notes: int = 10, triggers: int = 200, seconds: float = 20.0) -> dict[
 
 if __name__ == "__main__":
     for k, v in run().items():
-        print(f"{k}: {v}")  # noqa: T201
+        print(f"{k}: {v}")
