@@ -285,6 +285,9 @@ class Drill:
         elif what == "opened":
             self.mark("opened")
             self.event("relay", f"{details['name']} opened the page")
+        elif what == "voice-stored":
+            self.mark("voice")
+            self.event("relay", "has the voice note whole (hash checked); it plays on the page")
         elif what == "ack-confirmed":
             self.mark("page-confirmed")
             self.event("relay", "the device confirmed the acknowledgement; the page shows it")
@@ -606,6 +609,9 @@ class Drill:
                 self.marks.get("sms-reply", []), "sms", self.marks
             ),
             "texts sent": len(self.marks.get("sms", [])),
+            "gesture/command to the voice note whole at the relay (s)": _since(
+                trig, "voice", self.marks
+            ),
             "records received (distinct seq)": len(led.seen),
             "records lost": len(led.missing()),
             "records deliberately removed (gap notices)": len(led.removed),
@@ -682,6 +688,16 @@ def device_line(ev: dict[str, Any]) -> str | None:
         )
     if kind == "sms":
         return f"texted {ev.get('to')} ({ev.get('chars')} characters)"
+    if kind == "voice":
+        what = ev.get("what")
+        if what == "recording":
+            return "recording a voice note (beside the SOS)"
+        if what == "stored":
+            return (
+                f"voice note stored: {ev.get('seconds')} s, {ev.get('bytes')} bytes of Ogg Opus "
+                f"in {ev.get('chunks')} chunk(s)"
+            )
+        return f"no voice note: {ev.get('error') or what}"
     if kind == "network":
         if ev.get("first"):
             return f"network {ev.get('state')}"

@@ -28,6 +28,10 @@ def test_demo_runs_and_shows_what_the_contact_receives() -> None:
         "CONTACT  SOS STARTED at 55.",
         "CONTACT  route point",
         "RELAY    stored the SOS",
+        "DEVICE   recording a voice note",
+        "DEVICE   voice note stored: 8.0 s",
+        "RELAY    has the voice note whole",
+        "CONTACT  e-mail to alice@example.org: 'SOS: voice note from Sam'",
         "CONTACT  e-mail to alice@example.org: 'SOS: Sam needs help'",
         "CONTACT  opened the page (HTTP 200)",
         'CONTACT  Alice presses "I\'m on it" on the page',
@@ -50,6 +54,7 @@ def test_demo_runs_and_shows_what_the_contact_receives() -> None:
         "contact notified by e-mail (s after the gesture)",
         "link opened (s after the e-mail)",
         "ack from the page to the device's confirmation on it (s)",
+        "gesture/command to the voice note whole at the relay (s)",
     ):
         value = re.search(re.escape(figure) + r"\s+(\S+)", out)
         assert value and re.fullmatch(r"\d+\.\d+", value.group(1)), (figure, out)
