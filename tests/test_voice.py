@@ -104,6 +104,16 @@ async def test_an_sos_records_a_voice_note_that_arrives_whole_and_speaks(
             await eventually(lambda: len(clips(rx)) == 2, within=30)
             status = await request(sock, {"cmd": "status"})
             assert status["shared"]["voice"] is True and status["voice"]["stored"] == 2
+            from sosbeacon.device.cli import format_status
+
+            shown = format_status(status)
+            assert "shares      location (exact), battery, events, voice" in shown
+            assert "voice       2 note(s) stored, 0 failed" in shown
+            # the notes expire with the route, on the device too
+            assert (await request(sock, {"cmd": "sos-stop"}))["ok"]
+            exported = await request(sock, {"cmd": "export"})
+            notes = [r for r in exported["records"] if r["kind"] == "voice"]
+            assert notes and all(r["expires"] for r in notes)
         finally:
             daemon.stop()
             await asyncio.wait_for(task, 15)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 from selenium.webdriver.common.by import By
 
@@ -102,6 +103,16 @@ async def test_the_contact_gets_the_voice_note_by_mail_and_plays_it_on_the_page(
                     assert errors == [], errors  # media-src allows the relay's own audio
                 await asyncio.sleep(1.0)
                 assert len(smtp.mails) == 2  # the second note is on the page, not mailed
+                # the notes go with the route: 72 h after the end, gone, and the link 410
+                assert (await request(dcfg.socket_path, {"cmd": "sos-stop"}))["ok"]
+                sid = (await relay.store.list_links())[0]["session_id"]
+                await relay.wait(lambda: _ended(relay, sid))
+                relay.clock.advance(72 * 3600 + 60)
+                assert await relay.relay.sweep_now() == 1
+                assert await relay.store.voice(sid) is None
+                token = link.group(0).rsplit("/", 1)[1]
+                r = await relay.http.get(f"/s/{token}/voice/{note[0]}")
+                assert r.status_code == 410
             finally:
                 daemon.stop()
                 await asyncio.wait_for(task, 15)
@@ -162,6 +173,10 @@ async def test_what_the_owner_does_not_share_never_reaches_the_page(tmp_path: Pa
             finally:
                 daemon.stop()
                 await asyncio.wait_for(task, 15)
+
+
+async def _ended(relay: Any, sid: int) -> bool:
+    return bool((await relay.store.page(sid)).get("expires"))
 
 
 def test_the_note_is_served_in_the_ranges_a_browser_asks_for() -> None:
