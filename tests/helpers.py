@@ -59,3 +59,19 @@ async def eventually(cond: Any, within: float = 20.0, step: float = 0.05) -> Any
             if got:
                 return got
             await asyncio.sleep(step)
+
+
+@contextlib.asynccontextmanager
+async def sim_daemon(config: Any) -> AsyncIterator[Any]:
+    """The real daemon on the simulator's hardware, ready, stopped afterwards."""
+    from sosbeacon.device.daemon import Daemon
+    from sosbeacon.device.parts import load_backend
+
+    daemon = Daemon(config, load_backend("sim"), handle_signals=False)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 15)
+        yield daemon
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 15)

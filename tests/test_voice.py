@@ -16,12 +16,10 @@ import pytest
 
 from sosbeacon.device import config as config_mod
 from sosbeacon.device.control import request
-from sosbeacon.device.daemon import Daemon
-from sosbeacon.device.parts import load_backend
 from sosbeacon.device.wire import ClipError, Received, join_clip, split_clip
 from sosbeacon.sim.receiver import Receiver
 from tests.conftest import find_tool, require
-from tests.helpers import eventually
+from tests.helpers import eventually, sim_daemon
 from tests.test_daemon import broker_and_contact, config_text
 
 
@@ -75,10 +73,7 @@ async def test_an_sos_records_a_voice_note_that_arrives_whole_and_speaks(
     need_audio_tools()
     async with broker_and_contact(tmp_path) as (broker, rx):
         cfg = config_mod.load(text=voice_config(tmp_path / "data", broker.port))
-        daemon = Daemon(cfg, load_backend("sim"), handle_signals=False)
-        task = asyncio.create_task(daemon.run())
-        try:
-            await asyncio.wait_for(daemon.ready.wait(), 15)
+        async with sim_daemon(cfg):
             sock = cfg.socket_path
             assert (await request(sock, {"cmd": "sos-start", "now": True}))["ok"]
             chunks = await eventually(lambda: whole(rx), within=30)
@@ -114,9 +109,6 @@ async def test_an_sos_records_a_voice_note_that_arrives_whole_and_speaks(
             exported = await request(sock, {"cmd": "export"})
             notes = [r for r in exported["records"] if r["kind"] == "voice"]
             assert notes and all(r["expires"] for r in notes)
-        finally:
-            daemon.stop()
-            await asyncio.wait_for(task, 15)
 
 
 async def test_without_share_voice_nothing_is_recorded_and_voice_now_is_refused(
@@ -125,10 +117,7 @@ async def test_without_share_voice_nothing_is_recorded_and_voice_now_is_refused(
     need_audio_tools()
     async with broker_and_contact(tmp_path) as (broker, rx):
         cfg = config_mod.load(text=voice_config(tmp_path / "data", broker.port, share=False))
-        daemon = Daemon(cfg, load_backend("sim"), handle_signals=False)
-        task = asyncio.create_task(daemon.run())
-        try:
-            await asyncio.wait_for(daemon.ready.wait(), 15)
+        async with sim_daemon(cfg):
             sock = cfg.socket_path
             assert (await request(sock, {"cmd": "sos-start", "now": True}))["ok"]
             await eventually(lambda: any(r.kind == "sos-start" for r in rx.records))
@@ -142,9 +131,6 @@ async def test_without_share_voice_nothing_is_recorded_and_voice_now_is_refused(
             start = next(r for r in rx.records if r.kind == "sos-start")
             assert start.data["shared"]["voice"] is False
             assert not (cfg.device.data_dir / "sim" / "mic").exists()  # never even spoke
-        finally:
-            daemon.stop()
-            await asyncio.wait_for(task, 15)
 
 
 async def test_a_missing_microphone_is_one_clear_line_and_the_sos_carries_on(
@@ -155,10 +141,7 @@ async def test_a_missing_microphone_is_one_clear_line_and_the_sos_carries_on(
     need_audio_tools()
     async with broker_and_contact(tmp_path) as (broker, rx):
         cfg = config_mod.load(text=voice_config(tmp_path / "data", broker.port))
-        daemon = Daemon(cfg, load_backend("sim"), handle_signals=False)
-        task = asyncio.create_task(daemon.run())
-        try:
-            await asyncio.wait_for(daemon.ready.wait(), 15)
+        async with sim_daemon(cfg) as daemon:
             assert daemon.voice is not None
             daemon.voice._mic = AlsaMicrophone("no_such_microphone")
             sock = cfg.socket_path
@@ -173,9 +156,6 @@ async def test_a_missing_microphone_is_one_clear_line_and_the_sos_carries_on(
             events = [e.data for e in daemon.events.recent() if e.kind.value == "voice"]
             assert [e["what"] for e in events] == ["recording", "failed"]
             await eventually(lambda: any(r.kind == "sos-start" for r in rx.records))
-        finally:
-            daemon.stop()
-            await asyncio.wait_for(task, 15)
 
 
 def test_chunks_join_only_into_the_clip_they_describe() -> None:

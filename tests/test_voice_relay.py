@@ -14,14 +14,13 @@ from selenium.webdriver.common.by import By
 
 from sosbeacon.device import config as config_mod
 from sosbeacon.device.control import request
-from sosbeacon.device.daemon import Daemon
 from sosbeacon.device.mqtt import BrokerConfig, Connection
-from sosbeacon.device.parts import load_backend
 from sosbeacon.device.wire import dumps
 from sosbeacon.relay.notify import message_kind
 from sosbeacon.sim.broker import Mosquitto
 from sosbeacon.sim.mailsink import MailSink
 from tests.browser import chromium
+from tests.helpers import sim_daemon
 from tests.mqtt_env import DURABLE, need_mosquitto
 from tests.relay_env import relay_rig, relay_settings
 from tests.test_relay_page import device_config, text, until
@@ -49,10 +48,7 @@ async def test_the_contact_gets_the_voice_note_by_mail_and_plays_it_on_the_page(
         cfg = relay_settings(tmp_path, broker.port, **{"notify.services": {"email": smtp.url()}})
         async with relay_rig(cfg) as relay:
             dcfg = config_mod.load(text=voice_device(tmp_path / "data", broker.port, share=True))
-            daemon = Daemon(dcfg, load_backend("sim"))
-            task = asyncio.create_task(daemon.run())
-            try:
-                await asyncio.wait_for(daemon.ready.wait(), 15)
+            async with sim_daemon(dcfg):
                 # a stray press first: the page lists it among the hour before the SOS
                 assert (await request(dcfg.socket_path, {"cmd": "sim.press", "value": "short"}))[
                     "ok"
@@ -113,9 +109,6 @@ async def test_the_contact_gets_the_voice_note_by_mail_and_plays_it_on_the_page(
                 token = link.group(0).rsplit("/", 1)[1]
                 r = await relay.http.get(f"/s/{token}/voice/{note[0]}")
                 assert r.status_code == 410
-            finally:
-                daemon.stop()
-                await asyncio.wait_for(task, 15)
 
 
 async def test_what_the_owner_does_not_share_never_reaches_the_page(tmp_path: Path) -> None:
@@ -129,10 +122,7 @@ async def test_what_the_owner_does_not_share_never_reaches_the_page(tmp_path: Pa
         cfg = relay_settings(tmp_path, broker.port, **{"notify.services": {"email": smtp.url()}})
         async with relay_rig(cfg) as relay:
             dcfg = config_mod.load(text=voice_device(tmp_path / "data", broker.port, share=False))
-            daemon = Daemon(dcfg, load_backend("sim"))
-            task = asyncio.create_task(daemon.run())
-            try:
-                await asyncio.wait_for(daemon.ready.wait(), 15)
+            async with sim_daemon(dcfg):
                 assert (await request(dcfg.socket_path, {"cmd": "sos-start", "now": True}))["ok"]
                 (alert,) = await smtp.wait(1, within=30)
                 link = re.search(r"http://\S+/s/[A-Za-z0-9_-]+", alert.body)
@@ -170,9 +160,6 @@ async def test_what_the_owner_does_not_share_never_reaches_the_page(tmp_path: Pa
                 assert fixes and all(round(f["lat"], 3) == f["lat"] for f in fixes)
                 assert all("alt" not in f and f["acc"] >= 111 for f in fixes)
                 assert len(smtp.mails) == 1
-            finally:
-                daemon.stop()
-                await asyncio.wait_for(task, 15)
 
 
 async def _ended(relay: Any, sid: int) -> bool:
