@@ -35,7 +35,14 @@ from sosbeacon.device.tomlconf import (
 )
 from sosbeacon.device.uplink import UplinkConfig
 from sosbeacon.device.voice import VoiceConfig
-from sosbeacon.device.wire import AddressError, Topics, addresses, parse_address
+from sosbeacon.device.wire import (
+    AddressError,
+    KeyFileError,
+    Topics,
+    addresses,
+    parse_address,
+    read_key,
+)
 
 DEFAULT_CONFIG = Path("/etc/sosbeacon/sosbeacon.toml")
 
@@ -215,6 +222,11 @@ def load(
 def _check(cfg: Config) -> list[str]:
     """Rules that span fields, or say more than a type can."""
     errors = []
+    if cfg.uplink.key_file:
+        try:
+            read_key(cfg.uplink.key_file)
+        except KeyFileError as exc:
+            errors.append(f"uplink.key_file: {exc}")
     pin = cfg.modem.pin_file
     if pin and not (tomlconf.is_file(pin) and os.access(pin, os.R_OK)):
         errors.append(f"modem.pin_file: {pin[:200]} cannot be read (or is not a file)")

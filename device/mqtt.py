@@ -356,9 +356,11 @@ class Connection:
         user: list[tuple[str, str]] | None = None,
         response_topic: str | None = None,
         correlation: bytes | None = None,
+        utf8: bool = True,
     ) -> asyncio.Future[ReasonCode]:
         """QoS 1. The future resolves with the PUBACK reason code (check
-        ``is_failure``), or fails with :class:`MqttError` if the connection is lost."""
+        ``is_failure``), or fails with :class:`MqttError` if the connection is lost.
+        ``utf8`` sets the payload format indicator (off for a sealed, binary payload)."""
         fut: asyncio.Future[ReasonCode] = self._future()
         if self.closed.done():
             fut.set_exception(MqttError("not connected"))
@@ -368,7 +370,7 @@ class Connection:
             MessageExpiryInterval=expiry,
             ResponseTopic=response_topic,
             CorrelationData=correlation,
-            PayloadFormatIndicator=1,
+            PayloadFormatIndicator=1 if utf8 else None,
         )
         if user:
             props.UserProperty = user

@@ -16,6 +16,7 @@ import enum
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -709,3 +710,88 @@ def join_clip(chunks: Iterable[dict[str, Any]]) -> bytes:
     if hashlib.sha256(clip).hexdigest() != first.get("sha256"):
         raise ClipError("the clip does not match its SHA-256")
     return clip
+
+
+# -- end-to-end encryption (optional) ----------------------------------------------------
+#
+# A payload on our own topics (track, sos, voice, receipt, cmd and its replies), when the
+# device has a key: XSalsa20-Poly1305 (libsodium's secretbox, through PyNaCl) under a
+# 32-byte key the device and the relay share, a random 24-byte nonce per message.
+# Binary: MAGIC (4) ‖ key id (8) ‖ nonce (24) ‖ secretbox (16-byte tag ‖ ciphertext).
+# The key id lets the relay hold a device's old and new keys while a rotation drains.
+# docs/security.md says why this construction, and what stays in the clear.
+
+SEALED_MAGIC = b"\x00SB1"
+KEY_BYTES = 32
+KEY_ID_BYTES = 8
+SEAL_OVERHEAD = len(SEALED_MAGIC) + KEY_ID_BYTES + 24 + 16
+
+
+class KeyFileError(SosbeaconError, ValueError):
+    """A key file that cannot be used; the message says what to do."""
+
+
+class SealError(ValueError):
+    """A payload that does not open: not sealed, another key, or tampered with."""
+
+
+def key_id(key: bytes) -> bytes:
+    """The key's id: 8 bytes of its BLAKE2b under a fixed personalisation (reveals
+    nothing of the key)."""
+    return hashlib.blake2b(key, digest_size=KEY_ID_BYTES, person=b"sosbeacon-kid").digest()
+
+
+def read_key(path: str | os.PathLike[str]) -> bytes:
+    """A 32-byte key from ``path`` (raw, or 64 hex characters), refused when anyone
+    but its owner may read it."""
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+        raw = open(p, "rb").read()  # noqa: SIM115 - small file, read at once
+    except OSError as exc:
+        raise KeyFileError(f"{p}: the key file cannot be read ({exc.strerror})") from None
+    if st.st_mode & 0o077:
+        raise KeyFileError(
+            f"{p}: the key file may be read by others (mode {st.st_mode & 0o777:o}): "
+            f"run chmod 600 {p}"
+        )
+    text = raw.strip()
+    if len(text) == 2 * KEY_BYTES and re.fullmatch(rb"[0-9a-fA-F]+", text):
+        return bytes.fromhex(text.decode())
+    if len(raw) == KEY_BYTES:
+        return raw
+    raise KeyFileError(
+        f"{p}: a key is 32 random bytes, or 64 hex characters (make one with: "
+        f"head -c 32 /dev/urandom > {p} && chmod 600 {p})"
+    )
+
+
+def seal(key: bytes, payload: bytes) -> bytes:
+    """``payload`` sealed under ``key`` (a fresh random nonce)."""
+    from nacl.secret import SecretBox
+
+    box = SecretBox(key).encrypt(payload)
+    return SEALED_MAGIC + key_id(key) + bytes(box)
+
+
+def is_sealed(payload: bytes) -> bool:
+    return payload.startswith(SEALED_MAGIC)
+
+
+def unseal(keys: Iterable[bytes], payload: bytes) -> tuple[bytes, bytes]:
+    """The plaintext of a sealed payload and the key that opened it, from ``keys``
+    (the current one and any kept from before a rotation). :class:`SealError` when it
+    is not sealed, no key has its id, or it fails to authenticate."""
+    from nacl.exceptions import CryptoError
+    from nacl.secret import SecretBox
+
+    if not is_sealed(payload) or len(payload) < SEAL_OVERHEAD:
+        raise SealError("not a sealed payload")
+    kid = payload[len(SEALED_MAGIC) : len(SEALED_MAGIC) + KEY_ID_BYTES]
+    key = next((k for k in keys if key_id(k) == kid), None)
+    if key is None:
+        raise SealError(f"sealed under an unknown key (id {kid.hex()})")
+    try:
+        return SecretBox(key).decrypt(payload[len(SEALED_MAGIC) + KEY_ID_BYTES :]), key
+    except CryptoError:
+        raise SealError("does not authenticate: another key, or tampered with") from None

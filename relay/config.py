@@ -44,6 +44,9 @@ class RelaySettings:
     #: the key links are made with; "" is ``<data_dir>/link.key``, made on first start.
     #: Relays that share one database must share this file
     link_key_file: str = ""
+    #: end-to-end encryption: a directory (0700) of the devices' keys, ``<id>.key``;
+    #: "" = payloads in the clear. Set, every device's payloads must be sealed
+    keys_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,12 @@ def load(
 
 def _check(cfg: RelayConfig) -> list[str]:
     errors = out_of_range(cfg, RANGES)
+    if cfg.relay.keys_dir:
+        from sosbeacon.relay.keys import check_dir
+
+        wrong = check_dir(cfg.relay.keys_dir)
+        if wrong:
+            errors.append(f"relay.keys_dir: {wrong}")
     url = urlsplit(cfg.relay.public_url)
     if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
         errors.append(

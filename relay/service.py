@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -23,15 +24,25 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import apprise
 import sqlalchemy.exc
 
 from sosbeacon.device.mqtt import Connection, Inbound, MqttError
-from sosbeacon.device.wire import Address, AddressError, Received, decode_sos, decode_track, dumps
+from sosbeacon.device.wire import (
+    Address,
+    AddressError,
+    Received,
+    SealError,
+    decode_sos,
+    decode_track,
+    dumps,
+)
 from sosbeacon.relay import notify
 from sosbeacon.relay.config import RelayConfig
+from sosbeacon.relay.keys import DeviceKeys
 from sosbeacon.relay.notify import AttachMemory
 from sosbeacon.relay.store import Ingested, Store
 
@@ -53,6 +64,9 @@ class Counters:
     db_errors: int = 0
     #: messages dropped because the database refused them for what they hold
     unstorable: int = 0
+    #: with end-to-end keys: messages in the clear, under an unknown key, or tampered
+    #: with (never stored, never shown)
+    unsealed: int = 0
 
 
 @dataclass(eq=False)
@@ -118,6 +132,12 @@ class Relay:
     #: ``sos-stored``, ``notified``, ``opened``, ``ack-sent``, ``ack-confirmed`` (the
     #: drills and the benchmarks time them; an observer must not block)
     observers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
+    #: the devices' end-to-end keys (relay.keys_dir), or None: payloads in the clear
+    keys: DeviceKeys | None = None
+
+    def __post_init__(self) -> None:
+        if self.keys is None and self.config.relay.keys_dir:
+            self.keys = DeviceKeys(Path(self.config.relay.keys_dir))
 
     def tell(self, what: str, **details: Any) -> None:
         for observe in self.observers:
@@ -193,6 +213,12 @@ class Relay:
             if parts[0] != self.prefix:
                 continue
             device, leaf = parts[1], parts[2]
+            if leaf not in ("track", "sos", "voice", "reply"):
+                continue  # the relay's own receipts and commands
+            payload = self._open(device, m)
+            if payload is None:
+                continue
+            m = dataclasses.replace(m, payload=payload)
             try:
                 if leaf == "track":
                     items.append((device, decode_track(m.payload)))
@@ -226,6 +252,24 @@ class Relay:
                     self.counters.unstorable += 1
                     log.exception("relay: a message from %s cannot be stored: dropped", item[0])
         return True
+
+    def _open(self, device: str, m: Inbound) -> bytes | None:
+        """``m``'s payload, opened under the device's key when the relay has keys; None
+        (counted, logged without content) when it must not be believed."""
+        if self.keys is None or not m.payload:
+            return m.payload  # no encryption; or an empty retained payload (a clear)
+        try:
+            return self.keys.open(device, m.payload)
+        except SealError as exc:
+            self.counters.unsealed += 1
+            log.warning(
+                "relay: refused a message on %s: %s (%d so far)", m.topic, exc,
+                self.counters.unsealed,
+            )  # fmt: skip
+            return None
+
+    def _seal(self, device: str, payload: bytes) -> bytes:
+        return payload if self.keys is None else self.keys.seal(device, payload)
 
     async def _store(self, items: list[tuple[str, list[Received]]]) -> None:
         done = await self.store.ingest_many(items, now=self.clock())
@@ -284,9 +328,14 @@ class Relay:
         cmd_id = f"relay-{secrets.token_hex(8)}"
         await self.store.ack_requested(link_id, cmd_id, now=self.clock())
         payload = dumps({"cmd": "ack", "id": cmd_id, "by": name[:64], "session": sess})
+        try:
+            payload = self._seal(device, payload)
+        except SealError as exc:
+            raise MqttError(f"the command cannot be sealed: {exc}") from None
         rc = await conn.publish(
             f"{self.prefix}/{device}/cmd", payload,
             response_topic=f"{self.prefix}/{device}/reply/{self.config.mqtt.client_id}",
+            utf8=self.keys is None,
         )  # fmt: skip
         if rc.is_failure:
             raise MqttError(f"the broker refused the command: {rc}")
@@ -424,10 +473,13 @@ class Relay:
                     expiry = max(1, int(r["exp"] - self.clock()))
                 try:
                     await conn.publish(
-                        f"{self.prefix}/{device}/receipt", dumps(r), retain=True, expiry=expiry
-                    )
+                        f"{self.prefix}/{device}/receipt", self._seal(device, dumps(r)),
+                        retain=True, expiry=expiry, utf8=self.keys is None,
+                    )  # fmt: skip
                 except MqttError:
                     self._dirty.add(device)
+                except SealError as exc:  # no key for it: it gets no receipt
+                    log.warning("relay: no receipt for %s: %s", device[:64], exc)
 
     async def _sweeper(self) -> None:
         while True:

@@ -31,6 +31,9 @@ class UplinkConfig:
     backoff_min: float = 1.0
     backoff_max: float = 300.0
     backoff_max_sos: float = 10.0
+    #: end-to-end encryption: a file with the 32-byte key this device shares with the
+    #: relay (mode 0600); "" = our topics' payloads in the clear (docs/security.md)
+    key_file: str = ""
 
 
 @dataclass
@@ -38,6 +41,9 @@ class UplinkStats:
     connects: int = 0
     published: int = 0
     records_acked: int = 0
+    #: inbound messages (receipts, commands) refused: in the clear, or not opening
+    #: under our key
+    unsealed_refused: int = 0
     #: failure reason codes from the broker, by name
     failures: dict[str, int] = field(default_factory=dict)
     commands: int = 0

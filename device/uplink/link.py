@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -23,7 +24,15 @@ from sosbeacon.device.backoff import Backoff
 from sosbeacon.device.clock import Clock
 from sosbeacon.device.commands import CommandDesk, CommandHandler
 from sosbeacon.device.events import EventKind, Events
-from sosbeacon.device.mqtt import BrokerConfig, Connack, Connection, ConnectRefused, MqttError, Will
+from sosbeacon.device.mqtt import (
+    BrokerConfig,
+    Connack,
+    Connection,
+    ConnectRefused,
+    Inbound,
+    MqttError,
+    Will,
+)
 from sosbeacon.device.outbox import Outbox
 from sosbeacon.device.receipts import Delivery
 from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
@@ -31,7 +40,16 @@ from sosbeacon.device.uplink.packer import Packer
 from sosbeacon.device.uplink.sender import Sender, until_either
 from sosbeacon.device.uplink.sizelimit import SizeLimit
 from sosbeacon.device.uplink.views import RetainedViews
-from sosbeacon.device.wire import Topics, dumps, status_payload
+from sosbeacon.device.wire import (
+    SEAL_OVERHEAD,
+    SealError,
+    Topics,
+    dumps,
+    read_key,
+    seal,
+    status_payload,
+    unseal,
+)
 
 log = logging.getLogger(__package__)
 
@@ -63,23 +81,37 @@ class Uplink:
         #: what reached whom (the relay's receipts; an SOS nobody was subscribed to)
         self.delivery = Delivery()
         self.commands = CommandDesk(commands, self.events)
+        #: the key shared with the relay (end-to-end encryption), or None
+        self.key = read_key(config.key_file) if config.key_file else None
+        owntracks = (
+            f"owntracks/sosbeacon/{config.device_id}"
+            if config.owntracks_topic is None
+            else config.owntracks_topic
+        )
+        if self.key is not None and owntracks:
+            # an OwnTracks location in the clear would undo the sealing of everything else
+            log.warning(
+                "OwnTracks output (%s) is off: payloads are sealed end to end "
+                "(uplink.key_file), and OwnTracks' own encryption is not supported yet",
+                owntracks,
+            )
+            owntracks = ""
         self.views = RetainedViews(
             outbox.state,
             clock,
-            owntracks_topic=(
-                f"owntracks/sosbeacon/{config.device_id}"
-                if config.owntracks_topic is None
-                else config.owntracks_topic
-            ),
+            owntracks_topic=owntracks,
             tid=(config.owntracks_tid or config.device_id)[:2],
             note=self._note_once,
         )
-        self.limit = SizeLimit(config.max_message_bytes)
+        key = self.key
+        room = SEAL_OVERHEAD if key is not None else 0
+        self.limit = SizeLimit(config.max_message_bytes - room)
         packer = Packer(
             self.topics,
             self.limit,
             max_batch=config.max_batch,
             routine_expiry=config.routine_expiry,
+            seal=None if key is None else functools.partial(seal, key),
         )
         self.sender = Sender(
             config=config,
@@ -268,9 +300,33 @@ class Uplink:
             await self.sender.settle_all()
             self.limit.connection_ended()
 
+    def _opened(self, m: Inbound) -> Inbound | None:
+        """``m`` with its payload opened under our key (as it is, without a key); None
+        when it must not be believed: in the clear, or not opening (counted, logged
+        without its content)."""
+        if self.key is None or (m.topic == self.topics.receipt and not m.payload):
+            return m  # no encryption; or a receipt withdrawn (an empty retained payload)
+        try:
+            plain, _ = unseal([self.key], m.payload)
+        except SealError as exc:
+            self.stats.unsealed_refused += 1
+            log.warning(
+                "ignored a message on %s that does not open under this device's key (%s): "
+                "%d refused so far", m.topic, exc, self.stats.unsealed_refused,
+            )  # fmt: skip
+            return None
+        return replace(m, payload=plain)
+
+    def _reply(self, payload: bytes) -> bytes:
+        return payload if self.key is None else seal(self.key, payload)
+
     async def _inbound(self, conn: Connection) -> None:
         while True:
-            m = await conn.messages.get()
+            raw = await conn.messages.get()
+            m = self._opened(raw)
+            if m is None:
+                conn.ack(raw)
+                continue
             if m.topic == self.topics.receipt:
                 if self.delivery.take(m.payload) and self.delivery.receipt:
                     r = self.delivery.receipt
@@ -284,7 +340,10 @@ class Uplink:
             self.stats.commands_rejected = self.commands.rejected
             if m.response_topic:
                 with contextlib.suppress(MqttError):
-                    conn.publish(m.response_topic, dumps(reply), correlation=m.correlation)
+                    conn.publish(
+                        m.response_topic, self._reply(dumps(reply)), correlation=m.correlation,
+                        utf8=self.key is None,
+                    )  # fmt: skip
             conn.ack(m)
 
     def _note_once(self, key: str, text: str) -> None:

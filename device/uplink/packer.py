@@ -92,7 +92,10 @@ class Packer:
         max_batch: int,
         routine_expiry: int,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:20],
+        seal: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        #: end-to-end encryption of every payload (device.wire.seal under the key)
+        self.seal = seal
         self.topics = topics
         self.limit = limit
         self.max_batch = max_batch
@@ -117,6 +120,8 @@ class Packer:
                 topic, payload = self.topics.track, encode_track(box, group)
                 retain = False
             exp = expiry(first, ts, self.routine_expiry)
+            if self.seal is not None:
+                payload = self.seal(payload)
             return Message(mid, topic, payload, tuple(group), retain, exp)
 
         async def split(group: list[Item]) -> list[Message]:

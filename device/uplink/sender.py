@@ -205,6 +205,7 @@ class Sender:
                     retain=msg.retain,
                     expiry=msg.expiry,
                     user=[("msg_id", msg.msg_id), ("seq", seq_ranges_text(msg.seqs))],
+                    utf8=self.packer.seal is None,
                 )
                 self.stats.published += 1
                 self.limit.sent(len(msg.payload))
