@@ -30,6 +30,7 @@ from sosbeacon.device.config import DEFAULT_CONFIG, Config
 from sosbeacon.device.control import NotRunning, follow, request
 from sosbeacon.device.daemon import Daemon
 from sosbeacon.device.parts import DEFAULT_BACKEND, backend_info, backends, load_backend
+from sosbeacon.device.private import write_private
 from sosbeacon.device.receipts import describe
 from sosbeacon.device.tomlconf import SECRET_KEYS, ConfigError, redact_url
 
@@ -414,7 +415,7 @@ def write_export(answer: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     device = answer["device"]
     js = out / f"{device}-export.json"
-    js.write_text(json.dumps(answer, indent=1))
+    write_private(js, json.dumps(answer, indent=1).encode())
     gpx = gpxpy.gpx.GPX()
     gpx.creator = "sosbeacon"
     tracks: dict[str, gpxpy.gpx.GPXTrackSegment] = {}
@@ -441,7 +442,7 @@ def write_export(answer: dict[str, Any], out: Path) -> str:
     written = [str(js)]
     path = out / f"{device}-routes.gpx"
     if tracks:
-        path.write_text(gpx.to_xml())
+        write_private(path, gpx.to_xml().encode())
         written.append(str(path))
     elif path.exists():
         # routes of an earlier export, since purged or expired: not beside this one

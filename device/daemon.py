@@ -41,6 +41,7 @@ from sosbeacon.device.notify import Notifier
 from sosbeacon.device.outbox import ACTIVE_SESSION, Outbox, OutboxError, SessionMark
 from sosbeacon.device.parts import Backend, Parts
 from sosbeacon.device.privacy import shared_now
+from sosbeacon.device.private import private_dir
 from sosbeacon.device.records import run_retention
 from sosbeacon.device.sms_alerts import SmsAlerts
 from sosbeacon.device.sms_alerts import summary as sms_summary
@@ -105,7 +106,7 @@ class Daemon:
         self.started_at = self.clock.monotonic()
         data = cfg.device.data_dir
         try:
-            data.mkdir(parents=True, exist_ok=True, mode=0o750)
+            private_dir(data)
         except (FileExistsError, NotADirectoryError):
             raise OSError(
                 f"device.data_dir {data} is not a directory: point it (or --data-dir) at a "

@@ -183,7 +183,8 @@ meta = Table(
 
 
 def engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL, ``synchronous=FULL`` and foreign
+    """An async engine for ``url``; SQLite gets WAL, ``synchronous=FULL``, ``secure_delete``
+    and foreign
     keys on every connection (a stored record survives a power cut)."""
     if url.startswith("sqlite"):
         eng = create_async_engine(url, **kwargs)
@@ -194,6 +195,8 @@ def engine(url: str, **kwargs: Any) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # a session deleted at its 72 hours is overwritten, not only unlinked
+            cur.execute("PRAGMA secure_delete=ON")
             cur.execute("PRAGMA busy_timeout=10000")
             cur.close()
 

@@ -74,7 +74,8 @@ def allocate(path: Path, size: int) -> None:
     """``path`` as ``size`` zero bytes really on the disk (written and fsync'd, not a
     sparse file): space that can later be given back, or overwritten in place, without
     asking the file system for more. Raises OSError (ENOSPC) when there is no room."""
-    with open(path, "wb") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
         chunk = b"\0" * 65536
         left = size
         while left > 0:

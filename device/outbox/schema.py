@@ -73,6 +73,9 @@ def pragmas(db: sqlite3.Connection, journal_limit: int) -> None:
     db.execute("PRAGMA wal_autocheckpoint=0")
     db.execute(f"PRAGMA journal_size_limit={journal_limit}")
     db.execute("PRAGMA busy_timeout=5000")  # a checkpoint of its own may wait
+    # what is deleted (a route at its 72 hours, a purge) is overwritten with zeros, not
+    # only unlinked from the b-tree (the old pages in the WAL go at the next truncation)
+    db.execute("PRAGMA secure_delete=ON")
 
 
 def migrate(db: sqlite3.Connection, now: datetime) -> None:
