@@ -6,13 +6,12 @@ mistakes with the same words.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from sosbeacon.device.mqtt import BrokerConfig, TlsConfig
-from sosbeacon.device.tomlconf import is_file, redact_url
+from sosbeacon.device.tomlconf import is_file, redact_url, secret_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +91,9 @@ def problems(m: MqttSettings) -> list[str]:
                 f"mqtt.broker: expected mqtt://host[:port] with a port from 1 to 65535 and "
                 f"nothing after it, got {shown!r}"
             )
-    pw = m.password_file
-    if pw and not (is_file(pw) and os.access(pw, os.R_OK)):
-        errors.append(f"mqtt.password_file: {pw[:200]} cannot be read (or is not a file)")
+    wrong = secret_file("mqtt.password_file", m.password_file) if m.password_file else None
+    if wrong:
+        errors.append(wrong)
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(m.tls, key)
         if value and not is_file(value):

@@ -11,7 +11,6 @@ span fields are here. ``examples/sosbeacon.toml`` is the annotated example and
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -228,8 +227,9 @@ def _check(cfg: Config) -> list[str]:
         except KeyFileError as exc:
             errors.append(f"uplink.key_file: {exc}")
     pin = cfg.modem.pin_file
-    if pin and not (tomlconf.is_file(pin) and os.access(pin, os.R_OK)):
-        errors.append(f"modem.pin_file: {pin[:200]} cannot be read (or is not a file)")
+    wrong = tomlconf.secret_file("modem.pin_file", pin) if pin else None
+    if wrong:
+        errors.append(wrong)
     if cfg.modem.backend is ModemKind.MODEMMANAGER and cfg.modem.port:
         errors.append(
             'modem.port: not used with modem.backend = "modemmanager" (ModemManager owns '

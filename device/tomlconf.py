@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import math
+import os
 import tomllib
 import types
 import typing
@@ -273,6 +274,25 @@ def is_file(path: str) -> bool:
         return Path(path).is_file()
     except (OSError, ValueError):  # a name too long, a NUL in it
         return False
+
+
+def secret_file(key: str, path: str) -> str | None:
+    """What is wrong with a file holding a secret (a password, a PIN, a key), as an
+    error for ``key``; None when it is a readable file only its owner may read."""
+    shown = path[:200]
+    if not (is_file(path) and os.access(path, os.R_OK)):
+        return f"{key}: {shown} cannot be read (or is not a file)"
+    mode = Path(path).stat().st_mode & 0o777
+    if mode & LOOSE:
+        return (
+            f"{key}: {shown} may be read or changed by others (mode {mode:o}); it holds a "
+            f"secret: run chmod 600 {shown} (or 640, owned by root and the daemon's group)"
+        )
+    return None
+
+
+#: permission bits a file holding a secret must not have: any for others, group write
+LOOSE = 0o027
 
 
 def host_port(text: str) -> tuple[str, int]:

@@ -750,10 +750,10 @@ def read_key(path: str | os.PathLike[str]) -> bytes:
         raw = open(p, "rb").read()  # noqa: SIM115 - small file, read at once
     except OSError as exc:
         raise KeyFileError(f"{p}: the key file cannot be read ({exc.strerror})") from None
-    if st.st_mode & 0o077:
+    if st.st_mode & 0o027:  # others may read it, or the group change it
         raise KeyFileError(
-            f"{p}: the key file may be read by others (mode {st.st_mode & 0o777:o}): "
-            f"run chmod 600 {p}"
+            f"{p}: the key file may be read or changed by others (mode "
+            f"{st.st_mode & 0o777:o}): run chmod 600 {p}"
         )
     text = raw.strip()
     if len(text) == 2 * KEY_BYTES and re.fullmatch(rb"[0-9a-fA-F]+", text):

@@ -20,10 +20,10 @@ from sosbeacon.device.tomlconf import (
     ConfigError,
     build,
     host_port,
-    is_file,
     out_of_range,
     read,
     redact_url,
+    secret_file,
 )
 from sosbeacon.device.wire import Topics
 
@@ -197,8 +197,9 @@ def _check(cfg: RelayConfig) -> list[str]:
     if not m.client_id or len(m.client_id) > 128:
         errors.append("mqtt.client_id: required, at most 128 characters")
     pw = cfg.database.password_file
-    if pw and not is_file(pw):
-        errors.append(f"database.password_file: {pw[:200]} does not exist")
+    wrong = secret_file("database.password_file", pw) if pw else None
+    if wrong:
+        errors.append(wrong)
     db = cfg.database.url
     if db and not db.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         errors.append(

@@ -79,8 +79,8 @@ def check_dir(path: str) -> str | None:
     p = Path(path)
     if not p.is_dir():
         return f"{path}: not a directory"
-    if p.stat().st_mode & 0o077:
-        return f"{path}: others may read it: run chmod 700 {path}"
+    if p.stat().st_mode & 0o027:
+        return f"{path}: others may read it, or its group change it: run chmod 700 {path}"
     if not os.access(p, os.R_OK | os.X_OK):
         return f"{path}: cannot be read by the relay"
     return None

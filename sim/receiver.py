@@ -70,7 +70,8 @@ class Receiver:
             self._conn = conn
             try:
                 await conn.connect(clean_start=False)
-                for topic in (f"{self.topics.base}/#", self.owntracks_topic):
+                ot = f"{self.owntracks_topic}/#" if self.owntracks_topic else None
+                for topic in (f"{self.topics.base}/#", ot):
                     if topic:
                         await conn.subscribe(topic)
                 connected.set()

@@ -94,6 +94,11 @@ def test_structural_errors(tmp_path: Path) -> None:
 def test_overrides_and_the_password_file(tmp_path: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
+    secret.chmod(0o604)
+    with pytest.raises(ConfigError) as err:  # a secret others may read is refused
+        load(text=MINIMAL + f"[mqtt]\npassword_file = '{secret}'\n")
+    assert f"run chmod 600 {secret}" in str(err.value) and "s3cret" not in str(err.value)
+    secret.chmod(0o600)
     cfg = load(
         text=MINIMAL + f"[mqtt]\npassword_file = '{secret}'\n",
         overrides={"device.id": "b2", "mqtt.broker": "mqtts://user@broker.example:9999"},

@@ -83,7 +83,7 @@ def test_a_key_file_is_refused_with_the_fix_when_others_may_read_it(tmp_path: Pa
         read_key(short)
     # the device's configuration says so at load, naming the key and never its content
     text = f'[device]\nid = "b1"\n[[sos.contacts]]\nname = "A"\n[uplink]\nkey_file = "{p}"\n'
-    p.chmod(0o640)
+    p.chmod(0o604)
     with pytest.raises(config_mod.ConfigError) as err:
         config_mod.load(text=text)
     assert "uplink.key_file" in str(err.value) and key.hex() not in str(err.value)

@@ -21,6 +21,7 @@ EXAMPLE = REPO / "examples" / "sos-relay.toml"
 def example_text(tmp_path: Path) -> str:
     secret = tmp_path / "mqtt-password"
     secret.write_text("hunter2\n")
+    secret.chmod(0o600)
     return EXAMPLE.read_text().replace("/etc/sosbeacon/sos-relay.mqtt-password", str(secret))
 
 

@@ -100,10 +100,12 @@ async def test_an_sos_reaches_the_contacts_with_its_route_and_retained_views(
         end = r.receiver.latest[topics.sos]
         assert json.loads(end.payload)["kind"] == "sos-end"
         assert end.expiry is not None and 72 * 3600 - 60 < end.expiry <= 72 * 3600
-        # the retained OwnTracks position now expires with the route
-        await r.receiver.wait_until(
-            lambda: r.receiver.latest[r.uplink.owntracks_topic].expiry is not None
-        )
+        # sharing stops at once: OwnTracks is told by a transition, and the retained
+        # position is withdrawn (the route stays with the relay for its 72 hours)
+        await r.receiver.wait_until(lambda: r.receiver.latest[ot_topic].payload == b"")
+        event = r.receiver.json(f"{ot_topic}/event")
+        assert event["_type"] == "transition" and event["desc"] == "SOS ended"
+        jsonschema.Draft202012Validator(schema).validate(event)
         assert [x.kind for x in sorted(r.receiver.records, key=lambda x: x.seq)] == [
             "sos-start",
             "fix",
@@ -281,3 +283,39 @@ async def test_status_says_offline_when_the_link_drops_and_on_shutdown(tmp_path:
         await r.stop_uplink()  # a clean shutdown says so itself
         await r.receiver.wait_until(lambda: states()[-1] == ("offline", "shutdown"))
         assert r.receiver.latest[status].retain
+
+
+async def test_an_owntracks_consumer_stores_each_fix_once_the_first_at_the_start(
+    tmp_path: Path,
+) -> None:
+    """What a Recorder subscribed to ``owntracks/#`` stores over one SOS: one location
+    per distinct fix, the first the SOS start's own fix, at once; the end is a
+    transition, never a second copy of a point under the same ``tst``."""
+    async with rig(tmp_path) as r:
+        ctl = controller(r.outbox)
+        await ctl.on_fix(a_fix(0))
+        await ctl.start(trigger="cli", now=True)
+        ot = r.uplink.owntracks_topic
+        await r.receiver.wait_until(lambda: ot in r.receiver.latest)
+        assert ctl.session is not None
+        first = r.receiver.json(ot)
+        assert first["lat"] == pytest.approx(55.944) and first["tag"] == "SOS"
+        for i in range(1, 4):
+            ctl.session.last_point_at = None
+            await asyncio.sleep(1.1)  # distinct fix times (tst is in whole seconds)
+            await ctl.on_fix(a_fix(i))
+            await r.receiver.wait_until(
+                lambda i=i: (
+                    (r.receiver.json(ot) or {}).get("lat") == pytest.approx(55.944 + i * 0.001)
+                )
+            )
+        await ctl.stop(trigger="cli")
+        await r.receiver.wait_until(lambda: r.receiver.latest[ot].payload == b"")
+        stored = [json.loads(d.payload) for d in r.receiver.history if d.topic == ot and d.payload]
+        assert all(m["_type"] == "location" for m in stored)
+        tsts = [m["tst"] for m in stored]
+        assert len(tsts) == len(set(tsts)) == 4  # each fix once: the start's and three more
+        assert stored[0]["lat"] == pytest.approx(55.944)
+        events = [d for d in r.receiver.history if d.topic == f"{ot}/event"]
+        end = json.loads(events[0].payload)
+        assert len(events) == 1 and end["_type"] == "transition" and end["tst"] >= max(tsts)

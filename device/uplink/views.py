@@ -7,6 +7,7 @@ or a refused view never stops the delivery of records."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -63,13 +64,22 @@ class RetainedViews:
         self._flush: asyncio.Task[None] | None = None
         #: the newest position has not been published yet (a lost connection interrupted)
         self._dirty = False
+        #: an ended SOS's retained position is still to be withdrawn
+        self._clear_pending = False
+        self._jobs: set[asyncio.Future[None]] = set()
 
     async def load(self) -> None:
         self.retained_seq = await self._state.get(RETAINED_SOS_SEQ)
-        self.position = Position.of(await self._state.get(OWNTRACKS_LAST))
+        last = await self._state.get(OWNTRACKS_LAST)
+        self.position = Position.of(last)
+        self._clear_pending = bool(last.get("clear"))
 
     def connected(self, conn: Connection) -> None:
-        if self._dirty and self.owntracks_topic:
+        if self._clear_pending and self.owntracks_topic and self.position is None:
+            job = asyncio.ensure_future(self._clear(conn))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+        elif self._dirty and self.owntracks_topic:
             self._schedule(conn)
 
     def disconnected(self) -> None:
@@ -95,13 +105,14 @@ class RetainedViews:
             await self._state.put(RETAINED_SOS_SEQ, self.retained_seq)
         if not self.owntracks_topic:
             return
-        if first.kind is RecordKind.SOS_END and msg.expiry is not None:
-            await self._expire(conn, first.session, msg.expiry)
+        if first.kind is RecordKind.SOS_END and isinstance(first, Stored):
+            await self._end(conn, first, msg.expiry)
+            return
         newest = next(
             (
                 s.last if isinstance(s, FixRun) else s
                 for s in reversed(msg.records)
-                if is_position(s)
+                if is_position(s) or _start_fix(s)
             ),
             None,
         )
@@ -119,6 +130,9 @@ class RetainedViews:
         loc = owntracks_location(
             r.data["fix"], at=shown_time(r), tid=self.tid, battery=self._battery, tag=tag
         )
+        shown = self.position
+        if shown is not None and all(shown.loc.get(k) == loc[k] for k in ("tst", "lat", "lon")):
+            return  # the same fix again (the start's, then its first route point): once
         self.position = Position(s.seq, r.session, loc, expiry)
         self._dirty = True
         self._schedule(conn)
@@ -140,20 +154,56 @@ class RetainedViews:
         if self.position is shown:
             self._dirty = False
 
-    async def _expire(self, conn: Connection, session: str | None, expiry: int) -> None:
-        """The retained position of an SOS that just ended expires with its route."""
+    async def _end(self, conn: Connection, end: Stored, expiry: int | None) -> None:
+        """An SOS ended: sharing stops at once. OwnTracks consumers are told by a
+        ``transition`` (``leave``, "SOS ended") on ``<topic>/event``, at the end's own
+        time, and the retained position is cleared (a zero-length retained message):
+        no point is sent twice under one ``tst`` (a Recorder would store it again), and
+        nothing of the SOS stays retained on the OwnTracks topic. The route itself stays
+        with the relay for its 72 hours."""
         shown = self.position
-        if shown is not None and session is not None and shown.session == session:
-            if self._flush is not None:
-                self._flush.cancel()
-            self.position = Position(shown.seq, shown.session, shown.loc, expiry)
-            await self._state.put(OWNTRACKS_LAST, asdict(self.position))
-            await self._publish(conn, dumps(shown.loc), expiry)
+        if shown is None or end.session is None or shown.session != end.session:
+            return
+        if self._flush is not None:
+            self._flush.cancel()
+        loc = shown.loc
+        tst = int(end.record.time.timestamp())
+        transition = {
+            "_type": "transition", "event": "leave", "desc": "SOS ended", "t": "c",
+            "tid": self.tid, "lat": loc["lat"], "lon": loc["lon"], "acc": loc.get("acc", 0),
+            "tst": tst, "wtst": tst, **({"tag": loc["tag"]} if loc.get("tag") else {}),
+        }  # fmt: skip
+        self.position = None
+        self._dirty = False
+        await self._state.put(OWNTRACKS_LAST, {"clear": True})
+        with contextlib.suppress(MqttError):
+            await conn.publish(f"{self.owntracks_topic}/event", dumps(transition), expiry=expiry)
+        await self._clear(conn)
 
-    async def _publish(self, conn: Connection, payload: bytes, expiry: int | None) -> None:
+    async def _clear(self, conn: Connection) -> None:
+        """The retained position withdrawn; until the broker has taken that, the state
+        says so, and the next connection withdraws it again."""
+        if await self._publish(conn, b"", None):
+            await self._state.put(OWNTRACKS_LAST, {})
+            self._clear_pending = False
+        else:
+            self._clear_pending = True
+
+    async def _publish(self, conn: Connection, payload: bytes, expiry: int | None) -> bool:
         try:
             rc = await conn.publish(self.owntracks_topic, payload, retain=True, expiry=expiry)
         except MqttError:
-            return
+            return False
         if rc.is_failure:
             log.warning("the broker refused the retained view on %s: %s", self.owntracks_topic, rc)
+            return False
+        return True
+
+
+def _start_fix(s: Stored | FixRun) -> bool:
+    """An SOS start with a position: the first OwnTracks location of its session, at
+    once (its first route point comes seconds later)."""
+    if not isinstance(s, Stored) or s.kind is not RecordKind.SOS_START:
+        return False
+    fix = s.record.data.get("fix")
+    return isinstance(fix, dict) and "lat" in fix and "lon" in fix
