@@ -41,6 +41,7 @@ from sosbeacon.device.wire import (
     addresses,
     parse_address,
     read_key,
+    read_passphrase,
 )
 
 DEFAULT_CONFIG = Path("/etc/sosbeacon/sosbeacon.toml")
@@ -226,6 +227,11 @@ def _check(cfg: Config) -> list[str]:
             read_key(cfg.uplink.key_file)
         except KeyFileError as exc:
             errors.append(f"uplink.key_file: {exc}")
+    if cfg.uplink.owntracks_passphrase_file:
+        try:
+            read_passphrase(cfg.uplink.owntracks_passphrase_file)
+        except KeyFileError as exc:
+            errors.append(f"uplink.owntracks_passphrase_file: {exc}")
     pin = cfg.modem.pin_file
     wrong = tomlconf.secret_file("modem.pin_file", pin) if pin else None
     if wrong:

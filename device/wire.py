@@ -766,6 +766,26 @@ def read_key(path: str | os.PathLike[str]) -> bytes:
     )
 
 
+def read_passphrase(path: str | os.PathLike[str]) -> str:
+    """A passphrase, the first line of ``path``, refused like a key file when others may
+    read it."""
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+        with open(p, encoding="utf-8") as f:
+            line = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{p}: the passphrase file cannot be read ({exc})") from None
+    if st.st_mode & 0o027:
+        raise KeyFileError(
+            f"{p}: the passphrase file may be read or changed by others (mode "
+            f"{st.st_mode & 0o777:o}): run chmod 600 {p}"
+        )
+    if not line:
+        raise KeyFileError(f"{p}: the passphrase file's first line is empty")
+    return line
+
+
 def seal(key: bytes, payload: bytes) -> bytes:
     """``payload`` sealed under ``key`` (a fresh random nonce)."""
     from nacl.secret import SecretBox
@@ -795,3 +815,22 @@ def unseal(keys: Iterable[bytes], payload: bytes) -> tuple[bytes, bytes]:
         return SecretBox(key).decrypt(payload[len(SEALED_MAGIC) + KEY_ID_BYTES :]), key
     except CryptoError:
         raise SealError("does not authenticate: another key, or tampered with") from None
+
+
+# -- OwnTracks' own payload encryption ---------------------------------------------------
+
+
+def owntracks_key(passphrase: str) -> bytes:
+    """OwnTracks' key from a passphrase: its UTF-8 bytes cut to 32 and right-padded with
+    zero bytes (OwnTracks' own scheme: no key derivation; use 32 random characters)."""
+    return passphrase.encode()[:KEY_BYTES].ljust(KEY_BYTES, b"\0")
+
+
+def owntracks_encrypted(key: bytes, payload: bytes) -> bytes:
+    """``payload`` as OwnTracks' ``{"_type":"encrypted","data":...}``: standard padded
+    Base64 of nonce (24 bytes) ‖ secretbox output, as OwnTracks Recorder and Home
+    Assistant's OwnTracks integration open it."""
+    from nacl.secret import SecretBox
+
+    box = SecretBox(key).encrypt(payload)  # nonce ‖ tag ‖ ciphertext
+    return dumps({"_type": "encrypted", "data": base64.b64encode(bytes(box)).decode()})

@@ -212,3 +212,75 @@ async def test_with_sealed_payloads_no_owntracks_location_goes_in_the_clear(
         await r.outbox.add(fix_record(0, session="s1"))
         await r.uplink.drained()
         assert not [d for d in r.receiver.history if d.topic.startswith("owntracks/")]
+
+
+def owntracks_open(passphrase: str, message: bytes) -> dict[str, Any]:
+    """A decrypter written from OwnTracks' description alone (not our code): the key is
+    the passphrase's UTF-8 bytes, cut to 32 and padded with zero bytes; ``data`` is
+    standard Base64 of the 24-byte nonce followed by libsodium's secretbox output."""
+    import base64
+    import json
+
+    from nacl.bindings import crypto_secretbox_open
+
+    envelope = json.loads(message)
+    assert set(envelope) == {"_type", "data"} and envelope["_type"] == "encrypted"
+    raw = base64.b64decode(envelope["data"], validate=True)
+    key = passphrase.encode()[:32] + b"\0" * max(0, 32 - len(passphrase.encode()))
+    return dict(json.loads(crypto_secretbox_open(raw[24:], raw[:24], key)))
+
+
+def test_the_owntracks_envelope_opens_as_owntracks_describes_it(shared_dir: Path) -> None:
+    import base64
+    import json
+
+    import jsonschema
+    from nacl.secret import SecretBox
+
+    from sosbeacon.device.wire import owntracks_encrypted, owntracks_key
+
+    loc = {"_type": "location", "tid": "b1", "tst": 1795341600, "lat": 55.94, "lon": -3.16}
+    for passphrase in ("short", "x" * 40, "ünïcode-pässphrase-of-32-chars!!"):
+        ours = owntracks_encrypted(owntracks_key(passphrase), json.dumps(loc).encode())
+        assert owntracks_open(passphrase, ours) == loc
+        schema = json.loads((shared_dir / "owntracks-schema" / "encryption.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(json.loads(ours))
+    # a vector made with PyNaCl's SecretBox directly, a fixed nonce: the same bytes
+    key = b"correct horse battery staple".ljust(32, b"\0")
+    nonce = bytes(range(24))
+    made = bytes(SecretBox(key).encrypt(b'{"_type":"lwt","tst":1}', nonce))
+    vector = json.dumps({"_type": "encrypted", "data": base64.b64encode(made).decode()})
+    assert owntracks_open("correct horse battery staple", vector.encode()) == {
+        "_type": "lwt", "tst": 1,
+    }  # fmt: skip
+    assert owntracks_key("correct horse battery staple") == key
+    assert owntracks_key("a" * 50) == b"a" * 32
+
+
+async def test_owntracks_consumers_get_the_location_in_owntracks_own_encryption(
+    tmp_path: Path,
+) -> None:
+    from tests.test_uplink import a_fix, controller
+
+    key_file(tmp_path / "device.key")
+    phrase = tmp_path / "ot-passphrase"
+    phrase.write_text("Tr0ub4dor&3-a-long-random-phrase\n")
+    phrase.chmod(0o600)
+    cfg = UplinkConfig(
+        device_id="dev1", batch_count=1, key_file=str(tmp_path / "device.key"),
+        owntracks_passphrase_file=str(phrase),
+    )  # fmt: skip
+    async with rig(tmp_path, config=cfg) as r:
+        ot = r.uplink.owntracks_topic
+        assert ot  # on again: in OwnTracks' own encryption
+        ctl = controller(r.outbox)
+        await ctl.on_fix(a_fix(0))
+        await ctl.start(trigger="cli", now=True)
+        await r.receiver.wait_until(lambda: ot in r.receiver.latest)
+        loc = owntracks_open("Tr0ub4dor&3-a-long-random-phrase", r.receiver.latest[ot].payload)
+        assert loc["_type"] == "location" and loc["tag"] == "SOS"
+        assert b"55.94" not in r.receiver.latest[ot].payload
+        await ctl.stop(trigger="cli")
+        await r.receiver.wait_until(lambda: r.receiver.latest[ot].payload == b"")
+        end = r.receiver.latest[f"{ot}/event"].payload
+        assert owntracks_open("Tr0ub4dor&3-a-long-random-phrase", end)["desc"] == "SOS ended"

@@ -34,6 +34,10 @@ class UplinkConfig:
     #: end-to-end encryption: a file with the 32-byte key this device shares with the
     #: relay (mode 0600); "" = our topics' payloads in the clear (docs/security.md)
     key_file: str = ""
+    #: OwnTracks' own encryption of the OwnTracks output: a file (0600) whose first line
+    #: is the passphrase set in the OwnTracks apps / Recorder ("" = that topic in the
+    #: clear, or off when key_file seals everything else)
+    owntracks_passphrase_file: str = ""
 
 
 @dataclass

@@ -45,7 +45,10 @@ from sosbeacon.device.wire import (
     SealError,
     Topics,
     dumps,
+    owntracks_encrypted,
+    owntracks_key,
     read_key,
+    read_passphrase,
     seal,
     status_payload,
     unseal,
@@ -88,11 +91,15 @@ class Uplink:
             if config.owntracks_topic is None
             else config.owntracks_topic
         )
-        if self.key is not None and owntracks:
+        ot_key = None
+        if config.owntracks_passphrase_file:
+            ot_key = owntracks_key(read_passphrase(config.owntracks_passphrase_file))
+        if self.key is not None and owntracks and ot_key is None:
             # an OwnTracks location in the clear would undo the sealing of everything else
             log.warning(
                 "OwnTracks output (%s) is off: payloads are sealed end to end "
-                "(uplink.key_file), and OwnTracks' own encryption is not supported yet",
+                "(uplink.key_file); set uplink.owntracks_passphrase_file to send it with "
+                "OwnTracks' own encryption",
                 owntracks,
             )
             owntracks = ""
@@ -100,6 +107,7 @@ class Uplink:
             outbox.state,
             clock,
             owntracks_topic=owntracks,
+            encrypt=None if ot_key is None else functools.partial(owntracks_encrypted, ot_key),
             tid=(config.owntracks_tid or config.device_id)[:2],
             note=self._note_once,
         )

@@ -51,7 +51,10 @@ class RetainedViews:
         owntracks_topic: str,
         tid: str,
         note: Callable[[str, str], None],
+        encrypt: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        #: OwnTracks' own encryption of what goes on the OwnTracks topics, or None
+        self._encrypt = encrypt
         self._state = state
         self._clock = clock
         self.owntracks_topic = owntracks_topic
@@ -177,7 +180,9 @@ class RetainedViews:
         self._dirty = False
         await self._state.put(OWNTRACKS_LAST, {"clear": True})
         with contextlib.suppress(MqttError):
-            await conn.publish(f"{self.owntracks_topic}/event", dumps(transition), expiry=expiry)
+            await conn.publish(
+                f"{self.owntracks_topic}/event", self._wrapped(dumps(transition)), expiry=expiry
+            )
         await self._clear(conn)
 
     async def _clear(self, conn: Connection) -> None:
@@ -189,7 +194,11 @@ class RetainedViews:
         else:
             self._clear_pending = True
 
+    def _wrapped(self, payload: bytes) -> bytes:
+        return payload if self._encrypt is None or not payload else self._encrypt(payload)
+
     async def _publish(self, conn: Connection, payload: bytes, expiry: int | None) -> bool:
+        payload = self._wrapped(payload)  # a withdrawal (empty) stays empty
         try:
             rc = await conn.publish(self.owntracks_topic, payload, retain=True, expiry=expiry)
         except MqttError:
