@@ -11,6 +11,7 @@ span fields are here. ``examples/sosbeacon.toml`` is the annotated example and
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -33,6 +34,7 @@ from sosbeacon.device.tomlconf import (
     topic_problem,
 )
 from sosbeacon.device.uplink import UplinkConfig
+from sosbeacon.device.uplink.homeassistant import HomeAssistantConfig
 from sosbeacon.device.voice import VoiceConfig
 from sosbeacon.device.wire import (
     AddressError,
@@ -165,6 +167,8 @@ class Config:
     sms: SmsConfig = field(default_factory=SmsConfig)
     #: voice notes (device.voice), recorded only with privacy.share_voice
     voice: VoiceConfig = field(default_factory=VoiceConfig)
+    #: Home Assistant MQTT discovery (device.uplink.homeassistant)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     #: batching, expiry and backoff (``device_id`` comes from ``device.id``)
     uplink: UplinkConfig = field(default_factory=lambda: UplinkConfig(device_id=""))
@@ -227,6 +231,13 @@ def _check(cfg: Config) -> list[str]:
             read_key(cfg.uplink.key_file)
         except KeyFileError as exc:
             errors.append(f"uplink.key_file: {exc}")
+    if cfg.homeassistant.enabled and cfg.uplink.key_file:
+        errors.append(
+            "homeassistant.enabled: Home Assistant reads its topics in the clear, and "
+            "uplink.key_file seals this device's payloads: choose one"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_/-]{1,64}", cfg.homeassistant.discovery_prefix):
+        errors.append("homeassistant.discovery_prefix: letters, digits, '_', '-' and '/'")
     if cfg.uplink.owntracks_passphrase_file:
         try:
             read_passphrase(cfg.uplink.owntracks_passphrase_file)

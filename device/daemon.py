@@ -150,6 +150,7 @@ class Daemon:
                 commands=commands,
                 sos_active=lambda: ctl.session is not None,
                 events=self.events,
+                homeassistant=cfg.homeassistant,
             )
             if parts.microphone is not None:
                 self.voice = commands.voice = VoiceNotes(
@@ -528,7 +529,12 @@ class Daemon:
         assert ctl is not None and outbox is not None
         if ctl.session is not None:
             return {"ok": False, "error": "an SOS is active: stop it before purging"}
-        return {"deleted": await outbox.wipe()}
+        deleted = await outbox.wipe()
+        assert self.uplink is not None
+        if not await self.uplink.forget_home_assistant():
+            return {"deleted": deleted, "home_assistant": "not removed: not connected to the "
+                    "broker now; run sosctl purge again once it is"}  # fmt: skip
+        return {"deleted": deleted}
 
     async def status(self, *, ask_modem: bool = False) -> dict[str, Any]:
         """The daemon's state. ``ask_modem`` asks the modem too (a few AT commands):

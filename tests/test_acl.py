@@ -52,7 +52,7 @@ async def test_one_device_cannot_publish_or_read_anothers_topics(tmp_path: Path)
         # publishing on another device's topic is refused with "not authorized"
         rc = await dev1.publish("sosbeacon/dev2/track", b"{}")
         assert rc.value == 0x87, rc
-        # its own topics are fine, and the contacts see them
+        # its own topics are fine (every one a device publishes), and the contacts see them
         assert not (await dev1.publish("sosbeacon/dev1/track", b'{"from":"dev1"}')).is_failure
         # a command for dev2 reaches dev2 and nobody else
         assert not (await contacts.publish("sosbeacon/dev2/cmd", b'{"cmd":"ack"}')).is_failure
@@ -65,6 +65,15 @@ async def test_one_device_cannot_publish_or_read_anothers_topics(tmp_path: Path)
             seen.append((m.topic, m.payload))
         assert ("sosbeacon/dev1/track", b'{"from":"dev1"}') in seen
         assert ("sosbeacon/dev2/track", b'{"from":"dev2"}') in seen
+        for own in ("sosbeacon/dev1/voice", "sosbeacon/dev1/ha/sos",
+                    "owntracks/sosbeacon/dev1/event",
+                    "homeassistant/sensor/sosbeacon_dev1/battery/config"):  # fmt: skip
+            assert not (await dev1.publish(own, b"")).is_failure, own
+        for theirs in (
+            "sosbeacon/dev2/voice",
+            "homeassistant/sensor/sosbeacon_dev2/battery/config",
+        ):
+            assert (await dev1.publish(theirs, b"")).value == 0x87, theirs
         # A round trip on dev1's own connection: anything the broker sent dev1 before this
         # PUBACK (dev2's publish and the command came earlier) has arrived by now.
         assert not (await dev1.publish("sosbeacon/dev1/status", b"{}")).is_failure

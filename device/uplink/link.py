@@ -36,6 +36,7 @@ from sosbeacon.device.mqtt import (
 from sosbeacon.device.outbox import Outbox
 from sosbeacon.device.receipts import Delivery
 from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
+from sosbeacon.device.uplink.homeassistant import HomeAssistant, HomeAssistantConfig
 from sosbeacon.device.uplink.packer import Packer
 from sosbeacon.device.uplink.sender import Sender, until_either
 from sosbeacon.device.uplink.sizelimit import SizeLimit
@@ -69,6 +70,7 @@ class Uplink:
         sos_active: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
         events: Events | None = None,
+        homeassistant: HomeAssistantConfig | None = None,
     ) -> None:
         self.config = config
         #: link up and down, commands, receipts (``sosctl events``)
@@ -107,6 +109,11 @@ class Uplink:
             outbox.state,
             clock,
             owntracks_topic=owntracks,
+            ha=(
+                HomeAssistant(homeassistant, self.topics, config.device_id)
+                if homeassistant is not None and homeassistant.enabled
+                else None
+            ),
             encrypt=None if ot_key is None else functools.partial(owntracks_encrypted, ot_key),
             tid=(config.owntracks_tid or config.device_id)[:2],
             note=self._note_once,
@@ -307,6 +314,14 @@ class Uplink:
             self.views.disconnected()
             await self.sender.settle_all()
             self.limit.connection_ended()
+
+    async def forget_home_assistant(self) -> bool:
+        """Remove the device from Home Assistant (``sosctl purge``); False when not
+        connected now or the broker refused (the owner is told to purge again)."""
+        conn = self._conn
+        if conn is None:
+            return self.views.ha is None
+        return await self.views.forget_home_assistant(conn)
 
     def _opened(self, m: Inbound) -> Inbound | None:
         """``m`` with its payload opened under our key (as it is, without a key); None

@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from sosbeacon.device.clock import Clock
 from sosbeacon.device.mqtt import Connection, MqttError
 from sosbeacon.device.outbox import OWNTRACKS_LAST, RETAINED_SOS_SEQ, DeviceState
-from sosbeacon.device.records import FixRun, RecordKind, Stored
+from sosbeacon.device.records import FixRun, Item, RecordKind, Stored
+from sosbeacon.device.uplink.homeassistant import HomeAssistant
 from sosbeacon.device.uplink.packer import Message, is_position
 from sosbeacon.device.wire import dumps, owntracks_location, shown_time
 
@@ -52,7 +53,11 @@ class RetainedViews:
         tid: str,
         note: Callable[[str, str], None],
         encrypt: Callable[[bytes], bytes] | None = None,
+        ha: HomeAssistant | None = None,
     ) -> None:
+        #: Home Assistant discovery and its states, or None
+        self.ha = ha
+        self._ha_battery: int | None = None
         #: OwnTracks' own encryption of what goes on the OwnTracks topics, or None
         self._encrypt = encrypt
         self._state = state
@@ -77,12 +82,22 @@ class RetainedViews:
         self.position = Position.of(last)
         self._clear_pending = bool(last.get("clear"))
 
+    @property
+    def _tracked(self) -> bool:
+        """Whether the newest position is followed (for OwnTracks, Home Assistant)."""
+        return bool(self.owntracks_topic) or self.ha is not None
+
+    def _job(self, aw: Awaitable[None]) -> None:
+        job = asyncio.ensure_future(aw)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
     def connected(self, conn: Connection) -> None:
-        if self._clear_pending and self.owntracks_topic and self.position is None:
-            job = asyncio.ensure_future(self._clear(conn))
-            self._jobs.add(job)
-            job.add_done_callback(self._jobs.discard)
-        elif self._dirty and self.owntracks_topic:
+        if self.ha is not None:
+            self._job(self.ha.announce(conn))
+        if self._clear_pending and self._tracked and self.position is None:
+            self._job(self._clear(conn))
+        elif self._dirty and self._tracked:
             self._schedule(conn)
 
     def disconnected(self) -> None:
@@ -106,7 +121,9 @@ class RetainedViews:
         if msg.retain:
             self.retained_seq = max(self.retained_seq, first.seq)
             await self._state.put(RETAINED_SOS_SEQ, self.retained_seq)
-        if not self.owntracks_topic:
+        if self.ha is not None:
+            await self._home_assistant(conn, first)
+        if not self._tracked:
             return
         if first.kind is RecordKind.SOS_END and isinstance(first, Stored):
             await self._end(conn, first, msg.expiry)
@@ -153,9 +170,27 @@ class RetainedViews:
             await self._state.put(OWNTRACKS_LAST, asdict(shown))
         except OSError as exc:  # OutboxError among them
             self._note("views", f"the retained views' state was not stored: {exc}")
-        await self._publish(conn, dumps(shown.loc), shown.expiry)
+        if self.owntracks_topic:
+            await self._publish(conn, dumps(shown.loc), shown.expiry)
+        if self.ha is not None:
+            await self.ha.location(conn, shown.loc)
         if self.position is shown:
             self._dirty = False
+
+    async def _home_assistant(self, conn: Connection, first: Item) -> None:
+        assert self.ha is not None
+        pct = (self._battery or {}).get("pct")
+        if isinstance(pct, int | float) and round(pct) != self._ha_battery:
+            self._ha_battery = round(pct)
+            await self.ha.battery(conn, pct)
+        if first.kind is RecordKind.SOS_START:
+            await self.ha.sos(conn, True)
+        elif first.kind is RecordKind.SOS_END:
+            await self.ha.sos(conn, False)
+
+    async def forget_home_assistant(self, conn: Connection) -> bool:
+        """``sosctl purge``: the device removed from Home Assistant."""
+        return self.ha is None or await self.ha.forget(conn)
 
     async def _end(self, conn: Connection, end: Stored, expiry: int | None) -> None:
         """An SOS ended: sharing stops at once. OwnTracks consumers are told by a
@@ -179,16 +214,21 @@ class RetainedViews:
         self.position = None
         self._dirty = False
         await self._state.put(OWNTRACKS_LAST, {"clear": True})
-        with contextlib.suppress(MqttError):
-            await conn.publish(
-                f"{self.owntracks_topic}/event", self._wrapped(dumps(transition)), expiry=expiry
-            )
+        if self.owntracks_topic:
+            with contextlib.suppress(MqttError):
+                await conn.publish(
+                    f"{self.owntracks_topic}/event", self._wrapped(dumps(transition)),
+                    expiry=expiry,
+                )  # fmt: skip
         await self._clear(conn)
 
     async def _clear(self, conn: Connection) -> None:
         """The retained position withdrawn; until the broker has taken that, the state
         says so, and the next connection withdraws it again."""
-        if await self._publish(conn, b"", None):
+        ok = not self.owntracks_topic or await self._publish(conn, b"", None)
+        if self.ha is not None:
+            await self.ha.withdraw_location(conn)
+        if ok:
             await self._state.put(OWNTRACKS_LAST, {})
             self._clear_pending = False
         else:
