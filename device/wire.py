@@ -747,9 +747,11 @@ def read_key(path: str | os.PathLike[str]) -> bytes:
     p = os.fspath(path)
     try:
         st = os.stat(p)
-        raw = open(p, "rb").read()  # noqa: SIM115 - small file, read at once
-    except OSError as exc:
-        raise KeyFileError(f"{p}: the key file cannot be read ({exc.strerror})") from None
+        with open(p, "rb") as f:
+            raw = f.read()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise KeyFileError(f"{p[:200]!r}: the key file cannot be read ({why})") from None
     if st.st_mode & 0o027:  # others may read it, or the group change it
         raise KeyFileError(
             f"{p}: the key file may be read or changed by others (mode "
@@ -774,8 +776,8 @@ def read_passphrase(path: str | os.PathLike[str]) -> str:
         st = os.stat(p)
         with open(p, encoding="utf-8") as f:
             line = f.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{p}: the passphrase file cannot be read ({exc})") from None
+    except (OSError, ValueError) as exc:  # a NUL in the name, not UTF-8
+        raise KeyFileError(f"{p[:200]!r}: the passphrase file cannot be read ({exc})") from None
     if st.st_mode & 0o027:
         raise KeyFileError(
             f"{p}: the passphrase file may be read or changed by others (mode "
