@@ -231,6 +231,12 @@ def _check(cfg: Config) -> list[str]:
             read_key(cfg.uplink.key_file)
         except KeyFileError as exc:
             errors.append(f"uplink.key_file: {exc}")
+    for key, value in (
+        ("voice.device", cfg.voice.device), ("modem.mm_modem", cfg.modem.mm_modem),
+        ("modem.dbus", cfg.modem.dbus),
+    ):  # fmt: skip
+        if any(ord(ch) < 32 for ch in value):
+            errors.append(f"{key}: control characters are not allowed, got {value[:80]!r}")
     if cfg.homeassistant.enabled and cfg.uplink.key_file:
         errors.append(
             "homeassistant.enabled: Home Assistant reads its topics in the clear, and "
