@@ -282,17 +282,23 @@ def secret_file(key: str, path: str) -> str | None:
     shown = path[:200]
     if not (is_file(path) and os.access(path, os.R_OK)):
         return f"{key}: {shown} cannot be read (or is not a file)"
-    mode = Path(path).stat().st_mode & 0o777
-    if mode & LOOSE:
-        return (
-            f"{key}: {shown} may be read or changed by others (mode {mode:o}); it holds a "
-            f"secret: run chmod 600 {shown} (or 640, owned by root and the daemon's group)"
-        )
-    return None
+    loose = too_open(shown, Path(path).stat().st_mode)
+    return f"{key}: {loose}" if loose else None
 
 
 #: permission bits a file holding a secret must not have: any for others, group write
 LOOSE = 0o027
+
+
+def too_open(path: str, mode: int) -> str | None:
+    """What is wrong with a secret file's ``mode``, with the ``chmod`` to run; None when
+    only its owner (and its group, reading) may use it."""
+    if not mode & LOOSE:
+        return None
+    return (
+        f"{path} may be read or changed by others (mode {mode & 0o777:o}); it holds a "
+        f"secret: run chmod 600 {path} (or 640, owned by root and the daemon's group)"
+    )
 
 
 def host_port(text: str) -> tuple[str, int]:

@@ -74,9 +74,14 @@ async def encode_opus(pcm: bytes, rate: int, bitrate: int) -> bytes:
     )  # fmt: skip
     out, err = await proc.communicate(pcm)
     if proc.returncode != 0 or not out.startswith(b"OggS"):
-        said = err.decode(errors="replace").strip().splitlines()
-        raise VoiceError(f"opusenc failed: {said[-1] if said else f'exit {proc.returncode}'}")
+        raise VoiceError(f"opusenc failed: {last_said(err, f'exit {proc.returncode}')}")
     return out
+
+
+def last_said(stderr: bytes, otherwise: str) -> str:
+    """A tool's last line on stderr (what it says went wrong), or ``otherwise``."""
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else otherwise
 
 
 def duration(pcm: bytes) -> float:

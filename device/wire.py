@@ -25,6 +25,7 @@ from typing import Any
 
 from sosbeacon.device.errors import SosbeaconError
 from sosbeacon.device.records import FixRun, Item, Record, RecordKind, TrackRow
+from sosbeacon.device.tomlconf import too_open
 
 WIRE_VERSION = 1
 #: kinds published one per message on the ``sos`` topic; every other kind goes in ``track``
@@ -741,22 +742,27 @@ def key_id(key: bytes) -> bytes:
     return hashlib.blake2b(key, digest_size=KEY_ID_BYTES, person=b"sosbeacon-kid").digest()
 
 
-def read_key(path: str | os.PathLike[str]) -> bytes:
-    """A 32-byte key from ``path`` (raw, or 64 hex characters), refused when anyone
-    but its owner may read it."""
-    p = os.fspath(path)
+def _read_secret(p: str, what: str) -> bytes:
+    """The bytes of a file holding a secret; :class:`KeyFileError` when it cannot be
+    read or others may read it (:func:`device.tomlconf.too_open`)."""
     try:
         st = os.stat(p)
         with open(p, "rb") as f:
             raw = f.read()
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         why = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise KeyFileError(f"{p[:200]!r}: the key file cannot be read ({why})") from None
-    if st.st_mode & 0o027:  # others may read it, or the group change it
-        raise KeyFileError(
-            f"{p}: the key file may be read or changed by others (mode "
-            f"{st.st_mode & 0o777:o}): run chmod 600 {p}"
-        )
+        raise KeyFileError(f"{p[:200]!r}: the {what} cannot be read ({why})") from None
+    loose = too_open(p, st.st_mode)
+    if loose:
+        raise KeyFileError(f"the {what} {loose}")
+    return raw
+
+
+def read_key(path: str | os.PathLike[str]) -> bytes:
+    """A 32-byte key from ``path`` (raw, or 64 hex characters), refused when anyone
+    but its owner may read it."""
+    p = os.fspath(path)
+    raw = _read_secret(p, "key file")
     text = raw.strip()
     if len(text) == 2 * KEY_BYTES and re.fullmatch(rb"[0-9a-fA-F]+", text):
         return bytes.fromhex(text.decode())
@@ -772,17 +778,11 @@ def read_passphrase(path: str | os.PathLike[str]) -> str:
     """A passphrase, the first line of ``path``, refused like a key file when others may
     read it."""
     p = os.fspath(path)
+    raw = _read_secret(p, "passphrase file")
     try:
-        st = os.stat(p)
-        with open(p, encoding="utf-8") as f:
-            line = f.readline().rstrip("\r\n")
-    except (OSError, ValueError) as exc:  # a NUL in the name, not UTF-8
-        raise KeyFileError(f"{p[:200]!r}: the passphrase file cannot be read ({exc})") from None
-    if st.st_mode & 0o027:
-        raise KeyFileError(
-            f"{p}: the passphrase file may be read or changed by others (mode "
-            f"{st.st_mode & 0o777:o}): run chmod 600 {p}"
-        )
+        line = raw.decode("utf-8").split("\n", 1)[0].rstrip("\r")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{p[:200]!r}: the passphrase file is not UTF-8 text") from None
     if not line:
         raise KeyFileError(f"{p}: the passphrase file's first line is empty")
     return line

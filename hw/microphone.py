@@ -16,7 +16,7 @@ import math
 import shutil
 from collections.abc import Mapping
 
-from sosbeacon.device.voice import RATE, VoiceError
+from sosbeacon.device.voice import RATE, VoiceError, last_said
 
 #: seconds beyond the recording's own length before a silent arecord is killed
 GRACE = 5.0
@@ -50,7 +50,6 @@ class AlsaMicrophone:
                 f"the microphone {self.device!r} gave nothing for {whole + GRACE:.0f} s"
             ) from None
         if proc.returncode != 0 or not out:
-            lines = err.decode(errors="replace").strip().splitlines()
-            why = lines[-1] if lines else f"arecord exit {proc.returncode}"
+            why = last_said(err, f"arecord exit {proc.returncode}")
             raise VoiceError(f"the microphone {self.device!r} cannot record: {why}")
         return out[: int(seconds * RATE) * 2]

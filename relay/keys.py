@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+from sosbeacon.device.tomlconf import LOOSE
 from sosbeacon.device.wire import KeyFileError, SealError, read_key, seal, unseal
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def check_dir(path: str) -> str | None:
     p = Path(path)
     if not p.is_dir():
         return f"{path}: not a directory"
-    if p.stat().st_mode & 0o027:
+    if p.stat().st_mode & LOOSE:
         return f"{path}: others may read it, or its group change it: run chmod 700 {path}"
     if not os.access(p, os.R_OK | os.X_OK):
         return f"{path}: cannot be read by the relay"
