@@ -415,7 +415,8 @@ def write_export(answer: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     device = answer["device"]
     js = out / f"{device}-export.json"
-    write_private(js, json.dumps(answer, indent=1).encode())
+    doc = {k: v for k, v in answer.items() if k != "ok"}  # the control socket's, not the format's
+    write_private(js, json.dumps(doc, indent=1).encode())
     gpx = gpxpy.gpx.GPX()
     gpx.creator = "sosbeacon"
     tracks: dict[str, gpxpy.gpx.GPXTrackSegment] = {}
@@ -455,7 +456,16 @@ def write_export(answer: dict[str, Any], out: Path) -> str:
 def sosd_command(*args: str) -> list[str]:
     """The command line that runs ``sosd`` with ``args`` in this interpreter (whether or
     not the console script is on PATH): for drills, benchmarks and tests."""
-    return [sys.executable, "-c", "from sosbeacon.device.cli import sosd_main; sosd_main()", *args]
+    return _in_this_python("sosd_main", args)
+
+
+def sosctl_command(*args: str) -> list[str]:
+    """The same for ``sosctl``."""
+    return _in_this_python("sosctl_main", args)
+
+
+def _in_this_python(entry: str, args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-c", f"from sosbeacon.device.cli import {entry}; {entry}()", *args]
 
 
 def sosd_main() -> None:

@@ -12,6 +12,7 @@ Modes are set on the descriptor or the path, never through the process umask (wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -20,11 +21,11 @@ DIR_MODE = 0o710
 FILE_MODE = 0o600
 
 
-def private_dir(path: Path) -> None:
-    """Make ``path`` (and missing parents) and tighten it to :data:`DIR_MODE`."""
+def private_dir(path: Path, mode: int = DIR_MODE) -> None:
+    """Make ``path`` (and missing parents) and tighten it to ``mode``."""
     path.mkdir(parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) & ~DIR_MODE:
-        os.chmod(path, DIR_MODE)
+    if stat.S_IMODE(path.stat().st_mode) & ~mode:
+        os.chmod(path, mode)
 
 
 def private_file(path: Path) -> None:
@@ -35,6 +36,17 @@ def private_file(path: Path) -> None:
             os.fchmod(fd, FILE_MODE)
     finally:
         os.close(fd)
+
+
+def private_db(path: Path) -> None:
+    """An SQLite database file 0600 before SQLite opens it (a new WAL or shared-memory
+    file takes its mode), and those two tightened too when an earlier run left them."""
+    private_file(path)
+    for side in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            other = path.with_name(path.name + side)
+            if stat.S_IMODE(other.stat().st_mode) & ~FILE_MODE:
+                os.chmod(other, FILE_MODE)
 
 
 def write_private(path: Path, data: bytes) -> None:

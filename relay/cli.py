@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
+from sosbeacon.device.private import private_db, private_dir
 from sosbeacon.device.tomlconf import ConfigError, redact_url
 from sosbeacon.relay import config as config_mod
 from sosbeacon.relay import db, links
@@ -38,12 +39,23 @@ def _load(path: Path | None) -> RelayConfig:
 
 
 def open_store(cfg: RelayConfig) -> Store:
-    cfg.relay.data_dir.mkdir(parents=True, exist_ok=True)
-    return Store(
-        db.engine(cfg.database_url()),
-        link_key=links.load_key(cfg.link_key_path()),
-        backlog_hold=cfg.notify.backlog_hold,
-    )
+    """The store, with the data directory 0700 and what it holds 0600 (the SQLite
+    database, its WAL, the link key). :class:`ConfigError` says what cannot be used."""
+    data = cfg.relay.data_dir
+    try:
+        private_dir(data, mode=0o700)
+        if not cfg.database.url:
+            private_db(data / "relay.db")
+        key = links.load_key(cfg.link_key_path())
+    except OSError as exc:
+        problem = (
+            f"relay.data_dir: {exc.filename or data}: {exc.strerror or exc} (the relay's "
+            "user must own the directory: chown it, or set relay.data_dir)"
+        )
+        raise ConfigError(str(cfg.source), [problem]) from None
+    except ValueError as exc:
+        raise ConfigError(str(cfg.source), [str(exc)]) from None
+    return Store(db.engine(cfg.database_url()), link_key=key, backlog_hold=cfg.notify.backlog_hold)
 
 
 def _when(t: float | None) -> str:
@@ -121,12 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    if args.command == "links":
-        return asyncio.run(_links(cfg, args.action, getattr(args, "id", None)))
     try:
+        if args.command == "links":
+            return asyncio.run(_links(cfg, args.action, getattr(args, "id", None)))
         return _serve(cfg)
     except KeyboardInterrupt:
         return 0
+    except ConfigError as exc:
+        sys.stderr.write(f"sos-relay: {exc}\n")
+        return 2
 
 
 def _serve(cfg: RelayConfig) -> int:
@@ -134,7 +149,7 @@ def _serve(cfg: RelayConfig) -> int:
     said: list[str] = []
     try:
         asyncio.run(_run(cfg))
-    except* WebError as group:
+    except* (ConfigError, WebError) as group:
         said += [f"sos-relay: {exc}" for exc in group.exceptions]
     except* (sqlalchemy.exc.SQLAlchemyError, OSError) as group:
         said += [

@@ -17,6 +17,8 @@ import re
 import secrets
 from pathlib import Path
 
+from sosbeacon.device.tomlconf import too_open
+
 TOKEN_BYTES = 24
 KEY_BYTES = 32
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
@@ -44,6 +46,9 @@ def load_key(path: Path) -> bytes:
     """The relay's link key, made on first use (0600). Relays that share a database
     must share this file too."""
     try:
+        loose = too_open(str(path), path.stat().st_mode)
+        if loose:
+            raise ValueError(loose)
         key = path.read_bytes()
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,20 @@ the route growing, her "I'm on it" and the device's confirmation; then a tunnel 
 network outage (nothing is lost), and the SOS is stopped. It ends with the drill report
 (``sim/scenarios/demo.toml``). From a terminal it then offers to keep the relay up, so
 that the link can be opened in a browser, until Ctrl-C.
+
+Every secret the system takes is configured, each made at random for the run: the
+payloads are sealed end to end, OwnTracks' envelope is on, the broker and the mail
+server ask for logins. ``SOSBEACON_DEMO_WORKDIR=DIR`` keeps the run's files there (the
+logs, the outputs of ``sosctl status`` and ``export``): ``tests/test_demo.py`` scans
+them for the secrets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -59,8 +67,13 @@ async def main() -> int:
         "Alice receives and does; RELAY is the relay that e-mails her a link to a live page;\n"
         "DEVICE is the device itself; WORLD is what the demo does to it.\n\n"
     )
-    with tempfile.TemporaryDirectory(prefix="sos-demo-") as tmp:
-        drill = Drill(scenario, Path(tmp), on_event=show)
+    keep = os.environ.get("SOSBEACON_DEMO_WORKDIR")
+    with contextlib.ExitStack() as stack:
+        if keep:
+            workdir = _kept(Path(keep))
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sos-demo-")))
+        drill = Drill(scenario, workdir, on_event=show)
         if sys.stdin.isatty() and sys.stdout.isatty():
             drill.linger = lambda report: _linger(drill, report)
         report = await drill.run()
@@ -72,6 +85,17 @@ async def main() -> int:
         "Next: `make test`, `sos-sim drill --list`, and docs/installation.md for a real Pi.\n"
     )
     return 0 if report.passed else 1
+
+
+def _kept(workdir: Path) -> Path:
+    """``workdir``, kept after the run, with the in-process parts' log (the relay, the
+    contact's tools) at debug level in ``demo.log`` (the tests scan it)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(workdir / "demo.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG)
+    return workdir
 
 
 def _summary(drill: Drill, report: Report) -> None:

@@ -32,22 +32,25 @@ import statistics
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sosbeacon.device.cli import sosctl_command
 from sosbeacon.device.control import NotRunning, follow, request
 from sosbeacon.device.errors import SosbeaconError
 from sosbeacon.device.mqtt import BrokerConfig, Connection, MqttError
-from sosbeacon.device.wire import Received, Topics, dumps
+from sosbeacon.device.wire import Received, Topics, dumps, owntracks_key, seal
 from sosbeacon.relay.notify import message_kind
 from sosbeacon.sim import localrelay
 from sosbeacon.sim.broker import Mosquitto
 from sosbeacon.sim.button import multi_press
 from sosbeacon.sim.contact_page import PageVisitor
+from sosbeacon.sim.drill_secrets import DrillSecrets
 from sosbeacon.sim.mailsink import Mail, MailSink
 from sosbeacon.sim.netfault import FaultProxy, LinkMode
 from sosbeacon.sim.receiver import Receiver
+from sosbeacon.sim.relay_process import toml_text
 from sosbeacon.sim.sosd_process import kill_sosd, start_sosd, stop_sosd
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,9 @@ class Scenario:
     settle: float = 5.0
     #: Alice can be texted (her phone in her reach): the drills of SMS
     phone: bool = False
+    #: every secret configured (sim.drill_secrets): sealed topics, OwnTracks'
+    #: envelope, MQTT and SMTP logins; the run's logs and outputs are kept to be scanned
+    secrets: bool = False
 
     @classmethod
     def load(cls, path: Path) -> Scenario:
@@ -124,7 +130,7 @@ class Scenario:
             raise ScenarioError(f"{path}: {exc}") from None
         problems: list[str] = []
         known = {"name", "description", "step", "config", "expect", "time_scale", "timeout"}
-        known |= {"settle", "phone"}
+        known |= {"settle", "phone", "secrets"}
         problems += [f"unknown key {k!r}" for k in t if k not in known]
         steps = []
         for i, s in enumerate(t.get("step", [])):
@@ -156,6 +162,7 @@ class Scenario:
             timeout=float(t.get("timeout", 180.0)),
             settle=float(t.get("settle", 5.0)),
             phone=bool(t.get("phone", False)),
+            secrets=bool(t.get("secrets", False)),
         )
 
 
@@ -224,6 +231,7 @@ class Drill:
         self.link: str | None = None
         self.visitor: PageVisitor | None = None
         self.relay_url: str | None = None
+        self.secrets: DrillSecrets | None = None
         #: called with the report before the relay and broker stop (the demo keeps
         #: serving the page there until Ctrl-C)
         self.linger: Callable[[Report], Awaitable[None]] | None = None
@@ -247,16 +255,26 @@ class Drill:
 
     async def run(self) -> Report:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        broker = Mosquitto(
-            self.workdir / "broker",
-            config="max_queued_messages 0\nautosave_interval 1\nautosave_on_changes true\n",
-            binary=self.mosquitto,
-        )
+        config = "max_queued_messages 0\nautosave_interval 1\nautosave_on_changes true\n"
+        broker = Mosquitto(self.workdir / "broker", config=config, binary=self.mosquitto)
+        relay_settings: dict[str, Any] = {}
+        login: tuple[str, str] | None = None
+        if self.s.secrets:
+            sec = self.secrets = DrillSecrets.make(self.workdir / "secrets", DEVICE)
+            for user, password in sec.mqtt_passwords.items():
+                passwd = broker.add_user(user, password)
+            broker.extra_config += f"allow_anonymous false\npassword_file {passwd}\n"
+            relay_settings = {
+                "mqtt.username": "relay",
+                "mqtt.password_file": str(sec.password_file("relay")),
+                "relay.keys_dir": str(sec.keys_dir),
+            }
+            login = (sec.smtp_user, sec.smtp_password)
         broker.start()
         try:
-            with MailSink() as sink:
-                services: dict[str, Any] = {"notify.services": {"email": sink.url()}}
-                cfg = localrelay.settings(self.workdir, broker.port, **services)
+            with MailSink(login) as sink:
+                relay_settings["notify.services"] = {"email": sink.url()}
+                cfg = localrelay.settings(self.workdir, broker.port, **relay_settings)
                 async with (
                     localrelay.running(cfg) as relay,
                     FaultProxy(target_port=broker.port) as proxy,
@@ -316,22 +334,33 @@ class Drill:
 
     async def _run(self, broker: Mosquitto, proxy: FaultProxy) -> Report:
         conf = self._write_config(proxy.port)
+        sec = self.secrets
         rx = Receiver(
-            BrokerConfig(host="127.0.0.1", port=broker.port, client_id="contact"),
+            self._login(BrokerConfig(host="127.0.0.1", port=broker.port, client_id="contact")),
             self.topics,
             owntracks_topic=f"owntracks/sosbeacon/{DEVICE}",
+            key=sec.key if sec else None,
+            owntracks_key=owntracks_key(sec.owntracks_passphrase) if sec else None,
         )
         self.receiver = rx
         await rx.start()
         watcher = asyncio.create_task(self._watch(rx))
         follower = asyncio.create_task(self._follow_events())
-        contact = Connection(BrokerConfig(host="127.0.0.1", port=broker.port, client_id="alice"))
+        contact = Connection(
+            self._login(BrokerConfig(host="127.0.0.1", port=broker.port, client_id="alice"))
+        )
         await contact.connect()
         await contact.subscribe(f"{self.topics.base}/reply/#")
         started = time.monotonic()
         await self._start_daemon(conf)
         self.t0 = time.monotonic()
         self.event("device", f"sosd running (started in {self.t0 - started:.1f} s)")
+        if sec is not None:
+            self.event(
+                "world",
+                "payloads sealed end to end (the broker cannot read them), OwnTracks' "
+                "own envelope, MQTT and SMTP logins",
+            )
         for step in self.s.steps:
             delay = step.at / self.s.time_scale - (time.monotonic() - self.t0)
             if delay > 0:
@@ -341,6 +370,8 @@ class Drill:
         final = await self._status()
         # everything the device stored reaches the contact before the report
         await self._drain(rx)
+        if sec is not None:
+            await self._keep_outputs()
         watcher.cancel()
         follower.cancel()
         contact.close()
@@ -360,24 +391,63 @@ class Drill:
             "keepalive = 5",
             "connect_timeout = 5",
         ]
-        overrides = {"sos.owner": "Sam", **self.s.config}
-        tables: dict[str, dict[str, Any]] = {}
-        for dotted, value in overrides.items():
-            section, _, key = dotted.rpartition(".")
-            tables.setdefault(section, {})[key] = value
+        overrides = {"sos.owner": "Sam", **self._sealing(), **self.s.config}
         # the scenario's [mqtt] keys join the table above, before any other table
-        lines += [f"{k} = {json.dumps(v)}" for k, v in tables.pop("mqtt", {}).items()]
-        text = "\n".join(lines) + "\n"
-        for section, values in tables.items():
-            body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
-            text += f"[{section}]\n{body}\n"
+        mqtt = {k: v for k, v in overrides.items() if k.rpartition(".")[0] == "mqtt"}
+        lines += [f"{k.rpartition('.')[2]} = {json.dumps(v)}" for k, v in mqtt.items()]
+        rest = {k: v for k, v in overrides.items() if k not in mqtt}
+        text = "\n".join(lines) + "\n" + toml_text(rest)
         conf = self.workdir / "sosbeacon.toml"
         conf.write_text(text)
         return conf
 
+    def _sealing(self) -> dict[str, Any]:
+        """The device's end of the secrets: its broker login, its key and the OwnTracks
+        passphrase."""
+        if self.secrets is None:
+            return {}
+        return {
+            "mqtt.username": "beacon",
+            "mqtt.password_file": str(self.secrets.password_file("beacon")),
+            "uplink.key_file": str(self.secrets.key_file),
+            "uplink.owntracks_passphrase_file": str(self.secrets.owntracks_file),
+        }
+
+    def _login(self, broker: BrokerConfig) -> BrokerConfig:
+        """``broker`` with the password of its client id, when the drill has logins."""
+        if self.secrets is None:
+            return broker
+        user = broker.client_id
+        return replace(broker, username=user, password=self.secrets.mqtt_passwords[user])
+
+    def _command(self, payload: dict[str, Any]) -> bytes:
+        """A contact's command as the device takes it: sealed when the topics are."""
+        raw = dumps(payload)
+        return seal(self.secrets.key, raw) if self.secrets is not None else raw
+
+    async def _keep_outputs(self) -> None:
+        """``sosctl status`` and ``sosctl export`` run as the owner would, their output
+        kept in the work directory (for the scan of a run's outputs for its secrets)."""
+        out = self.workdir / "outputs"
+        out.mkdir(exist_ok=True)
+        for name, args in (
+            ("status", ["status"]),
+            ("status-json", ["--json", "status"]),
+            ("export", ["export", "--out", str(out)]),
+        ):
+            proc = await asyncio.create_subprocess_exec(
+                *sosctl_command("--data-dir", str(self.data), *args),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            said, _ = await proc.communicate()
+            (out / f"sosctl-{name}.txt").write_bytes(said)
+
     async def _start_daemon(self, conf: Path) -> None:
+        # with secrets, every debug line too: the scan for them reads the daemon's log
+        level = ["--log-level", "debug"] if self.secrets is not None else []
         self.proc = await start_sosd(
-            conf, self.sock, self.logfile, "--time-scale", str(self.s.time_scale)
+            conf, self.sock, self.logfile, "--time-scale", str(self.s.time_scale), *level
         )
 
     async def _stop_daemon(self) -> None:
@@ -433,7 +503,7 @@ class Drill:
             with contextlib.suppress(MqttError):
                 await contact.publish(
                     self.topics.cmd,
-                    dumps(payload),
+                    self._command(payload),
                     response_topic=f"{self.topics.base}/reply/{name}",
                     correlation=payload["id"].encode(),
                 )
@@ -509,6 +579,8 @@ class Drill:
             try:
                 async for ev in follow(self.sock, {"cmd": "events", "since": since}):
                     if "kind" in ev:
+                        with (self.workdir / "events.jsonl").open("a") as kept:
+                            kept.write(json.dumps(ev) + "\n")
                         since = max(since, ev["t"])
                         if ev["kind"] == "sms":
                             self.mark("sms")

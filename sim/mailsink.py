@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import quote
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from sosbeacon.sim.broker import free_port
 
@@ -30,8 +33,14 @@ class Mail:
 
 
 class MailSink:
-    def __init__(self) -> None:
+    """``login`` (user, password): the server asks for it (AUTH PLAIN or LOGIN, on
+    loopback with no TLS) and refuses every other."""
+
+    def __init__(self, login: tuple[str, str] | None = None) -> None:
         self.port = free_port()
+        self.login = login
+        #: logins refused
+        self.refused = 0
         self.mails: list[Mail] = []
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -39,6 +48,9 @@ class MailSink:
 
         class Handler:
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                if login is not None and not session.authenticated:
+                    sink.refused += 1
+                    return "530 5.7.0 Authentication required"
                 msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
                 assert isinstance(msg, EmailMessage)
                 part = msg.get_body(preferencelist=("plain", "html"))
@@ -58,11 +70,29 @@ class MailSink:
                     loop.call_soon_threadsafe(event.set)
                 return "250 OK"
 
-        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        def authenticate(server: Any, session: Any, envelope: Any, mech: str, data: Any) -> Any:
+            ok = login is not None and (data.login, data.password) == (
+                login[0].encode(),
+                login[1].encode(),
+            )
+            sink.refused += not ok
+            return AuthResult(success=ok)
+
+        auth: dict[str, Any] = {}
+        if login is not None:
+            # a login over plain SMTP, on loopback: the sink checks it in handle_DATA
+            # (aiosmtpd's auth_required warns about plain text, rightly, elsewhere)
+            auth = {"authenticator": authenticate, "auth_require_tls": False}
+            logging.getLogger("mail.log").setLevel(logging.ERROR)  # its login_data notice
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **auth)
 
     def url(self) -> str:
-        """The relay's ``notify.services.email``: plain SMTP on loopback, no login."""
-        return f"mailto://127.0.0.1:{self.port}?from=sos-relay@example.org&mode=insecure"
+        """The relay's ``notify.services.email``: plain SMTP on loopback, with the login
+        when there is one."""
+        auth = ""
+        if self.login is not None:
+            auth = f"{quote(self.login[0], safe='')}:{quote(self.login[1], safe='')}@"
+        return f"mailto://{auth}127.0.0.1:{self.port}?from=sos-relay@example.org&mode=insecure"
 
     async def wait(self, count: int = 1, within: float = 30.0) -> list[Mail]:
         """Until ``count`` messages have arrived (``TimeoutError`` after ``within`` s)."""

@@ -16,7 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sosbeacon.device.mqtt import BrokerConfig, Connection, Inbound, MqttError
-from sosbeacon.device.wire import Received, SeqLedger, Topics, decode_sos, decode_track
+from sosbeacon.device.wire import (
+    Received,
+    SealError,
+    SeqLedger,
+    Topics,
+    decode_sos,
+    decode_track,
+    is_sealed,
+    owntracks_open,
+    unseal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,14 @@ class Receiver:
     #: every message, in arrival order
     history: list[Delivery] = field(default_factory=list)
     undecodable: int = 0
+    #: the device's key (``uplink.key_file``): sealed payloads are opened with it, and
+    #: kept opened in ``latest`` and ``history``
+    key: bytes | None = None
+    #: OwnTracks' key (``owntracks_key`` of the passphrase): its envelopes are opened
+    owntracks_key: bytes | None = None
+    #: payloads that arrived sealed, and those that would not open
+    sealed: int = 0
+    unopened: int = 0
     _task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _conn: Connection | None = None
@@ -96,7 +114,7 @@ class Receiver:
             await asyncio.sleep(0.2)
 
     def _take(self, m: Inbound) -> None:
-        topic, payload = m.topic, m.payload
+        topic, payload = m.topic, self._opened(m.topic, m.payload)
         self.deliveries += 1
         d = Delivery(topic, payload, m.retain, time.monotonic(), m.user_properties, m.expiry)
         self.latest[topic] = d
@@ -115,6 +133,21 @@ class Receiver:
             self.ledgers.setdefault(r.box, SeqLedger()).add([r])
         self.records.extend(got)
         self._changed.set()
+
+    def _opened(self, topic: str, payload: bytes) -> bytes:
+        """``payload`` opened with the keys given; as it is when it is not sealed (the
+        caller sees that in ``sealed``) or will not open (counted in ``unopened``)."""
+        try:
+            if is_sealed(payload) and self.key is not None:
+                self.sealed += 1
+                return unseal([self.key], payload)[0]
+            if self.owntracks_key is not None and payload.startswith(b'{"_type":"encrypted"'):
+                self.sealed += 1
+                return owntracks_open(self.owntracks_key, payload)
+        except SealError as exc:
+            self.unopened += 1
+            log.warning("receiver: a payload on %s does not open: %s", topic, exc)
+        return payload
 
     # -- what tests and drills ask ----------------------------------------------------
 

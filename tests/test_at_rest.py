@@ -8,6 +8,8 @@ import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from sosbeacon.device.outbox import Outbox
 from sosbeacon.device.private import private_dir
 from sosbeacon.device.records import Priority, Record, RecordKind
@@ -87,3 +89,41 @@ def test_an_export_is_the_owner_s_alone(tmp_path: Path) -> None:
     files = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in files] == ["b1-export.json", "b1-routes.gpx"]
     assert all(mode(p) == 0o600 for p in files)
+
+
+def test_the_relay_s_data_is_its_own_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The relay's directory 0700; its SQLite store, the store's WAL (tightened when an
+    earlier run left it open) and the link key 0600; a link key others may read is
+    refused with the chmod to run, before anything is served."""
+    import asyncio
+    import os
+
+    from sosbeacon.relay import config as relay_config
+    from sosbeacon.relay.cli import main, open_store
+
+    data = tmp_path / "relay"
+    data.mkdir(mode=0o755)
+    (data / "relay.db-wal").touch(mode=0o644)  # as an older release left it
+    conf = tmp_path / "relay.toml"
+    conf.write_text(f'[relay]\ndata_dir = "{data}"\n')
+    cfg = relay_config.load(conf)
+
+    async def create() -> None:
+        store = open_store(cfg)
+        await store.create()
+        await store.close()
+
+    asyncio.run(create())
+    assert mode(data) == 0o700
+    files = sorted(data.iterdir())
+    assert {p.name for p in files} >= {"relay.db", "link.key"}
+    assert all(mode(p) == 0o600 for p in files), [(p.name, oct(mode(p))) for p in files]
+
+    os.chmod(data / "link.key", 0o644)
+    assert main(["--config", str(conf), "links", "list"]) == 2
+    err = capsys.readouterr().err
+    assert f"run chmod 600 {data / 'link.key'}" in err and "Traceback" not in err
+    os.chmod(data / "link.key", 0o600)
+    assert main(["--config", str(conf), "links", "list"]) == 0

@@ -58,13 +58,47 @@ async def test_drill(name: str, tmp_path: Path) -> None:
         assert report.figures["relay alerts to Alice after her OK by SMS"] == 0
 
 
-async def test_a_small_fleet_loses_nothing(tmp_path: Path) -> None:
-    from sosbeacon.sim.fleet import run_fleet
+async def test_a_small_fleet_through_the_relay_loses_nothing(tmp_path: Path) -> None:
+    """Three devices, an SOS every second on the next one, each contact's page watched:
+    every outbox complete at the relay, and every latency measured."""
+    from sosbeacon.sim.fleet import FleetSpec, run_fleet
 
     need_mosquitto()
     lines: list[str] = []
-    code = await run_fleet(3, broker_url=None, duration=3, workdir=tmp_path, out=lines.append)
-    assert code == 0, lines
-    assert "3 outboxes" in lines[-1] and " 0 lost" in lines[-1]
+    spec = FleetSpec(devices=3, sos_per_minute=60, sos_seconds=3, duration=5)
+    summary = await run_fleet(spec, workdir=tmp_path, out=lines.append)
+    assert summary.passed, lines
+    assert summary.outboxes == 3 and summary.records_lost == 0
+    assert "0 records lost" in lines[-1]
     per_second = [ln for ln in lines if re.match(r"^\s+\d+\s+\d+\s", ln)]
-    assert len(per_second) == 3  # one line per second of the run
+    assert len(per_second) == 5  # one line per second of the run
+    assert summary.sos_started >= 5  # one a second, the warm-up's not counted
+    for figure in (summary.gesture_to_stored_ms, summary.gesture_to_notified_ms,
+                   summary.gesture_to_page_ms, summary.fix_to_page_ms):  # fmt: skip
+        assert figure["n"] >= 3 and 0 < figure["p50"] <= figure["p99"] < 10_000, figure
+    assert summary.fixes_stored > 0 and summary.relay_cpu_s > 0 and summary.db_bytes > 0
+
+
+async def test_a_fleet_rides_out_its_relay_paused_for_a_minute(tmp_path: Path) -> None:
+    """The relay stopped (SIGSTOP) for a minute under load, the broker's queue bounded as
+    docs/scaling.md sizes it: the devices' outboxes hold what the relay has not confirmed,
+    SOSes started in the pause are stored once it is back, and afterwards every ledger is
+    complete (a message the bounded broker dropped would be a hole)."""
+    from sosbeacon.sim.fleet import QUEUE_SPARE, FleetSpec, run_fleet
+
+    need_mosquitto()
+    lines: list[str] = []
+    spec = FleetSpec(
+        devices=20, sos_per_minute=12, sos_seconds=40, duration=85,
+        pause_at=15, pause_seconds=60, relay_window_live=10,
+    )  # fmt: skip
+    summary = await run_fleet(spec, workdir=tmp_path, out=lines.append)
+    assert summary.passed and summary.records_lost == 0, lines[-1]
+    assert summary.queue_bound == 20 * (spec.relay_window + 10 + QUEUE_SPARE)
+    assert summary.outbox_peak > 0, lines  # the backlog waited in the outboxes
+    held = [int(ln.split()[-1]) for ln in lines if re.match(r"^\s+\d+\s+\d+\s", ln)]
+    assert held[-1] == 0  # ... and left them once the relay was back
+    in_pause = summary.pause_gesture_to_stored_ms
+    assert in_pause["n"] >= 10, lines[-1]  # one SOS every 5 s of the minute, each stored
+    assert 0 < in_pause["p50"] <= in_pause["p99"] < 75_000, in_pause
+    assert "relays paused 60 s" in lines[-1]

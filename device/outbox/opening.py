@@ -23,7 +23,7 @@ from sosbeacon.device.outbox.capacity import Limits
 from sosbeacon.device.outbox.errors import OutboxUnavailable
 from sosbeacon.device.outbox.faults import CorruptOutbox, Fault, Reserve, classify
 from sosbeacon.device.outbox.writer import free_bytes, wal_limit
-from sosbeacon.device.private import private_file
+from sosbeacon.device.private import private_db
 
 log = logging.getLogger(__name__)
 #: kept back for opening the outbox on a full disk (its -shm takes 32 KiB)
@@ -100,7 +100,7 @@ def open_file(
 
 
 def _connect(path: Path, limits: Limits, clock: Clock) -> Opened:
-    private_file(path)  # 0600 before SQLite opens it: its WAL takes the same mode
+    private_db(path)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         limit = wal_limit(limits.min_free_bytes, free_bytes(path.parent))
