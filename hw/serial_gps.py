@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 from datetime import date
 
 import serial
-import serial_asyncio_fast
 
 from sosbeacon.device.clock import Clock, MonotonicClock
 from sosbeacon.device.gps import Fix, GpsStats
 from sosbeacon.hw.link import Link
 from sosbeacon.hw.nmea import DEFAULT_DATE_FLOOR, NmeaDecoder
+from sosbeacon.hw.serial_line import open_line
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,7 @@ class NmeaSerialSource:
         link = self._link
         while True:
             try:
-                reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=self.port, baudrate=self.baudrate
-                )
+                reader, writer = await open_line(self.port, self.baudrate)
             except (OSError, serial.SerialException) as exc:
                 await link.open_failed(exc)
                 continue
@@ -96,7 +94,11 @@ class NmeaSerialSource:
     async def _read(self, reader: asyncio.StreamReader, decoder: NmeaDecoder) -> AsyncIterator[Fix]:
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(4096), self.idle_flush)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a
+                # cancellation that meets a read completing (python/cpython#86296), and a
+                # read completes every second here
+                async with asyncio.timeout(self.idle_flush):
+                    data = await reader.read(4096)
             except TimeoutError:
                 for fix in decoder.flush(self._clock.monotonic()):
                     yield fix

@@ -204,3 +204,29 @@ async def test_replayed_capture_decodes_like_the_file(tmp_path: Path, gpsd_logs:
     want = [(f.lat, f.lon) for f in decode_capture(log) if f.has_position]
     assert [(f.lat, f.lon) for f in got.fixes if f.has_position] == want
     assert len(want) == 30
+
+
+async def test_a_line_opened_past_descriptor_1024_reads_like_any_other(tmp_path: Path) -> None:
+    """pyserial's own read waits with select(), which refuses descriptors from 1024 on
+    (a process holding many: a fleet of devices). The line is read with poll()."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2048), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert held[-1] >= 1024
+        port = PtyPort(tmp_path / "gps0", baudrate=115200)
+        source = NmeaSerialSource(port=str(port.path), baudrate=115200)
+        async with collecting(source) as got:
+            await asyncio.wait_for(source.connected.wait(), 5)
+            await run_receiver(receiver(), port, duration=1.0)
+            port.unplug()
+            await asyncio.wait_for(source.disconnected.wait(), 5)
+        assert len([f for f in got.fixes if f.has_position]) >= 5
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -136,13 +136,15 @@ class AtChannel:
                 self._writer.write(line.encode() + b"\r")
                 if data is not None:
                     try:
-                        await asyncio.wait_for(pending.prompt.wait(), within)
+                        async with asyncio.timeout(within):  # not wait_for: python/cpython#86296
+                            await pending.prompt.wait()
                     except TimeoutError:
                         self._writer.write(b"\x1b")  # abandon the message
                         raise ModemError(line, "timeout") from None
                     self._writer.write(data + b"\x1a")
                 try:
-                    return await asyncio.wait_for(asyncio.shield(pending.done), within)
+                    async with asyncio.timeout(within):
+                        return await asyncio.shield(pending.done)
                 except TimeoutError:
                     raise ModemError(line, "timeout") from None
             finally:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import serial
-import serial_asyncio_fast
 
 from sosbeacon.device.actuators import Incoming
 from sosbeacon.hw.modem import pdu
 from sosbeacon.hw.modem.at import AtChannel, ModemError, ModemGone
+from sosbeacon.hw.serial_line import open_line
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,7 @@ class AtModem:
         """Open the port and set the modem up. Raises :class:`ModemError` (a SIM PIN
         needed and none configured, say) or :class:`ModemGone`."""
         try:
-            reader, writer = await serial_asyncio_fast.open_serial_connection(
-                url=self.port, baudrate=self.baudrate
-            )
+            reader, writer = await open_line(self.port, self.baudrate)
         except (OSError, serial.SerialException) as exc:
             raise ModemGone("", f"cannot open {self.port}: {exc}") from None
         self._channel = AtChannel(reader, writer, self._urc)
