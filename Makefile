@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 SOURCES := device hw sim relay
 export VENV
 
-.PHONY: help bootstrap test lint typecheck pytest timeshift bench soak demo clean
+.PHONY: help bootstrap test lint typecheck pytest timeshift bench soak scale demo clean
 
 help:
 	@echo "make test       lint, type-check and run all tests (bootstraps everything)"
@@ -14,6 +14,7 @@ help:
 	@echo "make demo       run the system without hardware"
 	@echo "make bench      print performance figures"
 	@echo "make soak       long fault campaigns, about 45 minutes (not part of make test)"
+	@echo "make scale      the cost curve: fleets through the relay, about 20 minutes (not in make test)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -47,6 +48,9 @@ bench: bootstrap
 
 soak: bootstrap
 	$(BIN)/python -m bench.soak
+
+scale: bootstrap
+	$(BIN)/python -m bench.scale
 
 demo: bootstrap
 	$(BIN)/python -m sosbeacon.sim.demo

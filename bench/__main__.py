@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import footprint, nmea, outbox, relay, uplink, voice
+from bench import fleet, footprint, nmea, outbox, relay, uplink, voice
 
 
 def section(title: str, figures: dict[str, Any]) -> None:
@@ -41,6 +41,7 @@ def main() -> int:
         ("outbox_intake", "Durable intake: outbox, WAL + synchronous=FULL", outbox.run),
         ("uplink", "Uplink through Mosquitto on loopback", uplink.run),
         ("relay", "The contacts' relay (sos-relay) through Mosquitto on loopback", relay.run),
+        ("fleet", "A fleet through the relay: a short point of the cost curve", fleet.run),
         ("voice", "Voice notes: device to relay, and SOS latency beside them", voice.run),
         ("footprint", "Footprint of sosd run --sim", footprint.run),
     ]

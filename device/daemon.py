@@ -54,6 +54,9 @@ from sosbeacon.device.wire import Command, CommandError, CommandName
 log = logging.getLogger("sosd")
 #: what SIGHUP can change in place
 RELOADABLE = ("sos", "privacy")
+#: ``sosctl export``'s JSON: docs/export.md, docs/export.schema.json
+EXPORT_FORMAT = "sosbeacon-export"
+EXPORT_VERSION = 1
 
 
 class Daemon:
@@ -507,6 +510,9 @@ class Daemon:
         outbox = self.outbox
         assert outbox is not None
         return {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "exported": self.clock.now().isoformat(),
             "device": self.config.device.id,
             "box": outbox.outbox_id,
             "records": [
@@ -560,6 +566,8 @@ class Daemon:
                 "broker": f"{uplink.broker.host}:{uplink.broker.port}",
                 "connects": uplink.stats.connects,
                 "last_error": uplink.stats.last_error or None,
+                # sent, not yet confirmed by the relay (the end-to-end window)
+                "unconfirmed": uplink.credit.status(),
             },
             "outbox": {
                 "depth": st.depth,
@@ -630,6 +638,13 @@ def _lock(path: Path) -> int:
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
-    for t in tasks:
-        t.cancel()
+    """Cancel ``tasks`` and wait until all have ended; one that lost its cancellation
+    (Python 3.11's ``wait_for`` can, python/cpython#86296, in code we do not own too) is
+    cancelled again every second rather than waited for forever."""
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, still = await asyncio.wait(pending, timeout=1.0)
+        pending = list(still)
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -594,6 +594,19 @@ def ranges_text(ranges: Iterable[Sequence[int]]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
+def parse_ranges_text(text: str) -> list[tuple[int, int]]:
+    """``[(3, 7), (9, 9)]`` from ``"3-7,9"`` (``""``: none); ValueError when it is not
+    such a list."""
+    out: list[tuple[int, int]] = []
+    for part in text.split(",") if text else ():
+        a, sep, b = part.partition("-")
+        lo, hi = int(a), int(b) if sep else int(a)
+        if lo < 0 or hi < lo:
+            raise ValueError(f"not a seq range: {part!r}")
+        out.append((lo, hi))
+    return out
+
+
 # -- contact addresses (sos-start's contacts[].reach) -------------------------------------
 
 _EMAIL = re.compile(r"[^@\s:/]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
@@ -836,3 +849,24 @@ def owntracks_encrypted(key: bytes, payload: bytes) -> bytes:
 
     box = SecretBox(key).encrypt(payload)  # nonce ‖ tag ‖ ciphertext
     return dumps({"_type": "encrypted", "data": base64.b64encode(bytes(box)).decode()})
+
+
+def owntracks_open(key: bytes, message: bytes) -> bytes:
+    """The payload inside an OwnTracks ``{"_type":"encrypted"}`` message (the inverse of
+    :func:`owntracks_encrypted`, as an OwnTracks consumer opens it). :class:`SealError`
+    when it is not such a message or does not authenticate under ``key``."""
+    from nacl.exceptions import CryptoError
+    from nacl.secret import SecretBox
+
+    try:
+        outer = json.loads(message)
+    except ValueError:
+        raise SealError("not JSON") from None
+    if not isinstance(outer, dict) or outer.get("_type") != "encrypted":
+        raise SealError("not an OwnTracks encrypted message")
+    if not isinstance(outer.get("data"), str):
+        raise SealError("an OwnTracks encrypted message with no data")
+    try:
+        return SecretBox(key).decrypt(base64.b64decode(outer["data"], validate=True))
+    except (ValueError, CryptoError):
+        raise SealError("does not authenticate: another passphrase, or tampered with") from None

@@ -44,7 +44,7 @@ from sosbeacon.relay import notify
 from sosbeacon.relay.config import RelayConfig
 from sosbeacon.relay.keys import DeviceKeys
 from sosbeacon.relay.notify import AttachMemory
-from sosbeacon.relay.store import Ingested, Store
+from sosbeacon.relay.store import META_ONLY, Ingested, Store
 
 log = logging.getLogger("sos-relay")
 #: messages stored in one transaction at most, when they wait together (a backlog)
@@ -106,6 +106,10 @@ class Hub:
                 v.dropped = True
                 self.leave(sid, v)
 
+    def sessions(self) -> list[int]:
+        """The sessions some page is watching."""
+        return list(self._viewers)
+
     def viewers(self) -> int:
         return sum(len(v) for v in self._viewers.values())
 
@@ -127,7 +131,6 @@ class Relay:
     _dirty: set[str] = field(default_factory=set)
     _dirty_event: asyncio.Event = field(default_factory=asyncio.Event)
     _urgent: asyncio.Event = field(default_factory=asyncio.Event)
-    _me: str = field(default_factory=lambda: secrets.token_hex(4))
     #: called as ``observer(what, details)`` when something a contact sees happens:
     #: ``sos-stored``, ``notified``, ``opened``, ``ack-sent``, ``ack-confirmed`` (the
     #: drills and the benchmarks time them; an observer must not block)
@@ -136,6 +139,9 @@ class Relay:
     keys: DeviceKeys | None = None
 
     def __post_init__(self) -> None:
+        #: this relay's name on its notification claims: its MQTT client id, which is
+        #: its own (the broker's session is by it), so a restart knows its old claims
+        self._me = self.config.mqtt.client_id
         if self.keys is None and self.config.relay.keys_dir:
             self.keys = DeviceKeys(Path(self.config.relay.keys_dir))
 
@@ -154,9 +160,12 @@ class Relay:
         await self.store.create()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._mqtt())
+            tg.create_task(self._mqtt(sos_only=True))
             tg.create_task(self._notifier())
             tg.create_task(self._sweeper())
             tg.create_task(self._receipts())
+            if self.store.shared:
+                tg.create_task(self._others())
             if web:
                 from sosbeacon.relay.web import serve
 
@@ -164,26 +173,39 @@ class Relay:
 
     # -- MQTT ----------------------------------------------------------------------------
 
-    async def _mqtt(self) -> None:
+    async def _mqtt(self, *, sos_only: bool = False) -> None:
+        """One connection to the broker, its messages stored in batches and acknowledged
+        only then. The main one has the shared subscription to everything; a second one
+        (``sos_only``, client id ``<client_id>-sos``) has ``<prefix>/+/sos`` unshared: an
+        SOS event has a queue of its own at the broker, so after a pause it does not wait
+        behind a routine backlog, and every relay gets every SOS, retained ones included
+        (a broker gives no retained message to a shared subscription). The ledger drops
+        what comes twice."""
         delay = 0.5
+        broker = self.config.broker_config()
+        if sos_only:
+            broker = dataclasses.replace(broker, client_id=f"{broker.client_id}-sos")
+            topics = [f"{self.prefix}/+/sos"]
+        else:
+            topics = [f"$share/{self.config.mqtt.group}/{self.prefix}/+/#"]
         while True:
-            conn = Connection(self.config.broker_config())
+            conn = Connection(broker)
             try:
                 ack = await conn.connect(clean_start=False)
-                share = f"$share/{self.config.mqtt.group}/{self.prefix}/+/#"
-                for topic in (share, f"{self.prefix}/+/sos"):
+                for topic in topics:
                     rc = await conn.subscribe(topic)
                     if rc.is_failure:
                         raise MqttError(f"subscription to {topic} refused: {rc}")
-                self._conn = conn
-                self.connected.set()
+                if not sos_only:
+                    self._conn = conn
+                    self.connected.set()
+                    self._dirty_event.set()  # receipts that could not go out
                 log.info(
-                    "relay: connected to %s (session %s)",
-                    self.config.mqtt.broker.rsplit("@", 1)[-1],
+                    "relay: connected to %s%s (session %s)",
+                    self.config.mqtt.broker.rsplit("@", 1)[-1], " for SOS events" * sos_only,
                     "resumed" if ack.session_present else "new",
-                )
+                )  # fmt: skip
                 delay = 0.5
-                self._dirty_event.set()  # receipts that could not go out
                 while True:
                     batch = [await _next(conn)]
                     while len(batch) < BATCH and not conn.messages.empty():
@@ -195,8 +217,9 @@ class Relay:
             except MqttError as exc:
                 log.warning("relay: %s; reconnecting in %.1f s", exc, delay)
             finally:
-                self.connected.clear()
-                self._conn = None
+                if not sos_only:
+                    self.connected.clear()
+                    self._conn = None
                 conn.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -283,16 +306,66 @@ class Relay:
         for sid, clip in done.voices:
             self.tell("voice-stored", session_id=sid, clip=clip)
             if self.hub.watched(sid):
-                await self.push(sid, since=1 << 62)
+                await self.push(sid, since=META_ONLY)
         for sid in done.started:
             self.tell("sos-stored", session_id=sid)
         for sid, recs in done.new.items():
-            if self.hub.watched(sid):
+            if not self.hub.watched(sid):
+                continue
+            light = done.live_update(sid)  # route points only: no query
+            if light is not None:
+                self.hub.publish(sid, sse("update", light))
+            else:
                 await self.push(sid, since=min(r.seq for r in recs) - 1)
         for device in done.devices:
             # a new SOS stored is told at once (the device stops saying "not yet
             # received"); anything else waits a moment to share one receipt
             self.mark(device, urgent=bool(done.started))
+
+    async def _others(self) -> None:
+        """Several relays on one PostgreSQL: what the others stored reaches the pages
+        this one serves (``LISTEN``/``NOTIFY``, docs/relay.md). After every (re)start of
+        listening, each watched page is refreshed whole: what was announced while this
+        relay was not listening is not lost to its viewers."""
+        changed: dict[int, int] = {}
+        wake = asyncio.Event()
+
+        def heard(sid: int, since: int) -> None:
+            if self.hub.watched(sid):
+                changed[sid] = min(since, changed.get(sid, since))
+                wake.set()
+
+        delay = 1.0
+
+        def ready() -> None:
+            nonlocal delay
+            delay = 1.0
+            for sid in self.hub.sessions():
+                changed[sid] = 0
+            wake.set()
+            log.info("relay: listening for the other relays' changes")
+
+        async def pushing() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while changed:
+                    sid, since = changed.popitem()
+                    try:
+                        await self.push(sid, since=since)
+                    except TRANSIENT as exc:
+                        log.warning("relay: a page update failed (%s); its viewers reconnect", exc)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(pushing())
+            while True:
+                try:
+                    await self.store.listen(heard, ready)
+                except (ConnectionError, *TRANSIENT) as exc:
+                    log.warning("relay: not hearing the other relays (%s); again in %.0f s",
+                                exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def push(self, sid: int, *, since: int) -> None:
         """Tell the session's live pages what changed."""
@@ -313,7 +386,8 @@ class Relay:
         )  # fmt: skip
         if sid:
             self.tell("ack-confirmed", session_id=sid, ok=msg.get("ok") is True)
-            await self.push(sid, since=1 << 62)
+            await self.push(sid, since=META_ONLY)
+            await self.store.announce({sid: META_ONLY})  # a page on another relay too
             key = await self.store.session_key(sid)
             if key:
                 self.mark(key[0])
@@ -346,6 +420,12 @@ class Relay:
 
     async def _notifier(self) -> None:
         n = self.config.notify
+        back = await self._guarded(self.store.take_back(self._me, now=self.clock()))
+        if back:
+            log.warning(
+                "relay: %d notification(s) were being sent when this relay stopped: "
+                "sending them again (a contact may get one twice)", back,
+            )  # fmt: skip
         while True:
             # cleared before looking, so that a start stored while sending is not missed
             self._wake_notifier.clear()

@@ -9,16 +9,19 @@ one writer) so that two relays on one database cannot both take the same record.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import secrets
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
 from sosbeacon.device.wire import (
@@ -45,9 +48,20 @@ from sosbeacon.relay.db import links as links_t
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: an SOS start recorded this many seconds before it reached the relay is a backlog
 #: (the device had no data): its alerts wait ``backlog_hold`` for what follows it
 LATE_START = 10.0
+
+#: the PostgreSQL channel the relays on one database announce their changes on
+CHANNEL = "sosbeacon_pages"
+#: sessions per announcement (a NOTIFY payload must stay under 8000 bytes)
+NOTIFY_SESSIONS = 200
+#: seconds between checks that the listening connection is still alive
+LISTEN_CHECK = 15.0
+#: a page update with no route points (only the rest: a voice note, an ack)
+META_ONLY = 1 << 62
 
 #: record kinds kept with a session (routine telemetry is only counted in the ledger)
 SOS_EVENT_KINDS = ("sos-start", "sos-end", "sos-ack", "last-gasp", "gap")
@@ -66,6 +80,29 @@ class Ingested:
     #: voice notes made whole now: (session row id, clip)
     voices: list[tuple[int, str]] = field(default_factory=list)
     devices: set[str] = field(default_factory=set)
+    #: the route points stored now, as a page shows them, by session row id
+    points: dict[int, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
+    #: records still on their way (holes in the ledger) of each box written to
+    holes: dict[str, int] = field(default_factory=dict)
+    box_of: dict[int, str] = field(default_factory=dict)
+
+    def live_update(self, sid: int) -> dict[str, Any] | None:
+        """What the session's live pages need when only route points came: those points
+        and how many records are still on their way, from what was just stored (no
+        query). None when anything else came too: the page is asked of the database."""
+        recs = self.new.get(sid)
+        if not recs or any(r.kind != "fix" for r in recs):
+            return None
+        pts = sorted(self.points.get(sid, ()), key=lambda p: (p[1], p[0]))
+        return {"points": pts, "waiting": self.holes.get(self.box_of.get(sid, ""), 0)}
+
+    def changes(self) -> dict[int, int]:
+        """The sessions whose pages changed: session id → the seq the route is needed
+        from (:data:`META_ONLY`: only what is not the route, a voice note)."""
+        out = {sid: min(r.seq for r in recs) - 1 for sid, recs in self.new.items() if recs}
+        for sid, _clip in self.voices:
+            out.setdefault(sid, META_ONLY)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +120,12 @@ class Store:
         self.key = link_key
         self.backlog_hold = backlog_hold
         self._pg = engine.dialect.name == "postgresql"
+        #: this relay's name in its announcements (it does not act on its own)
+        self.instance = secrets.token_hex(6)
+        #: several relays may share this database (PostgreSQL): they announce changes
+        self.shared = self._pg
+        self._sync = db.sqlite_sync_engine(engine)
+        self._ingesting = asyncio.Lock()
         #: the one statement a backlog is made of, in the driver's own SQL: a day of fixes
         #: goes through ``executemany`` with no per-row work by SQLAlchemy
         cols = _ROW_COLUMNS
@@ -98,6 +141,22 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._sync is not None:
+            self._sync.dispose()
+
+    async def _tx(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` in one transaction: on SQLite in a worker thread on a plain connection
+        (one hop for all its statements), on PostgreSQL on the async engine through
+        ``run_sync``. The ingest path and the pages' and receipts' queries run so."""
+        if self._sync is not None:
+            return await asyncio.to_thread(self._sync_tx, fn)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(fn)
+
+    def _sync_tx(self, fn: Callable[[Connection], T]) -> T:
+        assert self._sync is not None
+        with self._sync.begin() as conn:
+            return fn(conn)
 
     def _insert(self, table: Any) -> Any:
         return (postgresql.insert(table) if self._pg else sqlite.insert(table)).values
@@ -121,15 +180,80 @@ class Store:
                 by_box[(r.box, device)].append(r)
             if got:
                 out.devices.add(device)
-        async with self.engine.begin() as conn:
+
+        def run(conn: Connection) -> None:
             for (box, device), recs in sorted(by_box.items()):
-                fresh = await self._ledger(conn, device, box, recs, now, out)
-                await self._keep(conn, device, box, fresh, now, out)
+                fresh = self._ledger(conn, device, box, recs, now, out)
+                self._keep(conn, device, box, fresh, now, out)
+            self._notify(conn, out.changes())  # heard by the others at the commit
+
+        # one ingest at a time in this relay (its two broker connections): on SQLite the
+        # ledger row is read before the write lock is taken, so two at once could each
+        # write back a ledger without the other's records
+        async with self._ingesting:
+            await self._tx(run)
         return out
 
-    async def _ledger(
+    # -- what changed, to the other relays on this database ------------------------------
+
+    async def announce(self, changes: dict[int, int]) -> None:
+        """Tell every relay on this database that these sessions changed (session id →
+        the seq their pages need the route from): PostgreSQL ``NOTIFY``; nothing on
+        SQLite, which has one relay."""
+        if self._pg and changes:
+            await self._tx(lambda conn: self._notify(conn, changes))
+
+    def _notify(self, conn: Connection, changes: dict[int, int]) -> None:
+        if not self._pg or not changes:
+            return
+        items = sorted(changes.items())
+        for i in range(0, len(items), NOTIFY_SESSIONS):  # a payload holds < 8000 bytes
+            payload = json.dumps({"by": self.instance, "c": items[i : i + NOTIFY_SESSIONS]})
+            conn.execute(select(func.pg_notify(CHANNEL, payload)))
+
+    async def listen(self, heard: Callable[[int, int], None], ready: Callable[[], None]) -> None:
+        """PostgreSQL: ``heard(session id, since)`` for every change another relay on this
+        database announces, ``ready()`` once listening; returns never, raises
+        :class:`ConnectionError` when the connection is lost (what was announced
+        meanwhile is not heard: the caller refreshes its pages after ``ready``)."""
+        async with self.engine.connect() as conn:
+            pg = (await conn.get_raw_connection()).driver_connection
+            assert pg is not None
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+                for sid, since in self._heard(payload):
+                    heard(sid, since)
+
+            def on_lost(_conn: Any) -> None:
+                if not lost.done():
+                    lost.set_result(None)
+
+            pg.add_termination_listener(on_lost)
+            await pg.add_listener(CHANNEL, on_notify)
+            ready()
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(lost), LISTEN_CHECK)
+                if lost.done():
+                    raise ConnectionError("the database connection was closed")
+                await pg.fetchval("SELECT 1")  # a half-open connection: noticed here
+
+    def _heard(self, payload: str) -> list[tuple[int, int]]:
+        """An announcement's changes, none when it is this relay's own or malformed
+        (another program on the channel: logged, never fatal)."""
+        try:
+            msg = json.loads(payload)
+            if msg["by"] == self.instance:
+                return []
+            return [(int(sid), int(since)) for sid, since in msg["c"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("relay: a malformed announcement on %s: %s", CHANNEL, exc)
+            return []
+
+    def _ledger(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         device: str,
         box: str,
         recs: list[Received],
@@ -139,7 +263,7 @@ class Store:
         q = select(boxes.c.device, boxes.c.seen, boxes.c.removed).where(boxes.c.box == box)
         if self._pg:
             q = q.with_for_update()
-        row = (await conn.execute(q)).first()
+        row = (conn.execute(q)).first()
         if row is not None and row.device != device:
             log.warning(
                 "relay: outbox %s of %s also published by %s: ignored", box, row.device, device
@@ -147,8 +271,9 @@ class Store:
             return []
         got = ranges.take(list(row.seen) if row else [], list(row.removed) if row else [], recs)
         fresh, seen, removed, dups = got.fresh, got.seen, got.removed, got.duplicates
+        out.holes[box] = ranges.count(ranges.holes(seen, removed))
         if row is None:
-            await conn.execute(
+            conn.execute(
                 insert(boxes).values(
                     box=box,
                     device=device,
@@ -159,7 +284,7 @@ class Store:
                 )
             )
         elif fresh or dups:
-            await conn.execute(
+            conn.execute(
                 update(boxes)
                 .where(boxes.c.box == box)
                 .values(
@@ -172,9 +297,9 @@ class Store:
         out.duplicates += dups
         return fresh
 
-    async def _keep(
+    def _keep(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         device: str,
         box: str,
         fresh: list[Received],
@@ -190,45 +315,47 @@ class Store:
                 continue  # routine telemetry: counted in the ledger, not kept
             sid = sids.get(r.session)
             if sid is None:
-                sid = await self._session_id(conn, device, r.session, r.drill, box, now)
+                sid = self._session_id(conn, device, r.session, r.drill, box, now)
                 sids[r.session] = sid
             new[sid].append(r)
-            rows.append(_row(box, sid, r, now))
+            row = _row(box, sid, r, now)
+            rows.append(row)
+            out.box_of[sid] = box
+            if r.kind == "fix":
+                out.points[sid].append(list(row[1:2] + row[4:8]))  # seq, at, lat, lon, acc
             if r.kind == "sos-start":
-                if await self._started(conn, sid, r, now):
+                if self._started(conn, sid, r, now):
                     out.started.append(sid)
             elif r.kind == "sos-ack":
-                await self._acked_on_device(conn, sid, box, r)
+                self._acked_on_device(conn, sid, box, r)
             elif r.kind == "voice":
                 voice_chunks.setdefault((sid, str(r.data.get("clip"))), []).append(r)
             elif r.kind == "sos-end":
-                await self._ended(conn, sid, r, now)
+                self._ended(conn, sid, r, now)
                 out.ended.append(sid)
         if rows:
             # one statement in the driver's own SQL through executemany: a multi-VALUES
             # insert of 500 rows would be compiled afresh for every message, and
             # SQLAlchemy's own executemany does per-row work a backlog pays for
-            await conn.exec_driver_sql(self._insert_records, rows)
+            conn.exec_driver_sql(self._insert_records, rows)
         for (sid, clip), got in voice_chunks.items():
-            if await self._voice(conn, sid, clip, got[0], now):
+            if self._voice(conn, sid, clip, got[0], now):
                 out.voices.append((sid, clip))
 
-    async def _voice(
-        self, conn: AsyncConnection, sid: int, clip: str, r: Received, now: float
-    ) -> bool:
+    def _voice(self, conn: Connection, sid: int, clip: str, r: Received, now: float) -> bool:
         """A chunk of ``clip`` arrived: once all have, the note is joined, checked
         against its hash and kept whole. True when it became whole now."""
         q = select(records.c.data, records.c.at).where(
             records.c.session_id == sid, records.c.kind == "voice"
         )
-        rows = [(d, at) for d, at in (await conn.execute(q)).all() if (d or {}).get("clip") == clip]
+        rows = [(d, at) for d, at in (conn.execute(q)).all() if (d or {}).get("clip") == clip]
         try:
             data = join_clip(d for d, _ in rows)
         except ClipError as exc:
             if "missing" not in str(exc):
                 log.warning("relay: voice note %s cannot be joined: %s", clip[:64], exc)
             return False
-        res = await conn.execute(
+        res = conn.execute(
             self._insert(voices)(
                 session_id=sid, clip=clip[:64], mime=str(r.data.get("mime") or VOICE_MIME)[:64],
                 seconds=float(r.data.get("dur") or 0.0), bytes=len(data),
@@ -239,28 +366,28 @@ class Store:
         if not res.rowcount:
             return False
         count = select(func.count()).where(voices.c.session_id == sid)
-        if (await conn.execute(count)).scalar_one() == 1:
-            await self._follow_up(conn, sid, "voice", now)  # the first note is announced
+        if (conn.execute(count)).scalar_one() == 1:
+            self._follow_up(conn, sid, "voice", now)  # the first note is announced
         return True
 
-    async def _session_id(
-        self, conn: AsyncConnection, device: str, sess: str, drill: bool, box: str, now: float
+    def _session_id(
+        self, conn: Connection, device: str, sess: str, drill: bool, box: str, now: float
     ) -> int:
         key = (sessions.c.device == device) & (sessions.c.sess == sess)
-        sid = (await conn.execute(select(sessions.c.id).where(key))).scalar()
+        sid = (conn.execute(select(sessions.c.id).where(key))).scalar()
         if sid is None:
             stmt = self._insert(sessions)(
                 device=device, sess=sess, drill=drill, box=box, received=now
             ).on_conflict_do_nothing()
-            await conn.execute(stmt)
-            sid = (await conn.execute(select(sessions.c.id).where(key))).scalar_one()
+            conn.execute(stmt)
+            sid = (conn.execute(select(sessions.c.id).where(key))).scalar_one()
         return int(sid)
 
-    async def _started(self, conn: AsyncConnection, sid: int, r: Received, now: float) -> bool:
+    def _started(self, conn: Connection, sid: int, r: Received, now: float) -> bool:
         """The session's start: its details, and one link per contact. False when the
         session already had its links (a resend of the start under a new box)."""
         start = {k: v for k, v in r.data.items() if k != "contacts"}
-        await conn.execute(
+        conn.execute(
             update(sessions)
             .where(sessions.c.id == sid)
             .values(
@@ -271,9 +398,7 @@ class Store:
                 owner=str(r.data.get("owner") or "") or None,
             )
         )
-        had = (
-            await conn.execute(select(func.count()).where(links_t.c.session_id == sid))
-        ).scalar_one()
+        had = (conn.execute(select(func.count()).where(links_t.c.session_id == sid))).scalar_one()
         if had:
             return False
         contacts = r.data.get("contacts") or []
@@ -287,7 +412,7 @@ class Store:
             name = str(c.get("name") or f"contact {i + 1}")[:200]
             salt = links.new_salt()
             tok = links.token(self.key, salt)
-            res = await conn.execute(
+            res = conn.execute(
                 insert(links_t).values(
                     session_id=sid,
                     contact=i,
@@ -299,12 +424,10 @@ class Store:
                 )
             )
             link_id = res.inserted_primary_key[0]  # type: ignore[index]
-            await self._queue(conn, link_id, "start", str(c.get("reach") or ""), at)
+            self._queue(conn, link_id, "start", str(c.get("reach") or ""), at)
         return True
 
-    async def _acked_on_device(
-        self, conn: AsyncConnection, sid: int, box: str, r: Received
-    ) -> None:
+    def _acked_on_device(self, conn: Connection, sid: int, box: str, r: Received) -> None:
         """An acknowledgement the device itself took from a contact (an SMS reply
         ``OK``): that contact's link counts as acknowledged, so the relay sends them no
         alert of its own (:meth:`claim_due` says so). Acknowledgements through the relay
@@ -313,7 +436,7 @@ class Store:
         if not isinstance(contact, int) or not isinstance(via, str):
             return
         link_id = (
-            await conn.execute(
+            conn.execute(
                 select(links_t.c.id).where(
                     links_t.c.session_id == sid, links_t.c.contact == contact
                 )
@@ -322,23 +445,21 @@ class Store:
         if link_id is None:
             log.warning("relay: an acknowledgement by %s names no contact of its SOS", via)
             return
-        await conn.execute(
+        conn.execute(
             self._insert(acks)(
                 link_id=link_id, cmd_id=f"{via[:16]}:{box}:{r.seq}", requested=r.t,
                 confirmed=r.t,
             ).on_conflict_do_nothing()
         )  # fmt: skip
 
-    async def _queue(
-        self, conn: AsyncConnection, link_id: int, kind: str, reach: str, now: float
-    ) -> None:
+    def _queue(self, conn: Connection, link_id: int, kind: str, reach: str, now: float) -> None:
         for text in addresses(reach):
             try:
                 a = parse_address(text)
                 channel, address, state, error = a.channel, a.target, "pending", None
             except AddressError as exc:
                 channel, address, state, error = "unknown", text[:200], "failed", str(exc)
-            await conn.execute(
+            conn.execute(
                 self._insert(notifications)(
                     link_id=link_id,
                     kind=kind,
@@ -351,16 +472,16 @@ class Store:
                 ).on_conflict_do_nothing()
             )
 
-    async def _ended(self, conn: AsyncConnection, sid: int, r: Received, now: float) -> None:
+    def _ended(self, conn: Connection, sid: int, r: Received, now: float) -> None:
         exp = r.exp
-        await conn.execute(
+        conn.execute(
             update(sessions)
             .where(sessions.c.id == sid)
             .values(ended=r.t, end_reason=str(r.data.get("reason") or ""), expires=exp)
         )
-        await self._follow_up(conn, sid, "end", now)
+        self._follow_up(conn, sid, "end", now)
 
-    async def _follow_up(self, conn: AsyncConnection, sid: int, kind: str, now: float) -> None:
+    def _follow_up(self, conn: Connection, sid: int, kind: str, now: float) -> None:
         """A notification of ``kind`` ("end", "voice") to every channel that had the
         start; once per link and channel."""
         q = (
@@ -369,8 +490,8 @@ class Store:
             .where(links_t.c.session_id == sid, notifications.c.kind == "start")
             .where(notifications.c.channel != "unknown")
         )
-        for link_id, channel, address in (await conn.execute(q)).all():
-            await conn.execute(
+        for link_id, channel, address in (conn.execute(q)).all():
+            conn.execute(
                 self._insert(notifications)(
                     link_id=link_id,
                     kind=kind,
@@ -462,11 +583,25 @@ class Store:
 
     # -- notifications -----------------------------------------------------------------
 
+    async def take_back(self, me: str, *, now: float) -> int:
+        """Claims ``me`` held when it stopped (killed mid-send): due again at once, not
+        after their lease. A relay's name (its MQTT client id) is its own: no other
+        relay holds a claim by it."""
+        async with self.engine.begin() as conn:
+            cur = await conn.execute(
+                update(notifications)
+                .where(notifications.c.state == "sending", notifications.c.claimed_by == me)
+                .values(state="pending", next_try=now)
+            )
+        return int(cur.rowcount or 0)
+
     async def claim_due(self, *, now: float, me: str, lease: float) -> list[dict[str, Any]]:
         """Notifications due now, claimed by ``me`` for ``lease`` seconds (a relay that
-        dies mid-send leaves its claim to expire, and another sends it). A voice note's
-        waits for the alert on its channel to have gone (or failed for good): a contact
-        never hears a voice note before they know there is an SOS."""
+        dies mid-send leaves its claim to expire, and another sends it; or takes it back
+        itself when it starts again: :meth:`take_back`). A follow-up (the end, a voice
+        note) waits for the alert on its channel to have gone (or failed for good): a
+        contact never hears a voice note, nor that the SOS ended, before they know there
+        is an SOS."""
         start = aliased(notifications)
         alerted = (
             select(start.c.id)
@@ -482,7 +617,7 @@ class Store:
         cond = and_(
             notifications.c.state.in_(("pending", "sending")),
             notifications.c.next_try <= now,
-            or_(notifications.c.kind != "voice", alerted),
+            or_(notifications.c.kind == "start", alerted),
         )
         async with self.engine.begin() as conn:
             q = select(notifications.c.id).where(cond).order_by(notifications.c.id).limit(50)
@@ -575,52 +710,52 @@ class Store:
 
     async def page(self, sid: int, *, since_seq: int = 0) -> dict[str, Any]:
         """A session as its page shows it (the route from ``since_seq`` on, in time order)."""
-        async with self.engine.connect() as conn:
-            s = (await conn.execute(select(sessions).where(sessions.c.id == sid))).first()
-            if s is None:
-                return {}
-            pts = (
-                await conn.execute(
-                    select(records.c.seq, records.c.at, records.c.lat, records.c.lon, records.c.acc)
-                    .where(records.c.session_id == sid, records.c.kind == "fix")
-                    .where(records.c.seq > since_seq)
-                    .order_by(records.c.at, records.c.seq)
-                )
-            ).all()
-            bat = (
-                await conn.execute(
-                    select(records.c.at, records.c.data)
-                    .where(records.c.session_id == sid, records.c.kind == "battery")
-                    .order_by(records.c.at.desc())
-                    .limit(1)
-                )
-            ).first()
-            events = (
-                await conn.execute(
-                    select(records.c.seq, records.c.kind, records.c.at, records.c.data)
-                    .where(records.c.session_id == sid, records.c.kind.in_(SOS_EVENT_KINDS))
-                    .order_by(records.c.at)
-                )
-            ).all()
-            box = (
-                await conn.execute(
-                    select(boxes.c.seen, boxes.c.removed).where(boxes.c.box == s.box)
-                )
-            ).first()
-            acked = (
-                await conn.execute(
-                    select(links_t.c.name, acks.c.confirmed)
-                    .join(acks, acks.c.link_id == links_t.c.id)
-                    .where(links_t.c.session_id == sid, acks.c.confirmed.is_not(None))
-                )
-            ).all()
-            notes = (
-                await conn.execute(
-                    select(voices.c.clip, voices.c.seconds, voices.c.at, voices.c.why)
-                    .where(voices.c.session_id == sid)
-                    .order_by(voices.c.at, voices.c.id)
-                )
-            ).all()
+        return await self._tx(lambda conn: self._page(conn, sid, since_seq))
+
+    def _page(self, conn: Connection, sid: int, since_seq: int) -> dict[str, Any]:
+        s = (conn.execute(select(sessions).where(sessions.c.id == sid))).first()
+        if s is None:
+            return {}
+        pts = (
+            conn.execute(
+                select(records.c.seq, records.c.at, records.c.lat, records.c.lon, records.c.acc)
+                .where(records.c.session_id == sid, records.c.kind == "fix")
+                .where(records.c.seq > since_seq)
+                .order_by(records.c.at, records.c.seq)
+            )
+        ).all()
+        bat = (
+            conn.execute(
+                select(records.c.at, records.c.data)
+                .where(records.c.session_id == sid, records.c.kind == "battery")
+                .order_by(records.c.at.desc())
+                .limit(1)
+            )
+        ).first()
+        events = (
+            conn.execute(
+                select(records.c.seq, records.c.kind, records.c.at, records.c.data)
+                .where(records.c.session_id == sid, records.c.kind.in_(SOS_EVENT_KINDS))
+                .order_by(records.c.at)
+            )
+        ).all()
+        box = (
+            conn.execute(select(boxes.c.seen, boxes.c.removed).where(boxes.c.box == s.box))
+        ).first()
+        acked = (
+            conn.execute(
+                select(links_t.c.name, acks.c.confirmed)
+                .join(acks, acks.c.link_id == links_t.c.id)
+                .where(links_t.c.session_id == sid, acks.c.confirmed.is_not(None))
+            )
+        ).all()
+        notes = (
+            conn.execute(
+                select(voices.c.clip, voices.c.seconds, voices.c.at, voices.c.why)
+                .where(voices.c.session_id == sid)
+                .order_by(voices.c.at, voices.c.id)
+            )
+        ).all()
         start = s.start or {}
         battery = (bat.data or {}).get("battery") if bat else start.get("battery")
         start_fix = start.get("fix") if isinstance(start.get("fix"), dict) else None
@@ -672,82 +807,82 @@ class Store:
         each contact's place, share link (``link_base`` + token, while it works: the
         device texts it when there is no data), notifications, first open and
         acknowledgement."""
-        async with self.engine.connect() as conn:
-            stored = {
-                r.box: ranges.text(r.seen)
-                for r in (
-                    await conn.execute(
-                        select(boxes.c.box, boxes.c.seen).where(boxes.c.device == device)
+        return await self._tx(lambda conn: self._receipt(conn, device, link_base))
+
+    def _receipt(self, conn: Connection, device: str, link_base: str) -> dict[str, Any]:
+        stored = {
+            r.box: ranges.text(r.seen)
+            for r in (
+                conn.execute(select(boxes.c.box, boxes.c.seen).where(boxes.c.device == device))
+            ).all()
+        }
+        s = (
+            conn.execute(
+                select(sessions.c.id, sessions.c.sess, sessions.c.stored_at, sessions.c.expires)
+                .where(sessions.c.device == device)
+                .order_by(sessions.c.received.desc(), sessions.c.id.desc())
+                .limit(1)
+            )
+        ).first()
+        contacts: list[dict[str, Any]] = []
+        if s is not None:
+            lrows = (
+                conn.execute(
+                    select(
+                        links_t.c.id,
+                        links_t.c.contact,
+                        links_t.c.name,
+                        links_t.c.salt,
+                        links_t.c.first_opened,
+                        links_t.c.revoked,
                     )
-                ).all()
-            }
-            s = (
-                await conn.execute(
-                    select(sessions.c.id, sessions.c.sess, sessions.c.stored_at, sessions.c.expires)
-                    .where(sessions.c.device == device)
-                    .order_by(sessions.c.received.desc(), sessions.c.id.desc())
-                    .limit(1)
+                    .where(links_t.c.session_id == s.id)
+                    .order_by(links_t.c.contact)
                 )
-            ).first()
-            contacts: list[dict[str, Any]] = []
-            if s is not None:
-                lrows = (
-                    await conn.execute(
-                        select(
-                            links_t.c.id,
-                            links_t.c.contact,
-                            links_t.c.name,
-                            links_t.c.salt,
-                            links_t.c.first_opened,
-                            links_t.c.revoked,
-                        )
-                        .where(links_t.c.session_id == s.id)
-                        .order_by(links_t.c.contact)
+            ).all()
+            nrows = (
+                conn.execute(
+                    select(
+                        notifications.c.link_id,
+                        notifications.c.kind,
+                        notifications.c.channel,
+                        notifications.c.state,
+                        notifications.c.sent_at,
+                        notifications.c.error,
                     )
-                ).all()
-                nrows = (
-                    await conn.execute(
-                        select(
-                            notifications.c.link_id,
-                            notifications.c.kind,
-                            notifications.c.channel,
-                            notifications.c.state,
-                            notifications.c.sent_at,
-                            notifications.c.error,
-                        )
-                        .join(links_t, links_t.c.id == notifications.c.link_id)
-                        .where(links_t.c.session_id == s.id)
-                        .order_by(notifications.c.id)
-                    )
-                ).all()
-                arows = (
-                    await conn.execute(
-                        select(acks.c.link_id, func.min(acks.c.confirmed))
-                        .join(links_t, links_t.c.id == acks.c.link_id)
-                        .where(links_t.c.session_id == s.id, acks.c.confirmed.is_not(None))
-                        .group_by(acks.c.link_id)
-                    )
-                ).all()
-                acked = {r[0]: r[1] for r in arows}
-                for lk in lrows:
-                    sends = [
-                        {"kind": n.kind, "channel": n.channel, "state": n.state,
-                         **({"at": n.sent_at} if n.sent_at else {}),
-                         **({"error": n.error} if n.error and n.state != "sent" else {})}
-                        for n in nrows if n.link_id == lk.id
-                    ]  # fmt: skip
-                    live = lk.revoked is None and s.expires is None
-                    contacts.append(
-                        {
-                            "contact": lk.contact,
-                            "name": lk.name,
-                            **({"link": link_base + self.link_token(lk.salt)} if live else {}),
-                            "notified": sends,
-                            "opened": lk.first_opened,
-                            "acked": acked.get(lk.id),
-                            **({"revoked": lk.revoked} if lk.revoked else {}),
-                        }
-                    )
+                    .join(links_t, links_t.c.id == notifications.c.link_id)
+                    .where(links_t.c.session_id == s.id)
+                    .order_by(notifications.c.id)
+                )
+            ).all()
+            arows = (
+                conn.execute(
+                    select(acks.c.link_id, func.min(acks.c.confirmed))
+                    .join(links_t, links_t.c.id == acks.c.link_id)
+                    .where(links_t.c.session_id == s.id, acks.c.confirmed.is_not(None))
+                    .group_by(acks.c.link_id)
+                )
+            ).all()
+            acked = {r[0]: r[1] for r in arows}
+            for lk in lrows:
+                sends = [
+                    {"kind": n.kind, "channel": n.channel, "state": n.state,
+                     **({"at": n.sent_at} if n.sent_at else {}),
+                     **({"error": n.error} if n.error and n.state != "sent" else {})}
+                    for n in nrows if n.link_id == lk.id
+                ]  # fmt: skip
+                live = lk.revoked is None and s.expires is None
+                contacts.append(
+                    {
+                        "contact": lk.contact,
+                        "name": lk.name,
+                        **({"link": link_base + self.link_token(lk.salt)} if live else {}),
+                        "notified": sends,
+                        "opened": lk.first_opened,
+                        "acked": acked.get(lk.id),
+                        **({"revoked": lk.revoked} if lk.revoked else {}),
+                    }
+                )
         out: dict[str, Any] = {"v": 1, "stored": stored}
         if s is not None:
             out.update(sess=s.sess, sos_stored=s.stored_at, exp=s.expires, contacts=contacts)

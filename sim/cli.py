@@ -5,7 +5,7 @@ sos-sim nmea corpus DIR         compare our decoding of gpsd's captures with gps
 sos-sim gps run                 a simulated receiver on a pseudo-terminal
 sos-sim gps generate -o FILE    write a simulated capture to a file
 sos-sim drill SCENARIO          run a drill against the real daemon; print a report
-sos-sim fleet --devices N       many simulated devices against one broker
+sos-sim fleet --devices N       many simulated devices through the real relay
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from sosbeacon.device.gps import Fix, GpsStats
+from sosbeacon.device.uplink import UplinkConfig
 from sosbeacon.hw.nmea import DEFAULT_DATE_FLOOR
 from sosbeacon.hw.serial_gps import NmeaSerialSource
 from sosbeacon.sim.gps.generator import Fault, ReceiverScript, SimReceiver
@@ -374,20 +375,53 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--workdir", type=Path, help="keep the daemon's data and log here")
     dr.set_defaults(func=cmd_drill)
 
-    fl = sub.add_parser("fleet", help="many simulated devices against one broker (load test)")
+    fl = sub.add_parser(
+        "fleet", help="many simulated devices through the real relay (load test, cost curve)"
+    )
     fl.add_argument("--devices", type=int, default=10, help="how many (10)")
+    fl.add_argument("--duration", type=float, default=20.0, help="seconds to run (20)")
+    fl.add_argument("--sos-per-minute", type=float, default=60.0,
+                    help="SOSes started per minute, on the devices in turn (60)")  # fmt: skip
+    fl.add_argument("--sos-seconds", type=float, default=20.0, help="how long each lasts (20)")
+    fl.add_argument("--relays", type=int, default=1, help="sos-relay processes (1)")
+    fl.add_argument("--database", default="sqlite",
+                    help="sqlite, postgresql (a throwaway server) or a database URL")  # fmt: skip
     fl.add_argument("--broker", help="mqtt://host:port (default: a throwaway Mosquitto)")
-    fl.add_argument("--duration", type=float, default=20.0, help="seconds of SOS (20)")
+    fl.add_argument("--pause-relays", metavar="AT:SECONDS", default="",
+                    help="stop the relays (SIGSTOP) AT s into the run for SECONDS")  # fmt: skip
+    uplink = UplinkConfig(device_id="")  # its defaults
+    fl.add_argument("--relay-window", type=int, default=uplink.relay_window,
+                    help="each device's uplink.relay_window (%(default)s)")  # fmt: skip
+    fl.add_argument("--relay-window-live", type=int, default=uplink.relay_window_live,
+                    help="each device's uplink.relay_window_live (%(default)s)")  # fmt: skip
+    fl.add_argument("--json", action="store_true", help="print the summary as JSON")
     fl.set_defaults(func=cmd_fleet)
     return p
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
+    from sosbeacon.sim.fleet import FleetSpec
     from sosbeacon.sim.fleet import main as fleet_main
 
-    if args.devices < 1:
-        raise ValueError("--devices must be at least 1")
-    return fleet_main(args.devices, args.broker, args.duration)
+    if args.devices < 1 or args.relays < 1:
+        raise ValueError("--devices and --relays must be at least 1")
+    if args.duration <= 0 or args.sos_seconds <= 0 or args.sos_per_minute < 0:
+        raise ValueError("--duration and --sos-seconds must be positive, --sos-per-minute >= 0")
+    pause_at = pause_for = 0.0
+    if args.pause_relays:
+        try:
+            pause_at, pause_for = (float(x) for x in args.pause_relays.split(":"))
+        except ValueError:
+            raise ValueError("--pause-relays takes AT:SECONDS, e.g. 20:60") from None
+        if pause_at < 0 or pause_for <= 0 or pause_at + pause_for > args.duration:
+            raise ValueError("--pause-relays: the pause must fit in --duration")
+    spec = FleetSpec(
+        devices=args.devices, sos_per_minute=args.sos_per_minute, sos_seconds=args.sos_seconds,
+        duration=args.duration, database=args.database, relays=args.relays, broker=args.broker,
+        pause_at=pause_at, pause_seconds=pause_for,
+        relay_window=args.relay_window, relay_window_live=args.relay_window_live,
+    )  # fmt: skip
+    return fleet_main(spec, as_json=args.json)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:

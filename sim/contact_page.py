@@ -22,17 +22,8 @@ class PageVisitor:
 
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(event, data)`` from the page's live stream, as they come."""
-        async with self._http.stream("GET", self.link + "/events") as r:
-            r.raise_for_status()
-            kind, data = "message", ""
-            async for line in r.aiter_lines():
-                if line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:"):
-                    data += line[5:].strip()
-                elif not line and data:
-                    yield kind, json.loads(data)
-                    kind, data = "message", ""
+        async for kind, data in live_stream(self._http, self.link):
+            yield kind, data
 
     async def ack(self) -> dict[str, Any]:
         """Press "I'm on it"."""
@@ -41,3 +32,21 @@ class PageVisitor:
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+async def live_stream(
+    http: httpx.AsyncClient, link: str
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """``(event, data)`` from the live stream of the page at ``link`` (Server-Sent
+    Events, read as a browser's EventSource does)."""
+    async with http.stream("GET", link + "/events") as r:
+        r.raise_for_status()
+        kind, data = "message", ""
+        async for line in r.aiter_lines():
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+            elif not line and data:
+                yield kind, json.loads(data)
+                kind, data = "message", ""

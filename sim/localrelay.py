@@ -18,39 +18,31 @@ from sosbeacon.relay import config as relay_config
 from sosbeacon.relay.cli import open_store
 from sosbeacon.relay.config import RelayConfig
 from sosbeacon.relay.service import Relay
-from sosbeacon.sim.broker import free_port
+from sosbeacon.sim.relay_process import loopback_values
 
 
 def settings(workdir: Path, broker_port: int, *, db_url: str = "", **overrides: Any) -> RelayConfig:
-    port = free_port()
-    values: dict[str, Any] = {
-        "relay.data_dir": str(workdir / "relay"),
-        "relay.public_url": f"http://127.0.0.1:{port}",
-        "relay.sweep_interval": 3600.0,
-        "mqtt.broker": f"mqtt://127.0.0.1:{broker_port}",
-        "mqtt.client_id": f"relay-{port}",
-        "web.listen": f"127.0.0.1:{port}",
-        "web.tiles": "",  # no tile server: the route shows on its own
-        "notify.retry_min": 0.2,
-        "notify.retry_max": 1.0,
-        **overrides,
-    }
-    if db_url:
-        values["database.url"] = db_url
-    return relay_config.load(text="", overrides=values)
+    values = loopback_values(workdir / "relay", f"mqtt://127.0.0.1:{broker_port}", db_url=db_url)
+    return relay_config.load(text="", overrides={**values, **overrides})
 
 
 @contextlib.asynccontextmanager
 async def running(
-    cfg: RelayConfig, *, clock: Callable[[], float] = time.time, **kw: Any
+    cfg: RelayConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    wait_for_broker: bool = True,
+    **kw: Any,
 ) -> AsyncIterator[Relay]:
-    """The relay, connected to its broker and serving its page, until the block ends."""
+    """The relay, connected to its broker (unless ``wait_for_broker`` is off) and serving
+    its page, until the block ends."""
     store = open_store(cfg)
     relay = Relay(cfg, store, clock=clock, **kw)
     task = asyncio.create_task(relay.run())
     try:
         async with asyncio.timeout(20):
-            await relay.connected.wait()
+            if wait_for_broker:
+                await relay.connected.wait()
             async with httpx.AsyncClient(base_url=cfg.relay.public_url, timeout=5) as http:
                 while True:
                     with contextlib.suppress(httpx.HTTPError):

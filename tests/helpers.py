@@ -75,3 +75,18 @@ async def sim_daemon(config: Any) -> AsyncIterator[Any]:
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 15)
+
+
+def export_problems(doc: Any) -> list[str]:
+    """Where ``doc`` (an export's JSON) breaks docs/export.schema.json, formats included."""
+    import json
+
+    import jsonschema
+
+    from tests.conftest import REPO
+
+    schema = json.loads((REPO / "docs" / "export.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ from sosbeacon.device.wire import Topics
 from sosbeacon.sim.broker import Mosquitto
 from sosbeacon.sim.receiver import Receiver
 from tests.conftest import REPO
+from tests.helpers import eventually, export_problems
 from tests.mqtt_env import DURABLE, need_mosquitto
 
 
@@ -90,9 +92,18 @@ async def test_the_daemon_on_simulated_hardware_end_to_end(tmp_path: Path) -> No
         assert code == 0
         assert (await request(sock, {"cmd": "sos-stop"}))["ok"]
         await rx.wait_until(lambda: any(r.kind == "sos-end" for r in rx.records))
+
+        async def all_delivered() -> bool:  # the contact can hear the end before the PUBACK
+            box = (await request(sock, {"cmd": "status"}))["outbox"]
+            return bool(box["depth"] == 0 and box["in_flight"] == 0)
+
+        await eventually(all_delivered)
         exported = await request(sock, {"cmd": "export"})
+        assert all(r["delivered"] for r in exported["records"])
         kinds = [r["kind"] for r in exported["records"]]
         assert kinds[0] == "sos-start" and "sos-end" in kinds
+        assert exported.pop("ok") is True
+        assert export_problems(exported) == []  # docs/export.md's format
         assert all(r["expires"] for r in exported["records"])  # 72 h after the end
         # sosctl writes the JSON and the GPX route
         code = await asyncio.to_thread(
@@ -100,6 +111,8 @@ async def test_the_daemon_on_simulated_hardware_end_to_end(tmp_path: Path) -> No
         )
         assert code == 0
         assert "<trk>" in (tmp_path / "t1-routes.gpx").read_text()
+        written = json.loads((tmp_path / "t1-export.json").read_text())
+        assert written["records"] == exported["records"] and export_problems(written) == []
         assert (await request(sock, {"cmd": "purge"}))["deleted"] == len(kinds)
         daemon.stop()
         await asyncio.wait_for(task, 15)
@@ -260,3 +273,26 @@ async def test_a_second_daemon_touches_nothing_before_it_has_the_lock(
         assert (await request(cfg.socket_path, {"cmd": "status"}))["state"] == "active"
         first.stop()
         await asyncio.wait_for(task, 15)
+
+
+async def test_stopping_waits_out_a_task_that_lost_its_cancellation() -> None:
+    """A task that swallowed a cancellation (Python 3.11's wait_for can) is cancelled
+    again, so a stopping daemon does not wait for it forever."""
+    from sosbeacon.device.daemon import _cancel
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1  # lost, as python/cpython#86296 can lose one
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(_cancel([task]), 5)
+    assert task.cancelled() and swallowed == 1

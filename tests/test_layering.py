@@ -51,10 +51,10 @@ def test_hw_does_not_import_sim() -> None:
 
 #: what the relay may take from device/: the wire contract (and the record kinds it is
 #: written in, with their clock), the MQTT v5 connection and its [mqtt] settings, the TOML
-#: loader and the error base. Nothing of the daemon.
+#: loader, the error base and the file modes of what is kept at rest. Nothing of the daemon.
 RELAY_MAY_USE = {
     "device.wire", "device.records", "device.clock", "device.mqtt", "device.tomlconf",
-    "device.errors", "device.brokerconf",
+    "device.errors", "device.brokerconf", "device.private",
 }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import pytest
 from sosbeacon.device.records import Priority, Record, RecordKind
 from sosbeacon.device.wire import Topics
 from sosbeacon.sim.mailsink import MailSink
+from tests.helpers import eventually
 from tests.mqtt_env import Rig, fix_record, rig
 from tests.relay_env import HttpSink, RelayRig, relay_rig, relay_settings
 
@@ -430,3 +431,89 @@ async def test_a_start_on_time_is_alerted_at_once_a_late_one_after_the_hold(
         assert len(held) == 2 and {d["sid"] for d in held} != {d["sid"] for d in due}
     finally:
         await store.close()
+
+
+async def test_a_relay_killed_mid_send_takes_its_claims_back_and_no_end_precedes_an_alert(
+    tmp_path: Path,
+) -> None:
+    """Relay "a" claims the alerts and dies before sending them. The end that arrives
+    next waits: no contact hears that an SOS ended before hearing that it started. Another
+    relay sends nothing of it until the lease is over; "a" started again takes its claims
+    back at once; the ends follow the alerts."""
+    from sosbeacon.device.wire import Received
+    from sosbeacon.relay.cli import open_store
+
+    store = open_store(relay_settings(tmp_path, 1))
+    await store.create()
+    try:
+        now = 1_000_000.0
+        start = Received("b1", 1, "sos-start", now, {"contacts": CONTACTS}, "s1", False)
+        await store.ingest("dev1", [start], now=now)
+        alerts = await store.claim_due(now=now, me="a", lease=90)
+        assert [d["kind"] for d in alerts] == ["start", "start"]
+        end = Received("b1", 2, "sos-end", now + 1, {"reason": "cli"}, "s1", False, now + H72)
+        await store.ingest("dev1", [end], now=now + 1)
+        assert await store.claim_due(now=now + 2, me="b", lease=90) == []  # a's, and after them
+        assert await store.take_back("b", now=now + 2) == 0  # b holds none of them
+        assert await store.take_back("a", now=now + 3) == 2
+        again = await store.claim_due(now=now + 3, me="a", lease=90)
+        assert [d["id"] for d in again] == [d["id"] for d in alerts]  # the ends still wait
+        await store.sent(again[0]["id"], now=now + 4)
+        (end_1,) = await store.claim_due(now=now + 4, me="b", lease=90)
+        assert end_1["kind"] == "end" and end_1["name"] == again[0]["name"]
+        await store.failed(again[1]["id"], "refused", retry_at=None)  # gone for good
+        (end_2,) = await store.claim_due(now=now + 5, me="b", lease=90)
+        assert end_2["kind"] == "end" and end_2["name"] == again[1]["name"]
+    finally:
+        await store.close()
+
+
+async def test_an_sos_overtakes_a_backlog_queued_at_the_broker_for_the_relay(
+    tmp_path: Path,
+) -> None:
+    """While the relay is away, a device drains a long backlog to the broker, then starts
+    an SOS. Once the relay is back, the SOS is stored before the backlog is: SOS events
+    have a connection, and so a broker queue, of their own."""
+    from sqlalchemy import create_engine, func, select
+
+    from sosbeacon.device.uplink import UplinkConfig
+    from sosbeacon.relay import db
+
+    backlog = 40_000  # 80 messages of 500: several of the relay's transactions
+    up = UplinkConfig(device_id="dev1", batch_count=1, backoff_max=2.0, relay_window=0)
+    async with rig(tmp_path, config=up, start=False) as dev:
+        cfg = relay_settings(tmp_path, dev.broker.port)
+        async with relay_rig(cfg):
+            pass  # its sessions now exist at the broker and keep what comes while it is away
+        for first in range(0, backlog, 500):
+            await asyncio.gather(*(dev.outbox.store(fix_record(i, session="s-old",
+                                                               priority=Priority.ROUTINE))
+                                   for i in range(first, first + 500)))  # fmt: skip
+        dev.start_uplink()
+        await asyncio.wait_for(dev.uplink.drained(), 60)  # all of it queued at the broker
+        await dev.outbox.add(sos_start("s-new"))
+        await asyncio.wait_for(dev.uplink.drained(), 10)
+
+        async with relay_rig(cfg) as relay:
+
+            async def done() -> bool:
+                page = await relay.http.get("/healthz")
+                return page.status_code == 200 and relay.relay.counters.records >= backlog + 1
+
+            await eventually(done, within=60)
+        eng = create_engine(f"sqlite:///{cfg.relay.data_dir / 'relay.db'}")
+        try:
+            with eng.connect() as conn:
+                s = db.sessions.c
+                start_stored = conn.execute(select(s.stored_at).where(s.sess == "s-new")).scalar()
+                old = select(s.id).where(s.sess == "s-old").scalar_subquery()
+                r = db.records.c
+                last_of_backlog = conn.execute(
+                    select(func.max(r.received)).where(r.session_id == old)
+                ).scalar()
+                count = conn.execute(select(func.count()).where(r.session_id == old)).scalar()
+        finally:
+            eng.dispose()
+        assert count == backlog
+        assert start_stored is not None and last_of_backlog is not None
+        assert start_stored < last_of_backlog, (start_stored, last_of_backlog)

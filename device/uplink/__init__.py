@@ -5,6 +5,7 @@ One job per module:
 =============  ======================================================================
 ``link``       :class:`Uplink`: connect, serve, reconnect; status, will, inbound
 ``sender``     the send loops, the in-flight window, PUBACKs and refusals
+``credit``     end-to-end backpressure: what the relay's receipts have not confirmed
 ``packer``     records into messages, pure (no network, no storage)
 ``sizelimit``  the message size cap, learnt from the broker
 ``views``      retained views: ``sos`` order, the OwnTracks position (typed)

@@ -28,6 +28,17 @@ class UplinkConfig:
     #: routine messages in flight: at most this many, and this many bytes
     window: int = 16
     inflight_bytes: int = 32 * 1024
+    #: end-to-end backpressure, once a relay's receipt has come (device/uplink/credit.py):
+    #: routine messages and live-position messages sent and not yet confirmed by the
+    #: relay, at most (0: no limit, the broker's queue takes what comes)
+    relay_window: int = 64
+    relay_window_live: int = 60
+    #: a record the relay's receipts still do not name this long after it went is
+    #: given up on (seconds)
+    relay_patience: float = 300.0
+    #: a message the receipts pass over this long (later ones named, not it) went to a
+    #: relay that is down: it leaves the window (seconds)
+    relay_stall: float = 3.0
     backoff_min: float = 1.0
     backoff_max: float = 300.0
     backoff_max_sos: float = 10.0

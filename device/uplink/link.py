@@ -36,6 +36,7 @@ from sosbeacon.device.mqtt import (
 from sosbeacon.device.outbox import Outbox
 from sosbeacon.device.receipts import Delivery
 from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
+from sosbeacon.device.uplink.credit import RelayCredit
 from sosbeacon.device.uplink.homeassistant import HomeAssistant, HomeAssistantConfig
 from sosbeacon.device.uplink.packer import Packer
 from sosbeacon.device.uplink.sender import Sender, until_either
@@ -128,6 +129,14 @@ class Uplink:
             routine_expiry=config.routine_expiry,
             seal=None if key is None else functools.partial(seal, key),
         )
+        #: what the relay has not confirmed yet: the end-to-end window
+        self.credit = RelayCredit(
+            routine=config.relay_window,
+            live=config.relay_window_live,
+            patience=config.relay_patience,
+            stall=config.relay_stall,
+            clock=clock,
+        )
         self.sender = Sender(
             config=config,
             outbox=outbox,
@@ -137,6 +146,7 @@ class Uplink:
             stats=self.stats,
             events=self.events,
             delivery=self.delivery,
+            credit=self.credit,
             sos_active=sos_active,
             rng=rng,
             note=self._note_error,
@@ -353,6 +363,7 @@ class Uplink:
             if m.topic == self.topics.receipt:
                 if self.delivery.take(m.payload) and self.delivery.receipt:
                     r = self.delivery.receipt
+                    self.credit.receipt(self._outbox.outbox_id, r)
                     self.events.emit(
                         EventKind.RECEIPT, sess=r.get("sess"), contacts=r.get("contacts", [])
                     )

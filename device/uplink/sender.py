@@ -31,6 +31,7 @@ from sosbeacon.device.outbox import Outbox, OutboxError, Pending
 from sosbeacon.device.receipts import NO_SUBSCRIBERS, Delivery
 from sosbeacon.device.records import Item, Priority, RecordKind, seqs_of
 from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
+from sosbeacon.device.uplink.credit import RelayCredit
 from sosbeacon.device.uplink.packer import Message, Packer
 from sosbeacon.device.uplink.sizelimit import PACKET_TOO_LARGE
 from sosbeacon.device.uplink.views import RetainedViews
@@ -117,6 +118,7 @@ class Sender:
         stats: UplinkStats,
         events: Events,
         delivery: Delivery,
+        credit: RelayCredit,
         sos_active: Callable[[], bool],
         rng: random.Random,
         note: Callable[[str, Callable[..., None]], None],
@@ -131,6 +133,7 @@ class Sender:
         self.stats = stats
         self.events = events
         self.delivery = delivery
+        self.credit = credit
         self._sos_active = sos_active
         self._note = note
         self._note_once = note_once
@@ -160,7 +163,17 @@ class Sender:
         await asyncio.gather(*self.settling, return_exceptions=True)
 
     async def _send_loop(self, conn: Connection, *, urgent: bool, budget: Window | None) -> None:
+        wake = self.credit.waker()
+        try:
+            await self._sending(conn, urgent=urgent, budget=budget, wake=wake)
+        finally:
+            self.credit.drop(wake)
+
+    async def _sending(
+        self, conn: Connection, *, urgent: bool, budget: Window | None, wake: asyncio.Event
+    ) -> None:
         cfg = self.config
+        credit = self.credit
         watch = self._outbox.watch()
         last_sent = -math.inf
         first, last = (
@@ -174,6 +187,13 @@ class Sender:
         more = False
         while True:
             watch.clear()
+            wake.clear()
+            if not urgent and not credit.has_room(live=False):
+                # the relay has not confirmed enough of what went: the backlog waits in
+                # the outbox, the broker's queue does not grow (device/uplink/credit.py);
+                # a message passed over (at a relay that is down) leaves the window in time
+                await until(self._clock, wake, credit.next_stall())
+                continue
             pause = self._pause_until - self._clock.monotonic()
             if pause > 0:
                 await self._clock.sleep(pause)
@@ -189,16 +209,28 @@ class Sender:
                 if wait is None or wait > 0:
                     await until(self._clock, watch, wait)
                     continue
-            stored = await self._outbox.take(limit, first=first, last=last, run=cfg.max_batch)
-            more = len(seqs_of(stored)) >= limit  # more when a whole message came along
+            # live positions wait in the outbox too while the relay is behind; SOS events
+            # never do
+            room = credit.room(live=urgent)
+            held = urgent and room == 0
+            upto = Priority.SOS if held else last
+            # with room for one more message, take one message's worth
+            n = cfg.max_batch if room == 1 else limit
+            stored = await self._outbox.take(n, first=first, last=upto, run=cfg.max_batch)
+            more = len(seqs_of(stored)) >= n  # more when a whole message came along
             if not stored:
-                if at_once:
-                    await until(self._clock, watch, None)
+                if at_once or held:
+                    await until_either(
+                        self._clock, watch, wake if held else None,
+                        credit.next_stall() if held else None,
+                    )  # fmt: skip
                 continue
             last_sent = self._clock.monotonic()
             for msg in await self.pack(stored):
                 if budget is not None:
                     await budget.acquire(len(msg.payload))
+                if msg.topic != self.packer.topics.sos:  # SOS events are never held back
+                    credit.sent(msg.seqs, live=urgent)
                 fut = conn.publish(
                     msg.topic,
                     msg.payload,
