@@ -43,7 +43,7 @@ def main() -> int:
         ("relay", "The contacts' relay (sos-relay) through Mosquitto on loopback", relay.run),
         ("fleet", "A fleet through the relay: a short point of the cost curve", fleet.run),
         ("voice", "Voice notes: device to relay, and SOS latency beside them", voice.run),
-        ("footprint", "Footprint of sosd run --sim", footprint.run),
+        ("footprint", "Footprint of sosd run, beside the 1 Hz floor", footprint.run),
     ]
     for key, title, fn in plan:
         results[key] = fn()

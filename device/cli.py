@@ -21,8 +21,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-import gpxpy.gpx
-
 from sosbeacon.device import config as config_mod
 from sosbeacon.device.clock import MonotonicClock, ScaledClock
 from sosbeacon.device.commands import COMMANDS
@@ -417,6 +415,8 @@ def write_export(answer: dict[str, Any], out: Path) -> str:
     js = out / f"{device}-export.json"
     doc = {k: v for k, v in answer.items() if k != "ok"}  # the control socket's, not the format's
     write_private(js, json.dumps(doc, indent=1).encode())
+    import gpxpy.gpx  # for the export only: sosd run never loads it
+
     gpx = gpxpy.gpx.GPX()
     gpx.creator = "sosbeacon"
     tracks: dict[str, gpxpy.gpx.GPXTrackSegment] = {}

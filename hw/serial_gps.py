@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from datetime import date
 
@@ -19,7 +20,7 @@ from sosbeacon.device.clock import Clock, MonotonicClock
 from sosbeacon.device.gps import Fix, GpsStats
 from sosbeacon.hw.link import Link
 from sosbeacon.hw.nmea import DEFAULT_DATE_FLOOR, NmeaDecoder
-from sosbeacon.hw.serial_line import open_line
+from sosbeacon.hw.serial_line import open_protocol
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class NmeaSerialSource:
         self._clock = clock if clock is not None else MonotonicClock()
         self._stats = GpsStats()
         self._date_floor = date_floor
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
         self._link = Link(
             what=f"GPS device {port}",
             hint="Check the path, the cable, and that this user is in the 'dialout' group.",
@@ -68,57 +69,87 @@ class NmeaSerialSource:
     async def fixes(self) -> AsyncIterator[Fix]:
         link = self._link
         while True:
+            # Each connection starts a fresh decoder: a half-sentence from before the
+            # unplug must not be glued to what the device sends after.
+            feed = _Feed(NmeaDecoder(date_floor=self._date_floor, stats=self._stats), self._clock)
             try:
-                reader, writer = await open_line(self.port, self.baudrate)
+                transport, _ = await open_protocol(self.port, self.baudrate, feed)
             except (OSError, serial.SerialException) as exc:
                 await link.open_failed(exc)
                 continue
             link.opened()
-            self._writer = writer
-            # Each connection starts a fresh decoder: a half-sentence from before the
-            # unplug must not be glued to what the device sends after.
-            decoder = NmeaDecoder(date_floor=self._date_floor, stats=self._stats)
+            self._transport = transport
             try:
-                async for fix in self._read(reader, decoder):
+                async for fix in self._read(feed):
                     yield fix
             finally:
                 link.closed()
-                self._writer = None
+                self._transport = None
                 # abort(), not close(): close() drains the output with tcdrain() in a
                 # worker thread, which never returns on a line whose other end is gone
                 # (a pty whose master closed) and would hang shutdown.
-                if not writer.transport.is_closing():
-                    writer.transport.abort()
+                if not transport.is_closing():
+                    transport.abort()
             await link.lost()
 
-    async def _read(self, reader: asyncio.StreamReader, decoder: NmeaDecoder) -> AsyncIterator[Fix]:
+    async def _read(self, feed: _Feed) -> AsyncIterator[Fix]:
+        """The fixes the line's bytes make, as epochs end. The bytes are decoded as they
+        arrive (in the protocol, with no task woken per chunk); this task wakes once a
+        fix is ready, or once a second of silence to close an epoch whose end was not
+        recognised."""
         while True:
-            try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a
-                # cancellation that meets a read completing (python/cpython#86296), and a
-                # read completes every second here
-                async with asyncio.timeout(self.idle_flush):
-                    data = await reader.read(4096)
-            except TimeoutError:
-                for fix in decoder.flush(self._clock.monotonic()):
-                    yield fix
-                continue
-            except (OSError, serial.SerialException) as exc:
-                log.debug("read from %s failed: %s", self.port, exc)
-                data = b""
-            if not data:
-                for fix in decoder.flush(self._clock.monotonic()):
+            if not feed.fixes and not feed.gone:
+                feed.ready.clear()
+                try:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a
+                    # cancellation that meets a read completing (python/cpython#86296)
+                    async with asyncio.timeout(self.idle_flush):
+                        await feed.ready.wait()
+                except TimeoutError:
+                    # silent that long (in the loop's time, as the timeout is)?
+                    if asyncio.get_running_loop().time() - feed.last >= self.idle_flush:
+                        feed.fixes.extend(feed.decoder.flush(self._clock.monotonic()))
+            while feed.fixes:
+                yield feed.fixes.popleft()
+            if feed.gone:
+                for fix in feed.decoder.flush(self._clock.monotonic()):
                     yield fix
                 return
-            for fix in decoder.feed(data, self._clock.monotonic()):
-                yield fix
 
     async def send(self, sentence: bytes) -> None:
         """Write raw bytes to the receiver (configuration and power commands).
 
         Raises :class:`ConnectionError` when the device is not open.
         """
-        if self._writer is None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
             raise ConnectionError(f"GPS device {self.port} is not open")
-        self._writer.write(sentence)
-        await self._writer.drain()
+        transport.write(sentence)  # a few bytes: the transport sends them as it can
+
+
+class _Feed(asyncio.Protocol):
+    """The line's bytes into the decoder, as they arrive; the fixes they complete wait
+    in :attr:`fixes` for the reading task, woken by :attr:`ready`."""
+
+    def __init__(self, decoder: NmeaDecoder, clock: Clock) -> None:
+        self.decoder = decoder
+        self._clock = clock
+        self.fixes: deque[Fix] = deque()
+        self.ready = asyncio.Event()
+        #: when bytes last came (the event loop's time)
+        self.last = asyncio.get_running_loop().time()
+        #: the line went away (EOF, a read error): what is left is flushed
+        self.gone = False
+
+    def data_received(self, data: bytes) -> None:
+        self.last = asyncio.get_running_loop().time()
+        fixes = self.decoder.feed(data, self._clock.monotonic())
+        if fixes:
+            self.fixes.extend(fixes)
+            self.ready.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("read from the GPS line failed: %s", exc)
+        self.gone = True
+        self.ready.set()

@@ -183,3 +183,40 @@ def test_nothing_of_ours_is_loaded_under_its_folder_name() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_sosd_run_loads_only_the_drivers_its_configuration_names(tmp_path: Path) -> None:
+    """``sosd run`` with a serial GPS, a sysfs battery, no button and no modem builds its
+    parts without loading the modem drivers (dbus-fast for ModemManager), the gpsd
+    client, the export's GPX writer, the simulator or the tests: every module stays
+    resident on a 512 MB board. (The simulator's declaration, ``sim.backend``, is read
+    for its configuration section: it imports nothing of the simulator.)"""
+    import subprocess
+    import sys
+
+    conf = tmp_path / "sosbeacon.toml"
+    conf.write_text(
+        f'[device]\nid = "b1"\ndata_dir = "{tmp_path / "data"}"\n'
+        '[gps]\ndevice = "/dev/null"\n[button]\nenabled = false\n'
+        '[network]\nmonitor = false\n[modem]\nbackend = "none"\n'
+    )
+    probe = (
+        "import asyncio, contextlib, sys\n"
+        "from sosbeacon.device import cli, config\n"
+        "from sosbeacon.device.clock import MonotonicClock\n"
+        "from sosbeacon.device.parts import load_backend\n"
+        f"cfg = config.load({str(conf)!r})\n"
+        "async def build():\n"
+        "    async with contextlib.AsyncExitStack() as stack:\n"
+        "        return await load_backend('hw')(cfg, MonotonicClock(), stack)\n"
+        "parts = asyncio.run(build())\n"
+        "print(type(parts.gps).__name__)\n"
+        "declared = {'sosbeacon.sim', 'sosbeacon.sim.backend'}\n"
+        "print(sorted(m for m in set(sys.modules) - declared if m.startswith(('sosbeacon.sim',"
+        " 'tests', 'gpxpy', 'dbus_fast', 'sosbeacon.hw.modem', 'sosbeacon.hw.gpsd_client'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["NmeaSerialSource", "[]"], out.stdout
