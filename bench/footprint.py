@@ -37,22 +37,10 @@ from sosbeacon.device.cli import sosd_command
 from sosbeacon.device.control import request
 from sosbeacon.sim.battery import BatteryModel, SysfsWriter
 from sosbeacon.sim.broker import Mosquitto
+from sosbeacon.sim.fleet import cpu_seconds, rss_kib
 
 REPO = Path(__file__).resolve().parents[1]
-TICK = os.sysconf("SC_CLK_TCK")
 BAUD = 9600
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def _switches(pid: int) -> int:
@@ -92,15 +80,15 @@ class _Meter:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.t0 = time.monotonic()
-        self.cpu0 = _cpu_seconds(pid)
+        self.cpu0 = cpu_seconds(pid)
         self.sw0 = _switches(pid)
 
     def read(self) -> Figures:
         dt = time.monotonic() - self.t0
         return Figures(
-            cpu_pct=(_cpu_seconds(self.pid) - self.cpu0) / dt * 100,
+            cpu_pct=(cpu_seconds(self.pid) - self.cpu0) / dt * 100,
             wakeups_s=(_switches(self.pid) - self.sw0) / dt,
-            peak_rss_mb=_status_kb(self.pid, "VmHWM") / 1024,
+            peak_rss_mb=rss_kib(self.pid, "VmHWM") / 1024,
             uss_mb=_uss_mb(self.pid),
         )
 

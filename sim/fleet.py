@@ -83,11 +83,12 @@ def cpu_seconds(pid: int) -> float:
     return 0.0
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of process ``pid`` (``VmRSS``, KiB); 0 when it is gone."""
+def rss_kib(pid: int, key: str = "VmRSS") -> int:
+    """Resident memory of process ``pid`` (``VmRSS``, KiB; ``VmHWM``: its peak); 0 when
+    it is gone."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
 
