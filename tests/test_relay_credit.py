@@ -31,7 +31,7 @@ def receipt(box: str, stored: str) -> dict[str, object]:
 
 def test_the_window_counts_messages_the_receipts_do_not_name_whole() -> None:
     clock = Clock()
-    c = RelayCredit(routine=3, live=2, patience=60, clock=clock)  # type: ignore[arg-type]
+    c = RelayCredit(routine=3, live=2, patience=60, stall=3, clock=clock)  # type: ignore[arg-type]
     c.sent([1, 2, 3, 4], live=False)
     assert c.has_room(live=False) and not c.engaged  # no relay yet: nothing is held
     c.receipt("box", receipt("other-box", "1-9"))  # ... someone else's outbox
@@ -100,7 +100,7 @@ def test_a_message_passed_over_leaves_the_window_and_an_in_order_relay_holds_it(
 
 
 def test_windows_of_zero_never_hold_anything_back() -> None:
-    c = RelayCredit(routine=0, live=0, patience=60, clock=Clock())  # type: ignore[arg-type]
+    c = RelayCredit(routine=0, live=0, patience=60, stall=3, clock=Clock())  # type: ignore[arg-type]
     c.receipt("box", receipt("box", "1-4"))
     c.sent(range(5, 10_000), live=False)
     assert not c.engaged and c.has_room(live=False) and c.has_room(live=True)

@@ -55,13 +55,11 @@ class _Sent:
     seqs: set[int]
     #: when a receipt first named a message sent after this one
     passed: float | None = None
-    #: out of the window: passed over for ``stall`` seconds
-    stranded: bool = False
 
 
 class RelayCredit:
     def __init__(
-        self, *, routine: int, live: int, patience: float, clock: Clock, stall: float = 3.0
+        self, *, routine: int, live: int, patience: float, stall: float, clock: Clock
     ) -> None:
         #: messages unconfirmed at most, routine (False) and live (True); 0: no limit
         self.limits = {False: routine, True: live}
@@ -70,15 +68,15 @@ class RelayCredit:
         self._clock = clock
         #: a receipt for our outbox has arrived: a relay serves this device
         self.engaged = False
-        #: the messages the relay has not confirmed whole yet, and each seq's message
+        #: the messages in the window, in the order sent; those passed over for
+        #: ``stall`` (at a relay that is down), out of it; each seq's message
         self._msgs: dict[int, _Sent] = {}
+        self._stranded: dict[int, _Sent] = {}
         self._of: dict[int, int] = {}
         self._next = 0
         self._counts = {False: 0, True: 0}
         #: records given up on (never named by the relay within ``patience``)
         self.given_up = 0
-        #: messages out of the window, passed over for ``stall`` (at a relay that is down)
-        self.stranded = 0
         self._wakes: set[asyncio.Event] = set()
 
     def sent(self, seqs: Iterable[int], *, live: bool) -> None:
@@ -142,7 +140,7 @@ class RelayCredit:
                 m.passed = now
         self._strand()
         late = now - self.patience
-        stale = [s for m in self._msgs.values() if m.at < late for s in m.seqs]
+        stale = [s for msgs in (self._stranded, self._msgs) for s in _sent_before(msgs, late)]
         if stale:
             for s in stale:
                 self._forget(s)
@@ -156,38 +154,34 @@ class RelayCredit:
             wake.set()
 
     def _strand(self) -> None:
-        """Messages passed over for ``stall`` seconds leave the window."""
-        now = self._clock.monotonic()
-        for m in self._msgs.values():
-            if m.passed is None:
-                break  # those passed over come first, in the order sent
-            if not m.stranded and now - m.passed >= self.stall:
-                m.stranded = True
-                self._counts[m.live] -= 1
-                self.stranded += 1
+        """Messages passed over for ``stall`` seconds leave the window. Those passed
+        over come first, in the order sent, and were passed over in that order."""
+        due = self._clock.monotonic() - self.stall
+        while self._msgs:
+            n, m = next(iter(self._msgs.items()))
+            if m.passed is None or m.passed > due:
+                return
+            self._stranded[n] = self._msgs.pop(n)
+            self._counts[m.live] -= 1
 
     def next_stall(self) -> float | None:
         """Seconds until a message passed over leaves the window (None: none is)."""
-        now = self._clock.monotonic()
-        for m in self._msgs.values():
-            if m.passed is None:
-                return None
-            if not m.stranded:
-                return max(0.0, m.passed + self.stall - now)
-        return None
+        first = next(iter(self._msgs.values()), None)
+        if first is None or first.passed is None:
+            return None
+        return max(0.0, first.passed + self.stall - self._clock.monotonic())
 
     def _forget(self, seq: int) -> int:
         """``seq`` is confirmed; the number of the message it was in (0: none)."""
         n = self._of.pop(seq, None)
         if n is None:
             return 0
-        msg = self._msgs[n]
+        msgs = self._msgs if n in self._msgs else self._stranded
+        msg = msgs[n]
         msg.seqs.discard(seq)
         if not msg.seqs:
-            del self._msgs[n]
-            if msg.stranded:
-                self.stranded -= 1
-            else:
+            del msgs[n]
+            if msgs is self._msgs:
                 self._counts[msg.live] -= 1
         return n
 
@@ -207,6 +201,16 @@ class RelayCredit:
             "engaged": self.engaged,
             "routine": self._counts[False],
             "live": self._counts[True],
-            "stranded": self.stranded,
+            "stranded": len(self._stranded),
             "given_up": self.given_up,
         }
+
+
+def _sent_before(msgs: dict[int, _Sent], t: float) -> list[int]:
+    """The seqs of the messages in ``msgs`` (in the order sent) that went before ``t``."""
+    out: list[int] = []
+    for m in msgs.values():
+        if m.at >= t:
+            break
+        out.extend(m.seqs)
+    return out
