@@ -73,7 +73,7 @@ class NmeaSerialSource:
             # unplug must not be glued to what the device sends after.
             feed = _Feed(NmeaDecoder(date_floor=self._date_floor, stats=self._stats), self._clock)
             try:
-                transport, _ = await open_protocol(self.port, self.baudrate, feed)
+                transport = await open_protocol(self.port, self.baudrate, feed)
             except (OSError, serial.SerialException) as exc:
                 await link.open_failed(exc)
                 continue
@@ -106,8 +106,7 @@ class NmeaSerialSource:
                     async with asyncio.timeout(self.idle_flush):
                         await feed.ready.wait()
                 except TimeoutError:
-                    # silent that long (in the loop's time, as the timeout is)?
-                    if asyncio.get_running_loop().time() - feed.last >= self.idle_flush:
+                    if feed.silent() >= self.idle_flush:
                         feed.fixes.extend(feed.decoder.flush(self._clock.monotonic()))
             while feed.fixes:
                 yield feed.fixes.popleft()
@@ -134,15 +133,20 @@ class _Feed(asyncio.Protocol):
     def __init__(self, decoder: NmeaDecoder, clock: Clock) -> None:
         self.decoder = decoder
         self._clock = clock
+        self._loop = asyncio.get_running_loop()
         self.fixes: deque[Fix] = deque()
         self.ready = asyncio.Event()
         #: when bytes last came (the event loop's time)
-        self.last = asyncio.get_running_loop().time()
+        self.last = self._loop.time()
         #: the line went away (EOF, a read error): what is left is flushed
         self.gone = False
 
+    def silent(self) -> float:
+        """Seconds since bytes last came (the event loop's time, as its timeouts')."""
+        return self._loop.time() - self.last
+
     def data_received(self, data: bytes) -> None:
-        self.last = asyncio.get_running_loop().time()
+        self.last = self._loop.time()
         fixes = self.decoder.feed(data, self._clock.monotonic())
         if fixes:
             self.fixes.extend(fixes)

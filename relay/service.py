@@ -139,9 +139,6 @@ class Relay:
     keys: DeviceKeys | None = None
 
     def __post_init__(self) -> None:
-        #: this relay's name on its notification claims: its MQTT client id, which is
-        #: its own (the broker's session is by it), so a restart knows its old claims
-        self._me = self.config.mqtt.client_id
         if self.keys is None and self.config.relay.keys_dir:
             self.keys = DeviceKeys(Path(self.config.relay.keys_dir))
 
@@ -151,6 +148,12 @@ class Relay:
                 observe(what, details)
             except Exception:
                 log.exception("relay: an observer of %s failed", what)
+
+    @property
+    def _me(self) -> str:
+        """This relay's name on its notification claims: its MQTT client id, which is
+        its own (the broker's session is by it), so a restart knows its old claims."""
+        return self.config.mqtt.client_id
 
     @property
     def prefix(self) -> str:
