@@ -99,10 +99,6 @@ async def _window(pids: list[int], seconds: float) -> list[Figures]:
     return [m.read() for m in meters]
 
 
-def _python(*code: str) -> list[str]:
-    return [sys.executable, *code]
-
-
 @asynccontextmanager
 async def _process(
     argv: list[str], log: Path, **env: str
@@ -132,8 +128,8 @@ async def _appears(path: Path, within: float = 20.0) -> None:
 
 
 def _receiver(link: Path) -> list[str]:
-    code = "from sosbeacon.sim.cli import main; main()"
-    return _python("-c", code, "gps", "run", "--link", str(link), "--baud", str(BAUD))
+    return [sys.executable, "-m", "sosbeacon.sim.cli", "gps", "run", "--link", str(link),
+            "--baud", str(BAUD)]  # fmt: skip
 
 
 def _config(tmp: Path, gps: Path, power: Path) -> Path:
@@ -217,7 +213,7 @@ async def _measure(tmp: Path, seconds: float) -> dict[str, Any]:
             await _appears(tmp / "gps-floor")
             conf = _config(tmp, tmp / "gps-daemon", power)
             startups = await _startups(tmp, conf, broker.port, rounds=5)
-            floor_argv = _python("-m", "bench.floor", str(tmp / "gps-floor"), str(BAUD))
+            floor_argv = [sys.executable, "-m", "bench.floor", str(tmp / "gps-floor"), str(BAUD)]
             async with (
                 _process(_sosd(conf, broker.port), tmp / "sosd.log") as daemon,
                 _process(floor_argv, tmp / "floor.log") as floor,
