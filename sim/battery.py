@@ -68,11 +68,18 @@ class BatteryModel:
 
 
 class SysfsWriter:
-    """Writes a :class:`BatteryModel` as ``power_supply`` attributes under ``root``."""
+    """Writes a :class:`BatteryModel` as ``power_supply`` attributes under ``root``.
+
+    An attribute is written only when its text changes: a file created and renamed on
+    ext4 costs about a millisecond, and a fleet of simulated devices (sim/fleet.py)
+    would spend a third of its CPU rewriting the same temperature every few seconds.
+    """
 
     def __init__(self, root: Path | str, *, name: str = "BAT0", extra_supplies: bool = True):
         self.root = Path(root)
         self.bat = self.root / name
+        #: what each attribute file holds, as this writer last wrote it
+        self._written: dict[Path, str] = {}
         self.bat.mkdir(parents=True, exist_ok=True)
         _put(self.bat / "type", "Battery")
         _put(self.bat / "present", "1")
@@ -80,13 +87,15 @@ class SysfsWriter:
         if extra_supplies:
             ac = self.root / "AC"
             ac.mkdir(exist_ok=True)
-            _put(ac / "type", "Mains")
+            self._put(ac / "type", "Mains")
 
     def write(self, m: BatteryModel, *, omit: tuple[str, ...] = ()) -> None:
         values = {
             "capacity": str(round(m.soc)),
             "status": m.status,
-            "voltage_now": str(round(m.voltage * 1e6)),
+            # whole millivolts, as many gauges resolve (a bq27441 reports mV), so that
+            # the file changes when the voltage does, not on every step of the model
+            "voltage_now": str(round(m.voltage * 1e3) * 1000),
             # Many drivers report discharge as a negative current; so does this one.
             "current_now": str(round(-m.current_a * 1e6)),
             "temp": str(round(m.temperature * 10)),
@@ -94,10 +103,17 @@ class SysfsWriter:
         for attr, text in values.items():
             if attr in omit:
                 (self.bat / attr).unlink(missing_ok=True)
+                self._written.pop(self.bat / attr, None)
             else:
-                _put(self.bat / attr, text)
-        if (self.root / "AC").is_dir():
-            _put(self.root / "AC" / "online", "1" if m.plugged else "0")
+                self._put(self.bat / attr, text)
+        ac = self.root / "AC"
+        if ac / "type" in self._written or ac.is_dir():
+            self._put(ac / "online", "1" if m.plugged else "0")
+
+    def _put(self, path: Path, text: str) -> None:
+        if self._written.get(path) != text:
+            _put(path, text)
+            self._written[path] = text
 
 
 def _put(path: Path, text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -230,3 +231,23 @@ async def test_a_line_opened_past_descriptor_1024_reads_like_any_other(tmp_path:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_read_waiting_on_an_idle_port_wakes_when_bytes_come_or_it_is_unplugged(
+    tmp_path: Path,
+) -> None:
+    port = PtyPort(tmp_path / "line", baudrate=None)
+    slave = os.open(port.path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        reading = asyncio.create_task(port.read())
+        await asyncio.sleep(0.05)
+        assert not reading.done()
+        os.write(slave, b"AT\r")
+        assert await asyncio.wait_for(reading, 1) == b"AT\r"
+        reading = asyncio.create_task(port.read())
+        await asyncio.sleep(0.05)
+        port.unplug()
+        assert await asyncio.wait_for(reading, 1) == b""
+    finally:
+        os.close(slave)
+        port.close()

@@ -28,6 +28,9 @@ class PtyPort:
         self.baudrate = baudrate
         self._master: int | None = None
         self._slave: int | None = None
+        #: a read waiting for bytes (its loop, the descriptor it watches and what wakes
+        #: it), woken by them or by :meth:`unplug`
+        self._reading: tuple[asyncio.AbstractEventLoop, int, asyncio.Future[None]] | None = None
         self.bytes_written = 0
         self.plug()
 
@@ -53,6 +56,7 @@ class PtyPort:
 
     def unplug(self) -> None:
         """Remove the device: the reader's next read fails and reopening it fails."""
+        self._stop_reading()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         for fd in (self._master, self._slave):
@@ -102,9 +106,32 @@ class PtyPort:
             try:
                 return os.read(fd, 4096)
             except BlockingIOError:
-                await _ready(fd, writing=False, within=0.5)  # and look again: unplugged?
+                await self._readable(fd)
             except OSError:
                 return b""
+
+    async def _readable(self, fd: int) -> None:
+        """Until ``fd`` has bytes or the port is unplugged (no polling: an idle line
+        costs no wake-ups, which a fleet of simulated modems would otherwise pay)."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        self._reading = (loop, fd, ready)
+        try:
+            await ready
+        finally:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        """The waiting read's descriptor no longer watched (before it is closed), and the
+        read woken."""
+        if self._reading is None:
+            return
+        loop, fd, ready = self._reading
+        self._reading = None
+        loop.remove_reader(fd)
+        if not ready.done():
+            ready.set_result(None)
 
     def read_nowait(self) -> bytes:
         """Bytes the reader sent to the receiver (configuration / power commands)."""
