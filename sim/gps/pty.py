@@ -115,7 +115,12 @@ class PtyPort:
         costs no wake-ups, which a fleet of simulated modems would otherwise pay)."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
         self._reading = (loop, fd, ready)
         try:
             await ready
