@@ -37,7 +37,7 @@ def main() -> int:
     }
     sys.stdout.write(f"sosbeacon bench — {results['machine']} — {results['when']}\n")
     plan = [
-        ("nmea_decode", "NMEA decode (median of 7 rounds)", nmea.run),
+        ("nmea_decode", "NMEA decode (median of 9 rounds)", nmea.run),
         ("outbox_intake", "Durable intake: outbox, WAL + synchronous=FULL", outbox.run),
         ("uplink", "Uplink through Mosquitto on loopback", uplink.run),
         ("relay", "The contacts' relay (sos-relay) through Mosquitto on loopback", relay.run),

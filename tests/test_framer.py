@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sosbeacon.hw.nmea import NmeaDecoder, NmeaFramer
+from sosbeacon.hw.nmea.framer import MAX_SENTENCE
 from sosbeacon.hw.nmea.sentences import build_sentence as sentence
 from sosbeacon.hw.ubx import ubx_frame
 
@@ -77,3 +80,45 @@ def test_counters_accumulate_across_decoders_sharing_stats() -> None:
         d.feed(b"\xb5\x62\x01\x02\x03" + GOOD[0])
     assert stats.noise_bytes == 10
     assert stats.sentences == 2
+
+
+def _reference_frames(data: bytes) -> tuple[list[bytes], int]:
+    """The framer's rule written the plain way, one candidate at a time: every start
+    character opens a candidate that ends at a line end or the next start; a candidate
+    longer than MAX_SENTENCE, and any byte outside a candidate but line ends, is
+    garbage; the last candidate, unterminated, is what flush() hands over."""
+    out: list[bytes] = []
+    garbage = 0
+    pos = 0
+    for m in re.finditer(rb"[$!][^\r\n$!]*", data):
+        gap = data[pos : m.start()]
+        garbage += len(gap) - gap.count(b"\r") - gap.count(b"\n")
+        if m.end() - m.start() <= MAX_SENTENCE:
+            out.append(m.group())
+        else:
+            garbage += m.end() - m.start()
+        pos = m.end()
+    gap = data[pos:]
+    return out, garbage + len(gap) - gap.count(b"\r") - gap.count(b"\n")
+
+
+@given(
+    st.lists(
+        st.sampled_from([*GOOD, b"$", b"!", b"\r", b"\n", b"*", b"x" * 170, b"\xb5b\x01"]),
+        max_size=30,
+    ),
+    st.lists(st.integers(min_value=0, max_value=4000), max_size=6),
+)
+def test_the_framer_cuts_and_counts_as_the_plain_rule_does(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(pieces)
+    f = NmeaFramer()
+    got: list[bytes] = []
+    last = 0
+    for cut in sorted(c % (len(data) + 1) for c in cuts):
+        got += f.feed(data[last:cut])
+        last = cut
+    got += f.feed(data[last:])
+    got += f.flush()
+    assert (got, f.garbage_bytes) == _reference_frames(data)

@@ -112,3 +112,21 @@ def test_mutated_real_capture_never_raises(gpsd_logs: Path, rnd: random.Random) 
     for fix in d.feed(bytes(data)) + d.flush():
         if fix.has_position:
             assert -90 <= (fix.lat or 0) <= 90 and -180 <= (fix.lon or 0) <= 180
+
+
+def test_remembering_repeated_sentences_changes_no_fix_and_no_counter(gpsd_logs: Path) -> None:
+    """The decoder's memory of repeated lines (a lookup instead of a checksum and a
+    split) gives, over every real capture and a corrupted copy of one, exactly what
+    decoding every line afresh gives."""
+    corrupted = bytearray((gpsd_logs / "ublox-8.log").read_bytes()[:20000])
+    rnd = random.Random(5)
+    for _ in range(200):
+        corrupted[rnd.randrange(len(corrupted))] = rnd.randrange(256)
+    inputs = [p.read_bytes() for p in sorted(gpsd_logs.glob("*.log"))] + [bytes(corrupted)]
+    for data in inputs:
+        with_memory, afresh = NmeaDecoder(), NmeaDecoder(repeats=0)
+        got = [with_memory.feed(data[i : i + 300]) for i in range(0, len(data), 300)]
+        want = [afresh.feed(data[i : i + 300]) for i in range(0, len(data), 300)]
+        assert [*got, with_memory.flush()] == [*want, afresh.flush()]
+        assert with_memory.stats == afresh.stats
+    assert with_memory.stats.bad_checksum > 0  # the corruption reached the checksums

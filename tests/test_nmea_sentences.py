@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pynmeagps
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sosbeacon.hw.nmea.sentences import (
     Reject,
@@ -128,3 +130,11 @@ def test_parse_tod() -> None:
     assert parse_tod("246000") is None
     assert parse_tod("12") is None
     assert parse_tod("") is None
+
+
+@given(st.binary(max_size=300))
+def test_the_checksum_is_the_xor_of_every_byte(body: bytes) -> None:
+    want = 0
+    for b in body:
+        want ^= b
+    assert checksum(body) == want

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from sosbeacon.device.gps import Fix, FixMode, FixQuality, TimeIssue
+from sosbeacon.hw.nmea.framer import MAX_SENTENCE
 from sosbeacon.hw.nmea.sentences import (
-    LAYOUTS,
     Sentence,
     parse_float,
     parse_int,
@@ -50,6 +50,9 @@ UERE: dict[FixQuality, float] = {
 }
 
 _POSITIONED = ("RMC", "GGA", "GLL")
+#: the enums by value, looked up without calling the enum class (a few hundred ns)
+_MODES = {m.value: m for m in FixMode}
+_QUALITIES = {q.value: q for q in FixQuality}
 _SATELLITE_QUALITIES = (1, 2, 3, 4, 5)
 
 
@@ -76,7 +79,9 @@ class _Epoch:
     lon_err: float | None = None
     void: bool = False
     gga_no_sats: bool = False
-    keys: list[str] = field(default_factory=list)
+    #: the last sentence so far, as (talker + type, how many of it came before in this
+    #: epoch): what ends the epoch when this one is the receiver's last
+    last: tuple[str, int] | None = None
     counts: dict[str, int] = field(default_factory=dict)
     emitted: Fix | None = None
 
@@ -98,21 +103,24 @@ class EpochMerger:
         self._floor = date_floor
         self._today = today
         self._cur = _Epoch()
-        self._ender: str | None = None
+        self._ender: tuple[str, int] | None = None
         self._last_date: date | None = None
         self._last_date_issue: TimeIssue | None = None
         self._last_tod: float | None = None
+        #: midnight of the last day an epoch fell on (a datetime costs a microsecond)
+        self._midnight = datetime(1970, 1, 1, tzinfo=UTC)
 
     def feed(self, s: Sentence, received: float | None = None) -> list[Fix]:
         out: list[Fix] = []
-        tod = parse_tod(s.get("time")) if "time" in LAYOUTS[s.kind] else None
+        at = s.layout.get("time")
+        tod = parse_tod(s.fields[at]) if at is not None else None
         cur = self._cur
         if tod is not None and tod != cur.tod and (cur.tod is not None or cur.positional):
             out.extend(self._close(received))
             cur = self._cur
         if tod is not None:
             cur.tod = tod
-        pos = _position(s) if s.kind in _POSITIONED and _position_usable(s) else None
+        pos = _position(s) if s.kind in _POSITIONED else None
         if pos is not None and _differs(cur, pos):
             # Same time of day, another position: the sender re-used a timestamp for a
             # new sample (chart plotters do). Report both, as gpsd does.
@@ -125,8 +133,7 @@ class EpochMerger:
         name = s.talker + s.kind
         n = cur.counts.get(name, 0)
         cur.counts[name] = n + 1
-        key = f"{name}#{n}"
-        cur.keys.append(key)
+        cur.last = key = (name, n)
         if cur.emitted is None and key == self._ender and cur.tod is not None:
             cur.emitted = self._build(cur, received)
             out.append(cur.emitted)
@@ -138,17 +145,17 @@ class EpochMerger:
 
     def _close(self, received: float | None, *, learn: bool = True) -> list[Fix]:
         cur, self._cur = self._cur, _Epoch()
-        if not cur.keys:
+        if cur.last is None:
             return []
         if cur.tod is not None and learn:
-            self._ender = cur.keys[-1]
+            self._ender = cur.last
         if cur.emitted is None:
             return [self._build(cur, received)]
-        late = self._build(cur, received)
+        if cur.emitted.has_position or cur.lat is None:
+            return []
         # Sentences after the learned end brought the position the early fix lacked.
-        if late.has_position and not cur.emitted.has_position:
-            return [late]
-        return []
+        late = self._build(cur, received)
+        return [late] if late.has_position else []
 
     def _build(self, e: _Epoch, received: float | None) -> Fix:
         time, issue = self._epoch_time(e)
@@ -156,7 +163,7 @@ class EpochMerger:
         if void:
             mode = FixMode.NONE
         elif e.navmode in (2, 3) and e.lat is not None:
-            mode = FixMode(e.navmode)
+            mode = _MODES[e.navmode]
         elif e.lat is not None:
             has_3d = e.quality is not None and e.quality > 0 and e.alt is not None
             mode = FixMode.THREE_D if has_3d else FixMode.TWO_D
@@ -211,7 +218,9 @@ class EpochMerger:
             issue = TimeIssue.NO_DATE
         if e.date_bad:
             issue = TimeIssue.BAD_DATE
-        base = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        base = self._midnight
+        if base.day != day.day or base.month != day.month or base.year != day.year:
+            self._midnight = base = datetime(day.year, day.month, day.day, tzinfo=UTC)
         return base + timedelta(seconds=e.tod), issue
 
 
@@ -227,12 +236,18 @@ def _accuracy(e: _Epoch, hdop: float | None) -> float | None:
 def _resolution(value: str) -> float:
     """Degrees represented by the last digit of a ``ddmm.mmmm`` field."""
     dot = value.find(".")
-    decimals = len(value) - dot - 1 if dot >= 0 else 0
-    return 10.0**-decimals / 60.0
+    return _DIGIT[len(value) - dot - 1 if dot >= 0 else 0]
+
+
+#: degrees per last digit of a ``ddmm.mmmm`` field, by its number of decimals
+_DIGIT = [10.0**-decimals / 60.0 for decimals in range(MAX_SENTENCE)]
 
 
 def _position(s: Sentence) -> tuple[float, float, float] | None:
-    """(lat, lon, resolution) of a sentence, or ``None`` if it carries no position."""
+    """(lat, lon, resolution) of a sentence whose own flags allow its position, or
+    ``None``."""
+    if not _position_usable(s):
+        return None
     raw_lat, raw_lon = s.get("lat"), s.get("lon")
     lat = parse_latlon(raw_lat, s.get("ns"), 2)
     lon = parse_latlon(raw_lon, s.get("ew"), 3)
@@ -319,7 +334,7 @@ def _apply_gga(e: _Epoch, s: Sentence) -> None:
         e.quality = FixQuality.INVALID if q == 0 else e.quality
         e.void = True
         return
-    e.quality = FixQuality(q) if q in FixQuality._value2member_map_ else e.quality
+    e.quality = _QUALITIES.get(q, e.quality)
     e.alt = parse_float(s.get("alt"))
 
 

@@ -32,31 +32,21 @@ class NmeaFramer:
     def feed(self, data: bytes) -> list[bytes]:
         """Return the complete candidates in ``data`` (without line ends), in order."""
         buf = self._buf + data
-        out: list[bytes] = []
-        pos = 0
-        n = len(buf)
-        for m in _CANDIDATE.finditer(buf):
-            start, end = m.span()
-            if start > pos:
-                self.garbage_bytes += _noise(buf, pos, start)
-            if end == n:
-                # No terminator yet: keep it for the next chunk unless already too long.
-                if end - start > MAX_SENTENCE:
-                    self.garbage_bytes += end - start
-                    pos = n
-                else:
-                    pos = start
-                break
-            if end - start <= MAX_SENTENCE:
-                out.append(m.group())
-            else:
-                self.garbage_bytes += end - start
-            pos = end
+        # What is complete: everything up to the last line end, and after it whatever
+        # comes before the last start character (a start ends the candidate before it).
+        cut = max(buf.rfind(b"\r"), buf.rfind(b"\n")) + 1
+        start = max(buf.rfind(b"$", cut), buf.rfind(b"!", cut))
+        if start < 0:
+            done, self._buf = buf, b""
         else:
-            # Only garbage (or line ends) after the last candidate.
-            self.garbage_bytes += _noise(buf, pos, n)
-            pos = n
-        self._buf = buf[pos:]
+            done, self._buf = buf[:start], buf[start:]
+            if len(self._buf) > MAX_SENTENCE:  # no terminator yet, and already too long
+                self.garbage_bytes += len(self._buf)
+                self._buf = b""
+        out = [c for c in _CANDIDATE.findall(done) if len(c) <= MAX_SENTENCE]
+        # Candidates hold no line ends; everything else that is not in one is garbage
+        # (the bytes between candidates, and whole candidates that ran too long).
+        self.garbage_bytes += len(done) - done.count(b"\r") - done.count(b"\n") - sum(map(len, out))
         return out
 
     def flush(self) -> list[bytes]:
@@ -64,9 +54,3 @@ class NmeaFramer:
         rejected later if its checksum is missing)."""
         rest, self._buf = self._buf, b""
         return [rest] if rest[:1] in (b"$", b"!") else []
-
-
-def _noise(buf: bytes, start: int, end: int) -> int:
-    """Bytes in ``buf[start:end]`` that are not line ends."""
-    gap = buf[start:end]
-    return len(gap) - gap.count(b"\r") - gap.count(b"\n")

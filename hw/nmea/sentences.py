@@ -67,23 +67,47 @@ LAYOUTS: dict[str, dict[str, int]] = {
 
 _PRINTABLE = bytes(range(0x20, 0x7F))
 
+#: fields each layout needs: a sentence is padded with empty fields up to this, so
+#: reading a field is one subscript whatever the receiver left off its end
+_WIDTH = {kind: max(layout.values()) + 1 for kind, layout in LAYOUTS.items()}
+#: the layouts by the address's type as bytes, to reject the types we do not decode
+#: (about half of a receiver's output: GSV, TXT, proprietary) before decoding them
+_KINDS = {kind.encode(): kind for kind in LAYOUTS}
+
 
 @dataclass(slots=True)
 class Sentence:
     talker: str
     kind: str
     fields: list[str]
+    #: ``LAYOUTS[kind]``
+    layout: dict[str, int]
 
     def get(self, name: str) -> str:
         """The named field of this sentence's layout, ``""`` when absent."""
-        i = LAYOUTS[self.kind][name]
-        f = self.fields
-        return f[i] if i < len(f) else ""
+        return self.fields[self.layout[name]]
 
 
 def checksum(body: bytes) -> int:
-    """XOR of the bytes between ``$`` and ``*``."""
-    return reduce(xor, body, 0)
+    """XOR of the bytes between ``$`` and ``*``.
+
+    The bytes are read as one integer whose halves are XORed together until one byte
+    is left: seven integer operations in C instead of one Python-level XOR per byte
+    (2.5 times faster on a typical 70-byte sentence, ``make bench``).
+    """
+    if len(body) > 128:
+        return reduce(xor, body, 0)
+    x = int.from_bytes(body, "little")
+    x = (x >> 512) ^ (x & _LOW512)
+    x = (x >> 256) ^ (x & _LOW256)
+    x = (x >> 128) ^ (x & _LOW128)
+    x = (x >> 64) ^ (x & _LOW64)
+    x = (x >> 32) ^ (x & _LOW32)
+    x = (x >> 16) ^ (x & 0xFFFF)
+    return (x >> 8) ^ (x & 0xFF)
+
+
+_LOW512, _LOW256, _LOW128, _LOW64, _LOW32 = ((1 << b) - 1 for b in (512, 256, 128, 64, 32))
 
 
 def build_sentence(body: str) -> bytes:
@@ -110,15 +134,17 @@ def split_sentence(raw: bytes) -> Sentence | Reject:
         ok = False
     if not ok:
         return Reject.BAD_CHECKSUM
-    parts = body.decode("ascii").split(",")
-    address = parts[0]
-    if address.startswith("P") or len(address) != 5:
-        # Proprietary ($PUBX, $PMTK, ...) or non-standard address.
+    comma = body.find(b",")
+    address = body if comma < 0 else body[:comma]
+    # Proprietary ($PUBX, $PMTK, ...) or a non-standard address: not ours either.
+    kind = _KINDS.get(address[2:]) if len(address) == 5 and address[0] != 0x50 else None
+    if kind is None:
         return Reject.UNKNOWN
-    kind = address[2:]
-    if kind not in LAYOUTS:
-        return Reject.UNKNOWN
-    return Sentence(address[:2], kind, parts[1:])
+    fields = body[6:].decode("ascii").split(",") if comma == 5 else []
+    width = _WIDTH[kind]
+    if len(fields) < width:
+        fields += [""] * (width - len(fields))
+    return Sentence(address[:2].decode("ascii"), kind, fields, LAYOUTS[kind])
 
 
 def parse_latlon(value: str, hemi: str, degree_digits: int) -> float | None:
