@@ -8,6 +8,12 @@ false``), no modem, no NetworkManager. The simulated receiver runs in a process 
 own (``sos-sim gps run``) on a pseudo-terminal, so none of its cost is in the daemon's
 figures.
 
+Every process runs from byte-compiled modules, as on a board where the package was
+installed (pip and Debian compile what they install): ``PYTHONDONTWRITEBYTECODE`` is
+removed from the children's environment, so the first start-up compiles our sources
+and every later one, and the measured daemon, loads them compiled. Compiling at each
+start would cost the daemon about 2 MB of peak RSS and a tenth of a second.
+
 The floor (``bench/floor.py``) reads a second simulated receiver at 1 Hz with
 pyserial-asyncio-fast and does nothing else. Both are measured over the same window:
 
@@ -103,9 +109,10 @@ async def _window(pids: list[int], seconds: float) -> list[Figures]:
 async def _process(
     argv: list[str], log: Path, **env: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
+    deployed = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     with log.open("a") as out:
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=REPO, stdout=out, stderr=out, env={**os.environ, **env}
+            *argv, cwd=REPO, stdout=out, stderr=out, env={**deployed, **env}
         )
     try:
         yield proc

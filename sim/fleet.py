@@ -256,10 +256,10 @@ async def _database(spec: FleetSpec, workdir: Path, stack: contextlib.AsyncExitS
     return spec.database
 
 
-#: descriptors one simulated device holds (23 measured: the GPS's and the modem's ptys,
-#: pyserial's abort pipes for each line, the outbox's database, WAL and shared memory for
-#: two connections, its reserve and lock, the MQTT and control sockets)
-FDS_PER_DEVICE = 24
+#: descriptors one simulated device holds (the GPS's pty and pyserial's abort pipes for
+#: it, the outbox's database, WAL and shared memory for two connections, its reserve and
+#: lock, the MQTT and control sockets; no modem in the fleet)
+FDS_PER_DEVICE = 18
 
 
 def raise_fd_limit(devices: int) -> None:
@@ -348,6 +348,7 @@ def _devices(spec: FleetSpec, workdir: Path, broker_url: str) -> list[Daemon]:
                 "sos.countdown": 0,
                 "sos.min_distance": 0,
                 "mqtt.broker": broker_url,
+                "modem.backend": "none",  # the data path only: SMS is drilled on its own
                 "uplink.owntracks_topic": "",
                 "uplink.relay_window": spec.relay_window,
                 "uplink.relay_window_live": spec.relay_window_live,

@@ -19,7 +19,7 @@ from typing import Any
 
 from sosbeacon.device.actuators import Cue
 from sosbeacon.device.clock import Clock
-from sosbeacon.device.config import Config
+from sosbeacon.device.config import Config, ModemKind
 from sosbeacon.device.parts import Parts
 from sosbeacon.hw.battery import SysfsBattery
 from sosbeacon.hw.gps_power import ReceiverPower
@@ -154,22 +154,30 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
             raise ValueError("gps: lost or back")
         return {"gps": value}
 
-    # the cellular modem's AT port on a pty, behind the real driver (hw/modem)
-    at_modem = SimAtModem(base / "modem0")
-    at_modem.start()
-    stack.push_async_callback(at_modem.close)
-    sms = ModemSms(AtModem(str(at_modem.path)), retry=1.0)
-    world.at_modem = at_modem
+    # the cellular modem's AT port on a pty, behind the real driver (hw/modem), unless the
+    # configuration has no modem (the fleet: a pty and five descriptors fewer per device)
+    sms: ModemSms | None = None
+    if config.modem.backend is not ModemKind.NONE:
+        at_modem = SimAtModem(base / "modem0")
+        at_modem.start()
+        stack.push_async_callback(at_modem.close)
+        sms = ModemSms(AtModem(str(at_modem.path)), retry=1.0)
+        world.at_modem = at_modem
+
+    def modem() -> SimAtModem:
+        if world.at_modem is None:
+            raise ValueError('no modem: modem.backend = "none"')
+        return world.at_modem
 
     async def sms_from(req: dict[str, Any]) -> dict[str, Any]:
         number, _, text = str(req.get("value", "")).strip().partition(" ")
         if not number or not text:
             raise ValueError("sms-from: NUMBER TEXT")
-        await at_modem.sms_from(number, text)
+        await modem().sms_from(number, text)
         return {"from": number, "text": text}
 
     async def sms_log(req: dict[str, Any]) -> dict[str, Any]:
-        return {"sent": [{"to": s.to, "text": s.text, "part": s.concat} for s in at_modem.sent]}
+        return {"sent": [{"to": s.to, "text": s.text, "part": s.concat} for s in modem().sent]}
 
     async def network(req: dict[str, Any]) -> dict[str, Any]:
         value = req.get("value")
@@ -197,6 +205,6 @@ async def build(config: Config, clock: Clock, stack: AsyncExitStack) -> Parts:
             "sim.sms-from": sms_from,
             "sim.sms-log": sms_log,
         },
-        background=[run_gps, world.run_battery, sms.run],
+        background=[run_gps, world.run_battery, *([sms.run] if sms else [])],
         handles={"world": world},
     )

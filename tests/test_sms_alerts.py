@@ -271,3 +271,25 @@ def test_the_status_line_says_in_a_few_words_whether_texts_can_go() -> None:
     assert summary(texting) == (
         "modem OFF NETWORK (denied), TEXTING THE CONTACTS, 2 sent, 1 end text(s) owed"
     )
+
+
+async def test_a_simulated_device_without_a_modem_has_no_sms_and_says_so(tmp_path: Path) -> None:
+    """``modem.backend = "none"`` (as in ``sos-sim fleet``): the simulator builds no modem
+    pty, the daemon has no SMS link, and the modem's controls answer with the reason."""
+    async with broker_and_contact(tmp_path) as (broker, _):
+        cfg = config_mod.load(
+            text=config_text(tmp_path / "data", broker.port) + '[modem]\nbackend = "none"\n'
+        )
+        daemon = Daemon(cfg, load_backend("sim"), handle_signals=False)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.wait_for(daemon.ready.wait(), 15)
+            assert daemon.parts is not None
+            assert daemon.parts.sms is None
+            assert daemon.parts.handles["world"].at_modem is None
+            assert not (tmp_path / "data" / "sim" / "modem0").exists()
+            reply = await request(cfg.socket_path, {"cmd": "sim.sms-log"})
+            assert not reply["ok"] and "modem.backend" in reply["error"], reply
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
