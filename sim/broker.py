@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -30,10 +31,41 @@ def find_mosquitto() -> str | None:
     return None
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody holds now, for a server started soon after.
+
+    Not from the kernel's ephemeral range: there, any outgoing connection (a client's
+    own end) may take the port between this call and the server's bind, which is how a
+    relay once found its page's port "already in use". Never the same port twice in one
+    process, so two servers of one test cannot be handed one port."""
+    low, high = _ephemeral_range()
+    ranges = [r for r in ((10000, low - 1), (high + 1, 65535)) if r[1] - r[0] >= 1000]
+    for _ in range(200):
+        # with no room outside the ephemeral range, the kernel's choice (port 0)
+        port = random.randint(*random.choice(ranges)) if ranges else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise OSError("no free loopback port found in 200 tries")
 
 
 class Mosquitto:
