@@ -5,7 +5,7 @@ subscription; every point's figures in ``docs/scaling-results.json``, a plot in
 
 Each point runs ``SCALE_SECONDS`` (90) with one SOS started per minute for every ten
 devices, each lasting a minute: about a tenth of the fleet in SOS at once, each watched.
-``SCALE_DEVICES`` (``100,300,800``) sets the sizes. Not part of ``make test``.
+``SCALE_DEVICES`` (``100,300,1000``) sets the sizes. Not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> int:
-    sizes = [int(n) for n in os.environ.get("SCALE_DEVICES", "100,300,800").split(",")]
+    sizes = [int(n) for n in os.environ.get("SCALE_DEVICES", "100,300,1000").split(",")]
     seconds = float(os.environ.get("SCALE_SECONDS", "90"))
     points = []
     for n in sizes:
