@@ -8,6 +8,7 @@ file and log, and is stopped afterwards.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import random
@@ -34,12 +35,16 @@ def find_mosquitto() -> str | None:
 _handed_out: set[int] = set()
 
 
-def _ephemeral_range() -> tuple[int, int]:
+@functools.cache
+def _outside_ephemeral() -> list[tuple[int, int]]:
+    """The port ranges (of 1,000 ports or more) that the kernel never hands to an
+    outgoing connection; read once per process."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        low, high = int(text[0]), int(text[1])
+    except (OSError, ValueError, IndexError):
+        low, high = 32768, 60999
+    return [r for r in ((10000, low - 1), (high + 1, 65535)) if r[1] - r[0] >= 1000]
 
 
 def free_port() -> int:
@@ -49,8 +54,7 @@ def free_port() -> int:
     own end) may take the port between this call and the server's bind, which is how a
     relay once found its page's port "already in use". Never the same port twice in one
     process, so two servers of one test cannot be handed one port."""
-    low, high = _ephemeral_range()
-    ranges = [r for r in ((10000, low - 1), (high + 1, 65535)) if r[1] - r[0] >= 1000]
+    ranges = _outside_ephemeral()
     for _ in range(200):
         # with no room outside the ephemeral range, the kernel's choice (port 0)
         port = random.randint(*random.choice(ranges)) if ranges else 0
