@@ -5,8 +5,8 @@ Why not aiomqtt: its ``publish`` does not hand back the PUBACK reason code, and 
 outbox may delete a record only on a *success* code. The glue follows aiomqtt's way of
 driving paho without a thread: the socket is watched with ``loop.add_reader`` /
 ``add_writer`` and paho's ``loop_read`` / ``loop_write`` / ``loop_misc`` are called from
-the loop. Only the blocking part of connecting (DNS, TCP, TLS handshake) runs in a worker
-thread.
+the loop (``publish`` also writes at once). Only the blocking part of connecting (DNS,
+TCP, TLS handshake) runs in a worker thread.
 
 A :class:`Connection` is used for one connection only: after it is lost, make a new one.
 paho's own in-memory resend queue therefore never comes into play; what was not
@@ -379,6 +379,12 @@ class Connection:
             fut.set_exception(MqttError(f"publish failed: {paho.error_string(info.rc)}"))
             return fut
         self._pubs[info.mid] = fut
+        if self._attached:
+            # Onto the socket now, as paho does when it runs its own loop: waiting for
+            # the loop's next "writable" would put an SOS behind every callback the
+            # loop has queued meanwhile. What the socket does not take now is written
+            # when it becomes writable (paho keeps the writer registered).
+            self._client.loop_write()
         return fut
 
     async def subscribe(self, topic: str) -> ReasonCode:

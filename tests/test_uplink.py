@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import jsonschema
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from sosbeacon.device.clock import MonotonicClock
 from sosbeacon.device.commands import CommandDesk, SosCommands
@@ -22,9 +25,39 @@ from sosbeacon.device.privacy import PrivacyConfig
 from sosbeacon.device.records import Priority, Record, RecordKind
 from sosbeacon.device.sos import Contact, SosConfig, SosController
 from sosbeacon.device.uplink import UplinkConfig, sos_message_id
+from sosbeacon.sim.broker import Mosquitto
 from sosbeacon.sim.netfault import FaultProxy
 from sosbeacon.sim.receiver import Receiver
-from tests.mqtt_env import RECEIVER_OFFSETS, T0, fix_record, rig
+from tests.mqtt_env import RECEIVER_OFFSETS, T0, fix_record, need_mosquitto, rig
+
+
+async def test_a_publish_is_on_the_wire_before_the_event_loop_runs_again(
+    tmp_path: Path,
+) -> None:
+    """An SOS must not wait for the loop to get round to the socket: ``publish`` writes
+    the packet itself. Shown with the loop blocked after the publish: a subscriber in a
+    thread of its own still gets the message."""
+    with Mosquitto(tmp_path, binary=need_mosquitto()) as broker:
+        got = threading.Event()
+        sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="thread-sub")
+        subscribed = threading.Event()
+        sub.on_connect = lambda c, *_: c.subscribe("t/sos", qos=1)
+        sub.on_subscribe = lambda *_: subscribed.set()
+        sub.on_message = lambda *_: got.set()
+        sub.connect("127.0.0.1", broker.port)
+        sub.loop_start()
+        pub = Connection(BrokerConfig(host="127.0.0.1", port=broker.port, client_id="pub"))
+        try:
+            await pub.connect(clean_start=True)
+            assert await asyncio.to_thread(subscribed.wait, 10)
+            fut = pub.publish("t/sos", b'{"kind":"sos-start"}')
+            # the loop does not run while this waits (a blocking wait, on purpose)
+            assert got.wait(5), "the message left only when the loop ran again"
+            assert not (await asyncio.wait_for(fut, 5)).is_failure
+        finally:
+            pub.close()
+            sub.loop_stop()
+            sub.disconnect()
 
 
 async def test_records_arrive_once_with_ids_and_leave_the_outbox(tmp_path: Path) -> None:
