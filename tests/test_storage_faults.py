@@ -420,6 +420,20 @@ def wal_size(path: Path) -> int:
         return 0
 
 
+async def telemetry_acknowledged_as_it_goes(box: Outbox, path: Path) -> tuple[int, int]:
+    """1,500 fixes of 500 bytes stored one by one, every 50 taken and acknowledged: the
+    largest the WAL got, and the largest checkpoint mark meanwhile."""
+    probe = Probe(box)
+    largest = mark = 0
+    for i in range(1500):
+        r = point(i, pad=500)
+        await box.store(Record(r.kind, r.time, r.data, Priority.ROUTINE))
+        if i % 50 == 49:
+            await box.ack([s.seq for s in await box.take()])
+        largest, mark = max(largest, wal_size(path)), max(mark, probe.wal_mark)
+    return largest, mark
+
+
 async def test_the_wal_stays_small_on_a_small_disk_and_a_clean_stop_empties_it(
     tmp_path: Path,
 ) -> None:
@@ -428,17 +442,29 @@ async def test_the_wal_stays_small_on_a_small_disk_and_a_clean_stop_empties_it(
     keeps being stored while other telemetry is acknowledged and deleted."""
     with small_disk(tmp_path / "disk") as disk:
         path = disk / "outbox.db"
-        sizes = []
         async with await Outbox.open(path) as box:
-            for i in range(1500):
-                r = point(i, pad=500)
-                await box.store(Record(r.kind, r.time, r.data, Priority.ROUTINE))
-                if i % 50 == 49:
-                    await box.ack([s.seq for s in await box.take()])
-                sizes.append(wal_size(path))
+            largest, mark = await telemetry_acknowledged_as_it_goes(box, path)
             assert box.full_since is None
-        assert max(sizes) < 1024 * 1024, max(sizes)
+        assert mark <= 600 * 1024  # a quarter of the free space, not 4 MiB
+        # twice the mark at most, and one commit's pages (a few 4 KiB frames) past it
+        assert largest <= 2 * mark + 64 * 1024, (largest, mark)
         assert wal_size(path) == 0  # the clean stop emptied it
+
+
+async def test_the_wal_stays_bounded_when_the_checkpoint_thread_is_never_scheduled(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint thread never runs (a machine too busy): past twice the mark the
+    writer checkpoints itself, so the WAL still takes at most half of what is free."""
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "outbox.db"
+        async with await Outbox.open(path) as box:
+            with Probe(box).checkpoints_unscheduled():
+                largest, mark = await telemetry_acknowledged_as_it_goes(box, path)
+            assert box.full_since is None
+            assert (await box.stats()).depth == 0
+        assert mark <= 600 * 1024
+        assert mark < largest <= 2 * mark + 64 * 1024, (largest, mark)
 
 
 def full_error() -> sqlite3.OperationalError:

@@ -10,7 +10,10 @@ is reached through here, by name, instead of through private members:
 * :meth:`Probe.wrap`: a seam replaced while a block runs, to hold a commit half-way or
   make it fail: ``"store"`` (a group of records' commit), ``"ack"`` (a group of
   acknowledgements' commit) and ``"gap"`` (writing a gap record inside a withdrawal);
-* :attr:`Probe.lock`: the hand-out lock, to be watched.
+* :attr:`Probe.lock`: the hand-out lock, to be watched;
+* :attr:`Probe.wal_mark` and :meth:`Probe.checkpoints_unscheduled`: the WAL size that
+  calls for a checkpoint now, and a block during which the checkpoint thread is never
+  woken (as on a machine too busy to schedule it).
 """
 
 from __future__ import annotations
@@ -70,3 +73,26 @@ class Probe:
     @lock.setter
     def lock(self, lock: threading.RLock | Any) -> None:
         self._box._handout.lock = lock
+
+    def _checkpoints(self) -> Any:
+        checkpoints = self._box._writer._checkpoints
+        if checkpoints is None:
+            raise RuntimeError("the outbox is closed")
+        return checkpoints
+
+    @property
+    def wal_mark(self) -> int:
+        """The WAL size that calls for a checkpoint now (``writer.wal_limit``)."""
+        return int(self._checkpoints().limit)
+
+    @contextlib.contextmanager
+    def checkpoints_unscheduled(self) -> Iterator[None]:
+        """The checkpoint thread is not woken while the block runs: the writer's pokes
+        go to an event nobody waits on (the thread still waits on its own)."""
+        checkpoints = self._checkpoints()
+        real = checkpoints._wake
+        checkpoints._wake = threading.Event()
+        try:
+            yield
+        finally:
+            checkpoints._wake = real

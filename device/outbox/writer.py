@@ -162,8 +162,10 @@ class Checkpoints:
     back to that size when it starts over) a checkpoint runs. The WAL can only start
     over once everything in it was copied while no commit came in between, which a
     drain, committing all the time, never allows: so after each pass of the thread the
-    writer copies what was committed meanwhile (little) itself. Should the thread fall
-    four checkpoints behind, the writer does a whole checkpoint itself."""
+    writer copies what was committed meanwhile (little) itself. Should the WAL reach
+    twice the mark all the same (the thread was not scheduled: a slow card, a busy
+    machine), the writer does a whole checkpoint itself: the WAL never takes more than
+    half of the free space (:func:`wal_limit`), however the thread is doing."""
 
     def __init__(self, path: Path, min_free: int, limit: int) -> None:
         self._path = path
@@ -205,10 +207,10 @@ class Checkpoints:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute(f"PRAGMA journal_size_limit={limit}")
         limit = self.limit
-        if size > 4 * limit:
+        if size > 2 * limit:
             # The thread fell behind (a slow card, a busy machine): the writer waits for
             # its pass, then does a whole checkpoint, as SQLite's own would. A drain slows
-            # down rather than let the WAL grow without bound.
+            # down rather than let the WAL grow past half of the free space.
             with self._running:
                 self._tail = False
                 db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
@@ -247,8 +249,9 @@ class Checkpoints:
 def wal_limit(min_free: int, free: int) -> int:
     """When the WAL is copied back: at :data:`WAL_CHECKPOINT_BYTES`, or at a quarter of
     ``min_free_bytes`` or of the free space when that is less (a small SD card, a disk
-    filling up), never below :data:`WAL_MIN_BYTES`. So the WAL takes at most a quarter
-    of what is left, and a full disk is not the WAL's doing."""
+    filling up), never below :data:`WAL_MIN_BYTES`. So the WAL takes a quarter of what
+    is left (half, when the checkpoint thread falls behind), and a full disk is not the
+    WAL's doing."""
     return max(WAL_MIN_BYTES, min(WAL_CHECKPOINT_BYTES, min_free // 4, free // 4))
 
 
