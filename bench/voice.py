@@ -78,6 +78,7 @@ async def _latency_beside_notes(tmp: Path, port: int, triggers: int, notes: int)
     raw = await raw_round_trips(port, triggers)
     clip = (b"OggS" + uuid.uuid4().bytes) * 2400  # about 48 KB, as a long note
     async with device(tmp, port, contacts=(Contact("bench"),)) as dev:
+        await trigger_latencies(dev, 1)  # the first SOS after start: code run the first time
         quiet = await trigger_latencies(dev, triggers)
         limit = dev.uplink.limit.max_bytes
         now = datetime.now(UTC)
