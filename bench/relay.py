@@ -55,7 +55,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 async def _to_page_and_mail(tmp: Path, port: int, triggers: int) -> dict[str, Any]:
-    await raw_round_trips(port, 5)  # warm: connections, first-use paths
     raw = await raw_round_trips(port, triggers)
     page: list[float] = []
     mail: list[float] = []

@@ -6,7 +6,8 @@ baseline from the same run:
   an empty outbox and while a 100,000-fix backlog drains; beside it the raw MQTT publish
   to the same subscriber (paho driven through our connection, after the same quiet).
   The device's SOS path is also timed stage by stage (gesture to store, the durable
-  commit, take, pack, the write to the socket), to say where the time above raw goes.
+  commit, the take and packing up to the publish, the way to the subscriber), to say
+  where the time above raw goes.
 * Backlog drain: 86,400 fixes (a day at 1 Hz) stored while offline, then the link comes
   back: fixes/s until all are acknowledged; beside it the same fixes published one per
   message with plain paho at QoS 1.
@@ -140,8 +141,7 @@ class Subscriber:
     def __init__(self) -> None:
         #: ``sos`` records by ``box:seq`` (a broker may still hold another outbox's
         #: retained records): when the first copy arrived, and its kind
-        self.arrivals: dict[str, float] = {}
-        self.kinds: dict[str, str] = {}
+        self.arrivals: dict[str, tuple[float, str]] = {}
         #: when each message that is not an ``sos`` record arrived
         self.others: list[float] = []
         self._arrived = asyncio.Event()
@@ -151,8 +151,7 @@ class Subscriber:
         if record == "-":
             self.others.append(float(t))
         else:
-            self.arrivals.setdefault(record, float(t))
-            self.kinds[record] = kind
+            self.arrivals.setdefault(record, (float(t), kind))
         self._arrived.set()
 
     async def _until(self, found: Callable[[], float | None]) -> float:
@@ -169,8 +168,8 @@ class Subscriber:
 
         def found() -> float | None:
             new = [
-                t for r, t in self.arrivals.items()
-                if r.startswith(mine) and r not in before and self.kinds[r] == kind.value
+                t for r, (t, k) in self.arrivals.items()
+                if r.startswith(mine) and r not in before and k == kind.value
             ]  # fmt: skip
             return min(new) if new else None
 

@@ -74,7 +74,6 @@ async def _to_relay(tmp: Path, port: int, notes: int, seconds: float) -> dict[st
 
 
 async def _latency_beside_notes(tmp: Path, port: int, triggers: int, notes: int) -> dict[str, Any]:
-    await raw_round_trips(port, 5)
     raw = await raw_round_trips(port, triggers)
     clip = (b"OggS" + uuid.uuid4().bytes) * 2400  # about 48 KB, as a long note
     async with device(tmp, port, contacts=(Contact("bench"),)) as dev:

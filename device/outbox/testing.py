@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from sosbeacon.device.outbox.box import Outbox
+from sosbeacon.device.outbox.writer import Checkpoints
 
 Seam = Literal["store", "ack", "gap"]
 
@@ -74,7 +75,7 @@ class Probe:
     def lock(self, lock: threading.RLock | Any) -> None:
         self._box._handout.lock = lock
 
-    def _checkpoints(self) -> Any:
+    def _checkpoints(self) -> Checkpoints:
         checkpoints = self._box._writer._checkpoints
         if checkpoints is None:
             raise RuntimeError("the outbox is closed")
@@ -83,7 +84,7 @@ class Probe:
     @property
     def wal_mark(self) -> int:
         """The WAL size that calls for a checkpoint now (``writer.wal_limit``)."""
-        return int(self._checkpoints().limit)
+        return self._checkpoints().limit
 
     @contextlib.contextmanager
     def checkpoints_unscheduled(self) -> Iterator[None]:
