@@ -585,3 +585,183 @@ async def test_expiry_extending_a_gap_record_while_the_send_loop_takes_it(
 
 def _named(gaps: Iterable[Stored]) -> set[int]:
     return {q for s in gaps for a, b in s.record.data["ranges"] for q in range(a, b + 1)}
+
+
+def _shape(item: Any) -> tuple[Any, ...]:
+    """Everything a take hands out about an item, to compare two takes by."""
+    from sosbeacon.device.records import FixRun
+
+    if isinstance(item, FixRun):
+        ends = (_shape(item.first), _shape(item.last))
+        return ("run", tuple(item.seqs), item.msg_id, tuple(item.deltas), ends)
+    r = item.record
+    return (
+        item.seq, item.msg_id, item.kind, item.priority, item.session, item.drill,
+        item.expires, item.row, item.committed, r.time, r.data, r.expires,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_urgent_records_taken_from_memory_are_what_the_table_would_hand_out(
+    tmp_path: Path, seed: int
+) -> None:
+    """SOS records and live positions just committed are handed out without reading
+    them back (``Handout.take_fresh``). Two outboxes go through the same random
+    stores, takes, acknowledgements, requeues, message ids, expiries and purges, one
+    with that shortcut and one always reading the table: every take hands out the same
+    records, with the same ids, data, expiry and runs, and the shortcut was used."""
+    import random
+
+    from sosbeacon.sim.clock import SimClock
+    from tests.mqtt_env import fix_record
+
+    rng = random.Random(seed)
+    clock = SimClock(T0)
+    fast = await Outbox.open(tmp_path / "fast.db", clock=clock)
+    table = await Outbox.open(tmp_path / "table.db", clock=clock)
+    from_memory: list[bool] = []
+
+    def counted(real: Callable[..., Any]) -> Callable[..., Any]:
+        def take_fresh(*args: Any) -> Any:
+            out = real(*args)
+            from_memory.append(out is not None)
+            return out
+
+        return take_fresh
+
+    def never(real: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda *args: None
+
+    def record(i: int) -> Record:
+        session = rng.choice(["s1", "s2"])
+        pick = rng.random()
+        if pick < 0.25:
+            kind = rng.choice([RecordKind.SOS_START, RecordKind.SOS_END])
+            return rec(i, priority=Priority.SOS, session=session, kind=kind)
+        if pick < 0.55:
+            return fix_record(i, session=session)  # a live position, with its row
+        if pick < 0.65:
+            return rec(i, priority=Priority.LIVE, session=session, kind=RecordKind.BATTERY)
+        return fix_record(i, priority=Priority.ROUTINE)
+
+    inflight: set[int] = set()
+    with Probe(fast).wrap("fresh", counted), Probe(table).wrap("fresh", never):
+        for step in range(300):
+            op = rng.random()
+            if op < 0.4:
+                batch = [record(step * 10 + k) for k in range(rng.choice([1, 1, 1, 3]))]
+                for box in (fast, table):
+                    await asyncio.gather(*(box.store(r) for r in batch))
+            elif op < 0.75:
+                limit, run = rng.choice([1, 2, 5, 50]), rng.choice([1, 100])
+                urgent = rng.random() < 0.8
+                first = Priority.SOS if urgent else Priority.VOICE
+                last = (
+                    rng.choice([Priority.SOS, Priority.LIVE, Priority.LIVE])
+                    if urgent
+                    else Priority.ROUTINE
+                )
+                got = [
+                    await box.take(limit, first=first, last=last, run=run) for box in (fast, table)
+                ]
+                assert [_shape(s) for s in got[0]] == [_shape(s) for s in got[1]], step
+                seqs = [q for s in got[0] for q in getattr(s, "seqs", [s.seq])]
+                assert not inflight & set(seqs), f"step {step}: handed out twice"
+                inflight |= set(seqs)
+                if seqs and rng.random() < 0.2:
+                    named = {f"m{step}": seqs}
+                    for box in (fast, table):
+                        await box.bind(named)
+            elif op < 0.87 and inflight:
+                acked = rng.sample(sorted(inflight), rng.randint(1, len(inflight)))
+                inflight -= set(acked)
+                for box in (fast, table):
+                    await box.ack(acked)
+            elif op < 0.95 and inflight:
+                back = None if rng.random() < 0.3 else rng.sample(sorted(inflight), 1)
+                inflight -= set(back) if back else inflight
+                for box in (fast, table):
+                    await box.requeue(back)
+            else:
+                session = rng.choice(["s1", "s2"])
+                at = clock.now() + timedelta(seconds=rng.choice([-1, 3600]))
+                for box in (fast, table):
+                    await box.expire_session(session, at)
+                purged = [await box.purge(clock.now()) for box in (fast, table)]
+                assert purged[0] == purged[1]
+                left = {s.seq for s, _ in await fast.export()}
+                inflight &= left  # an expired record in flight is gone
+        exported = [[(_shape(s), d) for s, d in await box.export()] for box in (fast, table)]
+    await fast.close()
+    await table.close()
+    assert exported[0] == exported[1]
+    assert sum(from_memory) >= 10, f"taken from memory {sum(from_memory)} of {len(from_memory)}"
+
+
+async def test_urgent_records_stored_while_takes_run_are_each_handed_out_once(
+    tmp_path: Path,
+) -> None:
+    """Stores race takes (the writer thread registers what it committed while the
+    reader thread reads, and the event loop takes from memory): no record is handed out
+    while in flight, and every one is handed out, then acknowledged, once."""
+    import random
+
+    from tests.mqtt_env import fix_record
+
+    rng = random.Random(7)
+    from_memory: list[bool] = []
+
+    def counted(real: Callable[..., Any]) -> Callable[..., Any]:
+        def take_fresh(*args: Any) -> Any:
+            out = real(*args)
+            from_memory.append(out is not None)
+            return out
+
+        return take_fresh
+
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        done = asyncio.Event()
+        stored: set[int] = set()
+
+        async def produce() -> None:
+            for i in range(400):
+                if rng.random() < 0.5:
+                    r = rec(i, priority=Priority.SOS, session="s", kind=RecordKind.SOS_START)
+                else:
+                    r = fix_record(i, session="s")
+                burst = [box.store(r) for _ in range(rng.choice([1, 1, 2, 4]))]
+                stored.update(s.seq for s in await asyncio.gather(*burst))
+                if i % 7 == 0:
+                    await box.store(rec(i))  # routine, taken by nobody here
+            done.set()
+
+        inflight: set[int] = set()
+        acked: set[int] = set()
+
+        async def consume() -> None:
+            while True:
+                finished = done.is_set()
+                got = await box.take(rng.choice([1, 3, 50]), last=Priority.LIVE, run=100)
+                seqs = [q for s in got for q in getattr(s, "seqs", [s.seq])]
+                assert not set(seqs) & (inflight | acked), "handed out twice"
+                inflight.update(seqs)
+                if inflight and rng.random() < 0.5:
+                    now = rng.sample(sorted(inflight), rng.randint(1, len(inflight)))
+                    await box.ack(now)
+                    inflight.difference_update(now)
+                    acked.update(now)
+                elif inflight and rng.random() < 0.05:
+                    back = rng.sample(sorted(inflight), 1)
+                    await box.requeue(back)
+                    inflight.difference_update(back)
+                if finished and not got:
+                    return
+                await asyncio.sleep(0)
+
+        with Probe(box).wrap("fresh", counted):
+            await asyncio.gather(produce(), consume())
+        await box.ack(sorted(inflight))
+        acked |= inflight
+        assert await box.take(last=Priority.LIVE) == []
+    assert acked == stored, f"never handed out: {sorted(stored - acked)[:10]}"
+    assert sum(from_memory) >= 10, f"taken from memory {sum(from_memory)} of {len(from_memory)}"

@@ -21,7 +21,7 @@ from sosbeacon.device.outbox import reader as reading
 from sosbeacon.device.outbox.capacity import Capacity, Limits
 from sosbeacon.device.outbox.errors import OutboxError, as_full, holdable, speaks_for_itself
 from sosbeacon.device.outbox.faults import Fault, classify
-from sosbeacon.device.outbox.handout import Handout
+from sosbeacon.device.outbox.handout import FRESH, Handout
 from sosbeacon.device.outbox.holding import Held, Holding
 from sosbeacon.device.outbox.opening import Reserves, open_file
 from sosbeacon.device.outbox.reader import COLUMNS, Reader, Row
@@ -226,13 +226,18 @@ class Outbox:
         db = self._writer.db
         self._capacity.make_room(len(records))
         chained: dict[_Stream, tuple[int, TrackRow]] = {}
+        #: urgent records as a take would read them back (Handout.take_fresh)
+        fresh: list[Stored] = []
 
         def write() -> list[Stored]:
             chained.clear()
+            fresh.clear()
             with transaction(db):
                 first = get_seq(db) + 1
                 at = self._clock.now().timestamp()
-                out = [self._insert(seq, r, at, chained) for seq, r in enumerate(records, first)]
+                out = [
+                    self._insert(seq, r, at, chained, fresh) for seq, r in enumerate(records, first)
+                ]
                 set_seq(db, first + len(records) - 1)
             return out
 
@@ -245,16 +250,24 @@ class Outbox:
         if len(self._chain) + len(chained) > _MAX_STREAMS:
             self._chain.clear()  # ended sessions' streams: their next fix starts a run
         self._chain.update(chained)
+        if fresh:
+            self._handout.committed(fresh)
         self.commits += 1
         self._capacity.rows += len(out)
         return out
 
     def _insert(
-        self, seq: int, r: Record, at: float, chained: dict[_Stream, tuple[int, TrackRow]]
+        self,
+        seq: int,
+        r: Record,
+        at: float,
+        chained: dict[_Stream, tuple[int, TrackRow]],
+        fresh: list[Stored],
     ) -> Stored:
         """One record, committed at ``at``, inside :meth:`_insert_sync`'s transaction; a
         fix's row difference is from the last fix of its stream (stored in this
-        transaction, or before)."""
+        transaction, or before). An urgent record is also added to ``fresh`` as the
+        :class:`Row` a take would read."""
         db = self._writer.db
         if r.expires is None and r.session is not None:
             hit = db.execute(
@@ -271,25 +284,25 @@ class Outbox:
             if prev is not None:
                 prev_seq, delta = prev[0], row_delta(*prev, seq, row)
             chained[stream] = seq, row
+        head = (
+            seq,
+            r.kind.value,
+            int(r.priority),
+            r.time.isoformat(),
+            r.session,
+            int(r.drill),
+            json.dumps(r.data, separators=(",", ":")),
+            exp_ts,
+            *(row or (None, None, None, None)),
+        )
         db.execute(
             "INSERT INTO records (seq, kind, priority, time, session, drill, data, expires,"
             " row_t, row_lat, row_lon, row_tail, row_prev, row_delta, committed)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                seq,
-                r.kind.value,
-                int(r.priority),
-                r.time.isoformat(),
-                r.session,
-                int(r.drill),
-                json.dumps(r.data, separators=(",", ":")),
-                exp_ts,
-                *(row or (None, None, None, None)),
-                prev_seq,
-                delta,
-                at,
-            ),
+            (*head, prev_seq, delta, at),
         )
+        if r.priority in FRESH:
+            fresh.append(Row((*head, at)))  # the columns COLUMNS names, in its order
         return Stored(seq, None, r, row, at)
 
     def _may_use_reserve(self, write: Callable[[], T]) -> T:
@@ -401,6 +414,12 @@ class Outbox:
         priority then seq; they become in flight. With ``run`` above 1, fixes of one
         stream that follow one another (and would share a message) come as one
         :class:`FixRun` of at most ``run`` records."""
+
+        if last <= Priority.LIVE:
+            # SOS records and live positions just committed, without reading them back
+            fresh = self._handout.take_fresh(limit, first, last, run)
+            if fresh is not None:
+                return list(fresh)
 
         def read() -> list[Item]:
             with self._handout.lock:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sosbeacon.device.clock import Clock
-from sosbeacon.device.outbox.handout import Handout
+from sosbeacon.device.outbox.handout import FRESH, Handout
 from sosbeacon.device.outbox.schema import PENDING, get_seq, message_id, set_seq, transaction
 from sosbeacon.device.records import Priority, RecordKind
 from sosbeacon.device.wire import seq_ranges
@@ -163,9 +163,11 @@ class Capacity:
         gap record that waits to be sent, and a take beside it would hand out that
         record's old ranges (deleted at their PUBACK, the new ones with them: a loss at
         the receiver). So a take sees the table wholly before such a write or wholly
-        after it."""
+        after it. The urgent records kept for a take from memory are let go too (the
+        next take reads the table): such a write may delete some, or add a gap record."""
         db = self._db()
         with self._handout.lock, transaction(db):
+            self._handout.unknown(*FRESH)
             self._withdrawals += 1
             try:
                 yield db

@@ -8,12 +8,29 @@ included, and over every write that takes records away undelivered (eviction, ex
 wipe): the reader and writer threads then never hand out a record twice, nor evict one
 being handed out. In flight is kept in memory, not in the table: after a restart nothing
 is in flight anyway.
+
+It also keeps the urgent records just committed (:meth:`Handout.committed`), so a take
+of SOS records and live positions can hand them out without reading them back in the
+reader thread (:meth:`Handout.take_fresh`): one thread hop less on the way of an SOS.
+That is allowed only for a priority whose pending records, beyond its cursor, are all
+known to be among them: the last take of it read everything pending (its snapshot
+began after every record registered before it, so what is registered later may or may
+not have been seen, and is skipped by the cursor if it was), and nothing moved its
+cursor back or wrote a record of it elsewhere since (a requeue, a gap record). Anything
+else, and the take reads the table as always.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+
+from sosbeacon.device.records import Priority, Stored
+
+#: the priorities a take may hand out from memory (SOS events, live positions)
+FRESH = (int(Priority.SOS), int(Priority.LIVE))
+#: kept per priority at most; past it, the next take reads the table
+_FRESH_CAP = 64
 
 
 class Handout:
@@ -26,6 +43,13 @@ class Handout:
         #: acknowledged by the broker, the deletion not committed yet (a full disk):
         #: never handed out again, even after a requeue
         self._unsaved: set[int] = set()
+        #: urgent records just committed, by priority, with the count of registrations
+        #: before each (under ``_fresh_lock``: the writer registers without the lock)
+        self._fresh_lock = threading.Lock()
+        self._fresh: dict[int, list[tuple[int, Stored]]] = {p: [] for p in FRESH}
+        self._registered = 0
+        #: the priorities whose pending records beyond the cursor are all in ``_fresh``
+        self._known: set[int] = set()
 
     def after(self, priority: int) -> int:
         """The seq the next take of ``priority`` starts after (under the lock)."""
@@ -50,7 +74,12 @@ class Handout:
     def settle(self, seqs: Iterable[int]) -> None:
         """``seqs`` left the table (acknowledged, expired), committed: no longer in flight."""
         with self.lock:
-            self._inflight.difference_update(seqs)
+            gone = set(seqs)
+            self._inflight.difference_update(gone)
+            with self._fresh_lock:
+                for p, items in self._fresh.items():
+                    if items:
+                        self._fresh[p] = [x for x in items if x[1].seq not in gone]
 
     def back(self, seqs: list[int] | None) -> None:
         """Requeue: ``seqs`` (a failure reason code), or everything (a reconnect), are
@@ -59,17 +88,91 @@ class Handout:
             if seqs is None:
                 self._inflight = set(self._unsaved)
                 self._taken.clear()
+                self._known.clear()
             elif seqs:
                 self._inflight.difference_update(seqs)
                 back = min(seqs) - 1
                 for p, after in self._taken.items():
-                    self._taken[p] = min(after, back)
+                    if back < after:
+                        self._taken[p] = back
+                        self._known.discard(p)
 
     def reset(self) -> None:
         """Everything was deleted (a wipe)."""
         with self.lock:
             self._inflight.clear()
             self._taken.clear()
+            self.unknown(*FRESH)
+
+    # -- urgent records just committed -------------------------------------------------
+
+    def committed(self, stored: Iterable[Stored]) -> None:
+        """In the writer thread, once ``stored`` is committed: the urgent ones are kept
+        for :meth:`take_fresh`."""
+        with self._fresh_lock:
+            for s in stored:
+                items = self._fresh.get(s.priority)
+                if items is None:
+                    continue
+                if len(items) >= _FRESH_CAP:
+                    items.clear()  # nobody takes them (offline): the table has them
+                    self._known.discard(s.priority)
+                items.append((self._registered, s))
+                self._registered += 1
+
+    def registered(self) -> int:
+        """How many records were registered so far: a take notes it before its snapshot
+        begins, for :meth:`read_all`."""
+        with self._fresh_lock:
+            return self._registered
+
+    def read_all(self, priority: int, before: int) -> None:
+        """A take (under the lock) read every pending record of ``priority`` in a
+        snapshot that began after ``before`` registrations: those registered earlier
+        were in it, and are behind the cursor now."""
+        with self._fresh_lock:
+            items = self._fresh.get(priority)
+            if items is not None:
+                self._fresh[priority] = [x for x in items if x[0] >= before]
+                self._known.add(priority)
+
+    def unknown(self, *priorities: int) -> None:
+        """Records of ``priorities`` were written, or made pending, past this ledger (a
+        gap record, a wipe): the next take of them reads the table."""
+        with self._fresh_lock:
+            for p in priorities:
+                self._known.discard(p)
+                if p in self._fresh:
+                    self._fresh[p] = []
+
+    def take_fresh(self, limit: int, first: int, last: int, run: int) -> list[Stored] | None:
+        """The take :func:`device.outbox.reader.hand_out` would make, from the urgent
+        records just committed, or ``None`` when that cannot be known without reading
+        the table (a priority not known, more than ``limit`` records, two fixes that
+        might form one run of at most ``run``, or the lock held by a take in the reader
+        thread: this runs in the event loop and never waits)."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            with self._fresh_lock:
+                picked: list[tuple[int, list[Stored]]] = []
+                for p in range(first, last + 1):
+                    if p not in self._known:
+                        return None
+                    after = self._taken.get(p, 0)
+                    items = [s for _, s in self._fresh[p] if s.seq > after]
+                    picked.append((p, [s for s in items if s.seq not in self._inflight]))
+                out = [s for _, items in picked for s in items]
+                if len(out) > limit or (run > 1 and sum(s.row is not None for s in out) > 1):
+                    return None
+                for p, items in picked:
+                    self._fresh[p] = []
+                    if items:
+                        self._taken[p] = max(self._taken.get(p, 0), items[-1].seq)
+                self._inflight.update(s.seq for s in out)
+                return out
+        finally:
+            self.lock.release()
 
     def unsaved(self, seqs: Iterable[int]) -> None:
         """Acknowledged, the deletion not committed (a full disk): kept in flight."""

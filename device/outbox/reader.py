@@ -94,7 +94,8 @@ def hand_out(
 ) -> list[Item]:
     """The next records to upload with a priority from ``first`` to ``last``, by
     priority then seq, grouped into runs of at most ``run``; they become in flight. The
-    caller holds ``handout.lock``."""
+    caller holds ``handout.lock``. A priority read to its end is noted in the ledger
+    (:meth:`Handout.read_all`): its next take may come from memory."""
     picked: list[Candidate] = []
 
     def read(priority: int, upto: int, n: int) -> int:
@@ -109,11 +110,16 @@ def hand_out(
             picked.extend(Candidate(*r) for r in rows if not handout.out(r[0]))
         return len(rows)
 
+    before = handout.registered()
+    read_all: list[int] = []
     db.execute("BEGIN")  # one snapshot for the reads below
     try:
         for priority in range(first, last + 1):
-            while len(picked) < limit and read(priority, _END, limit - len(picked)):
-                pass
+            while len(picked) < limit:
+                want = limit - len(picked)
+                if read(priority, _END, want) < want:
+                    read_all.append(priority)
+                    break
         if len(picked) >= limit:
             # a message formed before goes out whole, with the same records under the
             # same id, even when the limit falls inside it
@@ -124,6 +130,8 @@ def hand_out(
     finally:
         db.execute("COMMIT")
     handout.hand(c.seq for c in picked)
+    for priority in read_all:
+        handout.read_all(priority, before)
     return out
 
 

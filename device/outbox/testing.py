@@ -9,7 +9,8 @@ is reached through here, by name, instead of through private members:
   ``PRAGMA max_page_count`` makes a full disk; a ``SELECT`` reads the bookkeeping);
 * :meth:`Probe.wrap`: a seam replaced while a block runs, to hold a commit half-way or
   make it fail: ``"store"`` (a group of records' commit), ``"ack"`` (a group of
-  acknowledgements' commit) and ``"gap"`` (writing a gap record inside a withdrawal);
+  acknowledgements' commit), ``"gap"`` (writing a gap record inside a withdrawal) and
+  ``"fresh"`` (a take of urgent records from memory, ``None`` when it cannot be);
 * :attr:`Probe.lock`: the hand-out lock, to be watched;
 * :attr:`Probe.wal_mark` and :meth:`Probe.checkpoints_unscheduled`: the WAL size that
   calls for a checkpoint now, and a block during which the checkpoint thread is never
@@ -26,7 +27,7 @@ from typing import Any, Literal
 from sosbeacon.device.outbox.box import Outbox
 from sosbeacon.device.outbox.writer import Checkpoints
 
-Seam = Literal["store", "ack", "gap"]
+Seam = Literal["store", "ack", "gap", "fresh"]
 
 
 class Probe:
@@ -52,6 +53,7 @@ class Probe:
             "store": (box, "_insert_sync"),
             "ack": (box, "_ack_sync"),
             "gap": (box._capacity, "insert_gap"),
+            "fresh": (box._handout, "take_fresh"),
         }[seam]
 
     @contextlib.contextmanager
