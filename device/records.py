@@ -118,6 +118,17 @@ class Stored:
     def _load(self) -> Record:
         raise NotImplementedError
 
+    @property
+    def time(self) -> datetime:
+        """The record's own time (:attr:`Record.time`)."""
+        return self.record.time
+
+    def data_json(self) -> str | None:
+        """The record's data as the outbox stored it (compact JSON, as the wire writes
+        it), when this was read from there: a message may carry the text as it is,
+        without decoding it and encoding it again. ``None`` otherwise."""
+        return None
+
     def __repr__(self) -> str:
         return f"Stored(seq={self.seq}, msg_id={self.msg_id!r}, kind={self.kind.value})"
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sosbeacon.device.errors import SosbeaconError
-from sosbeacon.device.records import FixRun, Item, Record, RecordKind, TrackRow
+from sosbeacon.device.records import FixRun, Item, Record, RecordKind, Stored, TrackRow
 from sosbeacon.device.tomlconf import too_open
 
 WIRE_VERSION = 1
@@ -290,18 +290,41 @@ def encode_sos(box: str, seq: int, r: Record) -> bytes:
     """One record alone in its message: an SOS lifecycle record (``sos-start``,
     ``sos-end``, ``last-gasp``, ``sos-ack``) on ``sos``, or a voice-note chunk on
     ``voice``."""
-    msg: dict[str, Any] = {
+    msg = _single_head(box, seq, r.kind, r.time, r.session, r.drill, r.expires)
+    msg["data"] = r.data
+    return dumps(msg)
+
+
+def encode_stored(box: str, s: Stored) -> bytes:
+    """:func:`encode_sos` of a stored record: the same bytes, with the data's JSON text
+    as the outbox stored it when it is at hand (a record read back from the outbox),
+    neither decoded nor encoded again ("data" is the message's last member)."""
+    text = s.data_json()
+    if text is None:
+        return encode_sos(box, s.seq, s.record)
+    head = dumps(_single_head(box, s.seq, s.kind, s.time, s.session, s.drill, s.expires))
+    return b"".join((head[:-1], b',"data":', text.encode(), b"}"))
+
+
+def _single_head(
+    box: str,
+    seq: int,
+    kind: RecordKind,
+    time: datetime,
+    session: str | None,
+    drill: bool,
+    expires: datetime | None,
+) -> dict[str, Any]:
+    return {
         "v": WIRE_VERSION,
         "box": box,
         "seq": seq,
-        "kind": r.kind.value,
-        "t": _num(epoch(r.time)),
-        "sess": r.session,
-        "drill": r.drill,
-        "exp": None if r.expires is None else int(r.expires.timestamp()),
-        "data": r.data,
+        "kind": kind.value,
+        "t": _num(epoch(time)),
+        "sess": session,
+        "drill": drill,
+        "exp": None if expires is None else int(expires.timestamp()),
     }
-    return dumps(msg)
 
 
 def status_payload(state: str, *, box: str, at: datetime, why: str | None = None) -> bytes:

@@ -765,3 +765,32 @@ async def test_urgent_records_stored_while_takes_run_are_each_handed_out_once(
         assert await box.take(last=Priority.LIVE) == []
     assert acked == stored, f"never handed out: {sorted(stored - acked)[:10]}"
     assert sum(from_memory) >= 10, f"taken from memory {sum(from_memory)} of {len(from_memory)}"
+
+
+async def test_a_stored_record_goes_out_as_the_same_bytes_without_decoding_its_data(
+    tmp_path: Path,
+) -> None:
+    """An SOS record read back is encoded with its data's stored JSON text spliced in
+    (``wire.encode_stored``): the bytes are those of encoding the record itself, for
+    data with non-ASCII names too; a row stored by an older release (its text
+    ASCII-escaped) still gives the same message once decoded."""
+    import json
+
+    from sosbeacon.device.wire import decode_sos, encode_sos, encode_stored
+
+    data = {"contacts": [{"name": "Zoë Ñandú 😀", "reach": "+44 7700 900123"}], "acc": 4.5}
+    r = Record(RecordKind.SOS_START, T0, data, Priority.SOS, session="s-1")
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        stored = await box.store(r)
+        (row,) = await box.take()
+        assert row.data_json() is not None  # read back: the stored text is at hand
+        assert encode_stored("b", row) == encode_sos("b", stored.seq, r)
+        assert encode_stored("b", stored) == encode_sos("b", stored.seq, r)  # no text: encoded
+        await Probe(box).sql(
+            "UPDATE records SET data=? WHERE seq=?", json.dumps(data, separators=(",", ":")), 1
+        )
+        await box.requeue()
+        (old,) = await box.take()
+        assert "\\u" in (old.data_json() or "")
+        assert json.loads(encode_stored("b", old)) == json.loads(encode_sos("b", 1, r))
+        assert decode_sos(encode_stored("b", old)).data == data

@@ -291,7 +291,7 @@ class Outbox:
             r.time.isoformat(),
             r.session,
             int(r.drill),
-            json.dumps(r.data, separators=(",", ":")),
+            json.dumps(r.data, separators=(",", ":"), ensure_ascii=False),  # as on the wire
             exp_ts,
             *(row or (None, None, None, None)),
         )

@@ -228,6 +228,15 @@ class Row(Stored):
         self.committed = r[12]
         self._record = None
 
+    @property
+    def time(self) -> datetime:
+        if self._record is not None:
+            return self._record.time
+        return datetime.fromisoformat(self._raw[3])
+
+    def data_json(self) -> str:
+        return str(self._raw[6])
+
     def _load(self) -> Record:
         r = self._raw
         return Record(

@@ -28,7 +28,7 @@ from sosbeacon.device.wire import (
     RETAINED_KINDS,
     SINGLE_KINDS,
     Topics,
-    encode_sos,
+    encode_stored,
     encode_track,
 )
 
@@ -114,7 +114,7 @@ class Packer:
             first = group[0]
             if isinstance(first, Stored) and first.kind in SINGLE_KINDS:
                 topic = self.topics.single(first.kind)
-                payload = encode_sos(box, first.seq, first.record)
+                payload = encode_stored(box, first)
                 retain = first.kind in RETAINED_KINDS and first.seq > retained_seq
             else:
                 topic, payload = self.topics.track, encode_track(box, group)
