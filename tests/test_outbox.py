@@ -794,3 +794,26 @@ async def test_a_stored_record_goes_out_as_the_same_bytes_without_decoding_its_d
         assert "\\u" in (old.data_json() or "")
         assert json.loads(encode_stored("b", old)) == json.loads(encode_sos("b", 1, r))
         assert decode_sos(encode_stored("b", old)).data == data
+
+
+async def test_delivered_session_records_go_back_in_the_queue_when_the_relay_lacks_them(
+    tmp_path: Path,
+) -> None:
+    """``resend``: an SOS session's records, kept delivered, are pending again (the next
+    take hands them out, even one from memory); routine records, deleted at their
+    acknowledgement, and expired ones are not there to go."""
+    urgent = {"first": Priority.SOS, "last": Priority.LIVE}
+    async with await Outbox.open(tmp_path / "o.db") as box:
+        await box.store(rec(1, priority=Priority.LIVE, session="s1"))  # 1
+        await box.store(rec(2))  # 2: routine
+        await box.store(rec(3, priority=Priority.SOS, session="s1", kind=RecordKind.SOS_START))
+        await box.store(rec(4, priority=Priority.LIVE, session="s2"))  # 4: expires below
+        taken = await box.take()
+        await box.ack([s.seq for s in taken])
+        await box.expire_session("s2", datetime.now(UTC) - timedelta(seconds=1))
+        assert await box.take(**urgent) == []  # everything urgent read: the next may be from memory
+        assert await box.resend([1, 2, 3, 4, 99]) == 2
+        assert [s.seq for s in await box.take(**urgent)] == [3, 1]
+        assert {s.seq: d for s, d in await box.export()} == {1: False, 3: False, 4: True}
+        await box.ack([1, 3])
+        assert {s.seq: d for s, d in await box.export()} == {1: True, 3: True, 4: True}

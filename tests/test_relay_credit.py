@@ -50,14 +50,21 @@ def test_the_window_counts_messages_the_receipts_do_not_name_whole() -> None:
     assert c.unconfirmed(live=False) == 1 and c.unconfirmed(live=True) == 1
     c.receipt("box", receipt("box", "1-3-"))  # malformed: ignored, nothing changes
     assert c.unconfirmed(live=False) == 1
-    # the relay never names 6 and 7: given up once the patience is over, at a receipt
+    # the relay never names 6 and 7: once the patience is over, at a receipt, they leave
+    # the window and are due to go again, once
     clock.t += 61
     c.sent([12], live=True)
     c.receipt("box", receipt("box", "1-5,8-11"))
-    assert c.given_up == 2 and c.unconfirmed(live=False) == 0 and c.unconfirmed(live=True) == 1
+    assert c.unconfirmed(live=False) == 0 and c.unconfirmed(live=True) == 1
+    assert c.due() == [6, 7] and c.due() == []
+    c.sent_again([6, 7], held=1)  # the outbox still had 7 (an SOS session's): it goes again
     assert c.status() == {
-        "engaged": True, "routine": 0, "live": 1, "stranded": 0, "given_up": 2
+        "engaged": True, "routine": 0, "live": 1, "stranded": 0, "given_up": 1, "resent": 1
     }  # fmt: skip
+    c.sent([7], live=True)
+    clock.t += 61
+    c.receipt("box", receipt("box", "1-5,8-12"))  # 7 is still not stored: given up for good
+    assert c.due() == [] and c.given_up == 2 and c.unconfirmed(live=True) == 0
 
 
 def test_a_message_passed_over_leaves_the_window_and_an_in_order_relay_holds_it() -> None:
@@ -81,7 +88,9 @@ def test_a_message_passed_over_leaves_the_window_and_an_in_order_relay_holds_it(
     assert c.status()["stranded"] == 1 and c.status()["routine"] == 2
     # the relay that had 2 is back: it is confirmed, nothing is counted twice
     c.receipt("box", receipt("box", "1-3"))
-    assert c.status() == {"engaged": True, "routine": 2, "live": 0, "stranded": 0, "given_up": 0}
+    assert c.status() == {
+        "engaged": True, "routine": 2, "live": 0, "stranded": 0, "given_up": 0, "resent": 0
+    }  # fmt: skip
     # one relay, in order: 4 and 5 wait for it however long it takes (within patience)
     clock.t += 100
     c.receipt("box", receipt("box", "1-3"))
@@ -96,7 +105,11 @@ def test_a_message_passed_over_leaves_the_window_and_an_in_order_relay_holds_it(
     assert c.has_room(live=True) and c.status()["stranded"] == 1
     clock.t += 600
     c.receipt("box", receipt("box", "1-5,7"))
-    assert c.status() == {"engaged": True, "routine": 0, "live": 0, "stranded": 0, "given_up": 1}
+    assert c.due() == [6]
+    c.sent_again([6], held=0)
+    assert c.status() == {
+        "engaged": True, "routine": 0, "live": 0, "stranded": 0, "given_up": 1, "resent": 0
+    }  # fmt: skip
 
 
 def test_windows_of_zero_never_hold_anything_back() -> None:
@@ -184,4 +197,52 @@ async def test_a_relay_behind_holds_the_backlog_in_the_outbox_and_sos_events_ove
             assert led.missing() == [] and led.duplicates == 0
             await asyncio.wait_for(r.uplink.drained(), 10)  # and the outbox is empty
         finally:
+            relay.close()
+
+
+async def test_session_records_the_relay_never_stored_go_once_more(tmp_path: Path) -> None:
+    """The broker took them, the relay's receipts never name them (a queue past its
+    bound, a relay that failed over): after the patience, an SOS session's records,
+    still kept on the device, are sent once more; a routine record, gone from the
+    outbox at the broker's acknowledgement, is given up on; neither goes a third time."""
+    cfg = UplinkConfig(
+        device_id="dev1", batch_count=1, batch_interval=0, max_batch=1, backoff_max=2.0,
+        relay_window=8, relay_window_live=8, relay_patience=1.0,
+    )  # fmt: skip
+    async with rig(tmp_path, config=cfg) as r:
+        box = r.outbox.outbox_id
+        relay = Connection(BrokerConfig(host="127.0.0.1", port=r.broker.port, client_id="relay"))
+        await relay.connect()
+        stored = "1"
+
+        async def receipts() -> None:  # the relay answers every 0.2 s with what it has
+            while True:
+                payload = json.dumps(receipt(box, stored)).encode()
+                await relay.publish(r.uplink.topics.receipt, payload, retain=True)
+                await asyncio.sleep(0.2)
+
+        answering = asyncio.create_task(receipts())
+        try:
+            await eventually(lambda: r.uplink.credit.engaged, within=10)
+            start = Record(
+                kind=RecordKind.SOS_START, time=T0, data={"trigger": "test"},
+                priority=Priority.SOS, session="s1",
+            )  # fmt: skip
+            await r.outbox.store(start)  # 1
+            for i in range(3):
+                await r.outbox.store(fix_record(i, session="s1"))  # 2-4
+            await r.outbox.store(routine(9))  # 5
+            await r.receiver.wait_for_seqs(5)
+            stored = "1-2,4"  # 3 (a live position) and 5 (routine) never reach the relay
+            await eventually(lambda: r.uplink.credit.status()["resent"] == 1, within=10)
+            await r.receiver.wait_until(lambda: r.receiver.ledger().duplicates == 1)
+            assert r.uplink.credit.status()["given_up"] == 1  # 5: no longer on the device
+            stored = "1-4"  # the second sending of 3 is stored
+            await asyncio.sleep(2.5)  # past the patience again
+            status = r.uplink.credit.status()
+            assert status["resent"] == 1 and status["given_up"] == 1
+            assert r.receiver.ledger().duplicates == 1  # nothing went a third time
+            assert r.uplink.credit.unconfirmed(live=True) == 0
+        finally:
+            answering.cancel()
             relay.close()

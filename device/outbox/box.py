@@ -529,6 +529,41 @@ class Outbox:
         self._handout.settle(seqs)  # after the commit: a take reading meanwhile skips them
         return [None] * len(acks)
 
+    async def resend(self, seqs: list[int]) -> int:
+        """Those of ``seqs`` still kept delivered (an SOS session's records, until they
+        expire) go back in the upload queue: the broker took them, the relay never
+        stored them. Returns how many; the rest are no longer here (routine records
+        leave at the broker's acknowledgement). Committed light: a power cut may undo
+        it, which only means they are not sent again."""
+        if not seqs:
+            return 0
+        now = self._clock.now().timestamp()
+
+        def run() -> list[int]:
+            ranges = seq_ranges(seqs)
+            with self._writer.light() as db:
+                back = [
+                    seq
+                    for a, b in ranges
+                    for (seq,) in db.execute(
+                        f"SELECT seq FROM records WHERE seq BETWEEN ? AND ? AND state={DELIVERED}"
+                        " AND (expires IS NULL OR expires>?)",
+                        (a, b, now),
+                    )
+                ]
+                db.executemany(
+                    f"UPDATE records SET state={PENDING} WHERE seq=?", [(q,) for q in back]
+                )
+            # pending again below the take's cursors: they read from the earliest (the
+            # ledger's requeue), after the commit as every write
+            self._handout.back(back)
+            return back
+
+        back = await self._writing_or_full(run, "put records back in the upload queue")
+        if back:
+            self._notify()
+        return len(back)
+
     async def requeue(self, seqs: list[int] | None = None) -> None:
         """Back to pending (a failure reason code, or all of them on reconnect)."""
         # in the reader thread: never beside a take

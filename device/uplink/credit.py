@@ -28,8 +28,12 @@ never stops the device's stream. A single slow relay stores in the order it rece
 and holds the window as it should.
 
 A message that the relay still does not name whole ``patience`` seconds after it went,
-in a receipt that came later, was refused by the relay (or lost): its records are given
-up, counted and logged, so the window never closes for good.
+in a receipt that came later, was refused by the relay (or lost: a broker queue past its
+bound, a relay that failed over in the middle): it leaves the window, so the window
+never closes for good. Its records are due to be sent once more (:meth:`due`): the
+outbox still holds those of an SOS session (delivered, kept until they expire) and puts
+them back in the queue; the rest, and any the relay still does not name after that
+second sending, are given up on, counted and logged.
 
 Time is the uplink's clock (monotonic), so tests move it.
 """
@@ -46,6 +50,8 @@ from sosbeacon.device.clock import Clock
 from sosbeacon.device.wire import parse_ranges_text
 
 log = logging.getLogger(__package__)
+#: records remembered as sent a second time, at most
+_TRIED_MAX = 100_000
 
 
 @dataclass(slots=True)
@@ -75,8 +81,15 @@ class RelayCredit:
         self._of: dict[int, int] = {}
         self._next = 0
         self._counts = {False: 0, True: 0}
-        #: records given up on (never named by the relay within ``patience``)
+        #: records given up on (never named by the relay within ``patience``, and not
+        #: sent again: the outbox no longer had them, or they went twice)
         self.given_up = 0
+        #: records sent again after the relay did not name them within ``patience``
+        self.resent = 0
+        #: not named within ``patience`` for the first time: to be sent again
+        self._due: list[int] = []
+        #: handed to :meth:`due` once already (bounded: see :data:`_TRIED_MAX`)
+        self._tried: set[int] = set()
         self._wakes: set[asyncio.Event] = set()
 
     def sent(self, seqs: Iterable[int], *, live: bool) -> None:
@@ -144,14 +157,42 @@ class RelayCredit:
         if stale:
             for s in stale:
                 self._forget(s)
-            self.given_up += len(stale)
-            log.warning(
-                "the relay has not stored %d record(s) (seq %d..%d) %.0f s after they were "
-                "sent: given up on (%d so far); see the relay's log",
-                len(stale), min(stale), max(stale), self.patience, self.given_up,
-            )  # fmt: skip
+            twice = [s for s in stale if s in self._tried]
+            first = [s for s in stale if s not in self._tried]
+            if len(self._tried) + len(first) > _TRIED_MAX:
+                self._tried.clear()  # at worst a record goes a third time
+            self._tried.update(first)
+            self._due.extend(first)
+            if twice:
+                self.given_up += len(twice)
+                log.warning(
+                    "the relay has still not stored %d record(s) (seq %d..%d) sent twice: "
+                    "given up on (%d so far); see the relay's log",
+                    len(twice), min(twice), max(twice), self.given_up,
+                )  # fmt: skip
         for wake in self._wakes:
             wake.set()
+
+    def due(self) -> list[int]:
+        """The records the relay did not name within ``patience`` for the first time,
+        to be sent again (taken: each is handed out once); :meth:`sent_again` says
+        what came of it."""
+        out, self._due = self._due, []
+        return out
+
+    def sent_again(self, seqs: list[int], held: int) -> None:
+        """Of ``seqs`` (from :meth:`due`), the outbox put ``held`` back in its queue;
+        the rest it no longer had (routine records leave it at the broker's
+        acknowledgement): given up on."""
+        self.resent += held
+        lost = len(seqs) - held
+        self.given_up += lost
+        log.warning(
+            "the relay has not stored %d record(s) (seq %d..%d) %.0f s after they were "
+            "sent: %d of them (an SOS session's, still on the device) go again, %d are "
+            "given up on (%d so far); see the relay's log",
+            len(seqs), min(seqs), max(seqs), self.patience, held, lost, self.given_up,
+        )  # fmt: skip
 
     def _strand(self) -> None:
         """Messages passed over for ``stall`` seconds leave the window. Those passed
@@ -203,6 +244,7 @@ class RelayCredit:
             "live": self._counts[True],
             "stranded": len(self._stranded),
             "given_up": self.given_up,
+            "resent": self.resent,
         }
 
 

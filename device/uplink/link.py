@@ -33,7 +33,7 @@ from sosbeacon.device.mqtt import (
     MqttError,
     Will,
 )
-from sosbeacon.device.outbox import Outbox
+from sosbeacon.device.outbox import Outbox, OutboxError
 from sosbeacon.device.receipts import Delivery
 from sosbeacon.device.uplink.config import UplinkConfig, UplinkStats
 from sosbeacon.device.uplink.credit import RelayCredit
@@ -353,6 +353,18 @@ class Uplink:
     def _reply(self, payload: bytes) -> bytes:
         return payload if self.key is None else seal(self.key, payload)
 
+    async def _send_again(self, seqs: list[int]) -> None:
+        """Records the relay did not store within the patience: those the outbox still
+        holds go again (device/uplink/credit.py)."""
+        if not seqs:
+            return
+        try:
+            held = await self._outbox.resend(seqs)
+        except OutboxError as exc:  # a full disk: they stay on the device, for export
+            log.warning("records the relay did not store could not be queued again: %s", exc)
+            held = 0
+        self.credit.sent_again(seqs, held)
+
     async def _inbound(self, conn: Connection) -> None:
         while True:
             raw = await conn.messages.get()
@@ -364,6 +376,7 @@ class Uplink:
                 if self.delivery.take(m.payload) and self.delivery.receipt:
                     r = self.delivery.receipt
                     self.credit.receipt(self._outbox.outbox_id, r)
+                    await self._send_again(self.credit.due())
                     self.events.emit(
                         EventKind.RECEIPT, sess=r.get("sess"), contacts=r.get("contacts", [])
                     )
