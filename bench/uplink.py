@@ -368,6 +368,15 @@ def fsync_floor(where: Path, n: int) -> tuple[float, float]:
     return _ms(out, 0.5), _ms(out, 0.99)
 
 
+def _p50_p99(values: list[float]) -> tuple[float, float]:
+    return _ms(values, 0.5), _ms(values, 0.99)
+
+
+def _above(raw: list[float], *others: list[float]) -> tuple[float, ...]:
+    """The p99 of each of ``others`` above the p99 of ``raw``, in ms."""
+    return tuple(round(_ms(o, 0.99) - _ms(raw, 0.99), 2) for o in others)
+
+
 def _ms(values: list[float], q: float) -> float:
     return round(percentile(values, q) * 1000, 2)
 
@@ -391,24 +400,16 @@ async def _latency(tmp: Path, port: int, triggers: int, backlog: int) -> dict[st
         await dev.uplink.drained()
         drain = time.perf_counter() - t0
     return {
-        "raw MQTT publish to receive, p50 / p99 ms": (_ms(raw, 0.5), _ms(raw, 0.99)),
-        "SOS gesture to subscriber, empty outbox, p50 / p99 ms": (_ms(idle, 0.5), _ms(idle, 0.99)),
-        f"SOS gesture to subscriber, {backlog:,}-fix backlog draining, p50 / p99 ms": (
-            _ms(busy, 0.5),
-            _ms(busy, 0.99),
+        "raw MQTT publish to receive, p50 / p99 ms": _p50_p99(raw),
+        "SOS gesture to subscriber, empty outbox, p50 / p99 ms": _p50_p99(idle),
+        f"SOS gesture to subscriber, {backlog:,}-fix backlog draining, p50 / p99 ms": _p50_p99(
+            busy
         ),
-        "p99 above raw: empty / draining, ms (targets 2 / 5)": (
-            round(_ms(idle, 0.99) - _ms(raw, 0.99), 2),
-            round(_ms(busy, 0.99) - _ms(raw, 0.99), 2),
-        ),
+        "p99 above raw: empty / draining, ms (targets 2 / 5)": _above(raw, idle, busy),
         f"raw MQTT publish of {size:,} bytes (the SOS starts' median size), p50 / p99 ms": (
-            _ms(raw_sized, 0.5),
-            _ms(raw_sized, 0.99),
+            _p50_p99(raw_sized)
         ),
-        "p99 above raw of that size: empty / draining, ms": (
-            round(_ms(idle, 0.99) - _ms(raw_sized, 0.99), 2),
-            round(_ms(busy, 0.99) - _ms(raw_sized, 0.99), 2),
-        ),
+        "p99 above raw of that size: empty / draining, ms": _above(raw_sized, idle, busy),
         "the first SOS after start, empty outbox, ms": round(cold * 1000, 2),
         "SOS stages, empty outbox, medians ms: to store / commit / to publish / to sub": stages,
         # the physical floor under the SOS path: its record is committed before it goes

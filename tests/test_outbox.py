@@ -587,6 +587,22 @@ def _named(gaps: Iterable[Stored]) -> set[int]:
     return {q for s in gaps for a, b in s.record.data["ranges"] for q in range(a, b + 1)}
 
 
+def _counting(
+    from_memory: list[bool],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A wrapper for the ``fresh`` seam noting whether each take came from memory."""
+
+    def counted(real: Callable[..., Any]) -> Callable[..., Any]:
+        def take_fresh(*args: Any) -> Any:
+            out = real(*args)
+            from_memory.append(out is not None)
+            return out
+
+        return take_fresh
+
+    return counted
+
+
 def _shape(item: Any) -> tuple[Any, ...]:
     """Everything a take hands out about an item, to compare two takes by."""
     from sosbeacon.device.records import FixRun
@@ -620,14 +636,7 @@ async def test_urgent_records_taken_from_memory_are_what_the_table_would_hand_ou
     fast = await Outbox.open(tmp_path / "fast.db", clock=clock)
     table = await Outbox.open(tmp_path / "table.db", clock=clock)
     from_memory: list[bool] = []
-
-    def counted(real: Callable[..., Any]) -> Callable[..., Any]:
-        def take_fresh(*args: Any) -> Any:
-            out = real(*args)
-            from_memory.append(out is not None)
-            return out
-
-        return take_fresh
+    counted = _counting(from_memory)
 
     def never(real: Callable[..., Any]) -> Callable[..., Any]:
         return lambda *args: None
@@ -710,14 +719,7 @@ async def test_urgent_records_stored_while_takes_run_are_each_handed_out_once(
 
     rng = random.Random(7)
     from_memory: list[bool] = []
-
-    def counted(real: Callable[..., Any]) -> Callable[..., Any]:
-        def take_fresh(*args: Any) -> Any:
-            out = real(*args)
-            from_memory.append(out is not None)
-            return out
-
-        return take_fresh
+    counted = _counting(from_memory)
 
     async with await Outbox.open(tmp_path / "o.db") as box:
         done = asyncio.Event()
