@@ -47,6 +47,8 @@ from sosbeacon.relay.notify import AttachMemory
 from sosbeacon.relay.store import META_ONLY, Ingested, Store
 
 log = logging.getLogger("sos-relay")
+#: notifications being sent at once, at most (each contact's alert is one)
+_SENDING_MAX = 50
 #: messages stored in one transaction at most, when they wait together (a backlog)
 BATCH = 16
 #: errors that say the database is away, not that a message is bad: retried (the
@@ -429,19 +431,42 @@ class Relay:
                 "relay: %d notification(s) were being sent when this relay stopped: "
                 "sending them again (a contact may get one twice)", back,
             )  # fmt: skip
-        while True:
-            # cleared before looking, so that a start stored while sending is not missed
-            self._wake_notifier.clear()
-            due = await self._guarded(
-                self.store.claim_due(now=self.clock(), me=self._me, lease=n.timeout * 2 + 30)
-            )
-            if due:
-                # every contact at once: one slow service must not hold up the others
-                await asyncio.gather(*(self._send_one(item) for item in due))
-                continue  # more may be due (at most 50 are claimed at a time)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._wake_notifier.wait()
+        # Each send is a task of its own, and the next due are claimed while others are
+        # still sending: one slow service (a send may take up to notify.timeout) never
+        # holds up the alert of an SOS that arrives meanwhile.
+        sending: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            sending.discard(task)
+            self._wake_notifier.set()  # room for more
+            if not task.cancelled() and task.exception() is not None:
+                log.error("relay: sending a notification failed", exc_info=task.exception())
+
+        try:
+            while True:
+                # cleared before looking, so that a start stored while sending is not missed
+                self._wake_notifier.clear()
+                room = _SENDING_MAX - len(sending)
+                due = None
+                if room > 0:
+                    due = await self._guarded(
+                        self.store.claim_due(
+                            now=self.clock(), me=self._me, lease=n.timeout * 2 + 30, limit=room
+                        )
+                    )
+                for item in due or []:
+                    task = asyncio.create_task(self._send_one(item))
+                    sending.add(task)
+                    task.add_done_callback(done)
+                if due and len(due) == room:
+                    continue  # more may be due
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._wake_notifier.wait()
+        finally:
+            for task in sending:
+                task.cancel()  # their claims are taken back at the next start
+            await asyncio.gather(*sending, return_exceptions=True)
 
     async def _send_one(self, item: dict[str, Any]) -> None:
         cfg, now = self.config, self.clock()

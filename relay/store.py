@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
@@ -595,8 +595,11 @@ class Store:
             )
         return int(cur.rowcount or 0)
 
-    async def claim_due(self, *, now: float, me: str, lease: float) -> list[dict[str, Any]]:
-        """Notifications due now, claimed by ``me`` for ``lease`` seconds (a relay that
+    async def claim_due(
+        self, *, now: float, me: str, lease: float, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """At most ``limit`` notifications due now, alerts of an SOS first, claimed by
+        ``me`` for ``lease`` seconds (a relay that
         dies mid-send leaves its claim to expire, and another sends it; or takes it back
         itself when it starts again: :meth:`take_back`). A follow-up (the end, a voice
         note) waits for the alert on its channel to have gone (or failed for good): a
@@ -620,7 +623,13 @@ class Store:
             or_(notifications.c.kind == "start", alerted),
         )
         async with self.engine.begin() as conn:
-            q = select(notifications.c.id).where(cond).order_by(notifications.c.id).limit(50)
+            first = case((notifications.c.kind == "start", 0), else_=1)
+            q = (
+                select(notifications.c.id)
+                .where(cond)
+                .order_by(first, notifications.c.id)
+                .limit(limit)
+            )
             if self._pg:
                 q = q.with_for_update(skip_locked=True)
             ids = [r[0] for r in (await conn.execute(q)).all()]

@@ -29,6 +29,10 @@ class HttpSink:
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
         self.status = 200
+        #: seconds each answer waits (a slow service); each request has its own thread
+        self.delay = 0.0
+        #: answers given
+        self.answered = 0
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,6 +40,8 @@ class HttpSink:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}")
                 sink.posts.append((self.path, body))
+                time.sleep(sink.delay)
+                sink.answered += 1
                 self.send_response(sink.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -517,3 +518,31 @@ async def test_an_sos_overtakes_a_backlog_queued_at_the_broker_for_the_relay(
         assert count == backlog
         assert start_stored is not None and last_of_backlog is not None
         assert start_stored < last_of_backlog, (start_stored, last_of_backlog)
+
+
+async def test_a_slow_service_never_holds_up_the_alert_of_the_next_sos(tmp_path: Path) -> None:
+    """Bob's messenger takes 3 s to answer each post (within Apprise's own 4 s).
+    Alice's e-mail alert of a second SOS, which arrives while Bob's first alert is still
+    being sent, goes at once: each send is a task of its own, and the next due are
+    claimed beside it (before, the relay waited for the whole batch, the slowest send
+    included)."""
+    with MailSink() as smtp, HttpSink() as hook:
+        hook.delay = 3.0
+        async with rig(tmp_path) as dev:
+            cfg = relay_settings(
+                tmp_path, dev.broker.port,
+                **{"notify.services": {"email": smtp.url(), "json": hook.url()}},
+            )  # fmt: skip
+            async with relay_rig(cfg) as relay:
+                first, second = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+                await dev.outbox.add(sos_start(first, contacts=CONTACTS))
+                await relay.wait(lambda: len(smtp.mails) == 1 and len(hook.posts) == 1)
+                t0 = time.monotonic()
+                await dev.outbox.add(sos_start(second, contacts=CONTACTS[:1]))
+                await relay.wait(lambda: len(smtp.mails) == 2, within=10)
+                took = time.monotonic() - t0
+                assert hook.answered == 0, "Bob's first post is still being answered"
+                assert took < 2.5, f"the second SOS's alert waited {took:.1f} s"
+                await relay.wait(lambda: hook.answered == 1, within=15)
+                await asyncio.sleep(1.0)
+                assert len(hook.posts) == 1  # sent once, however slow
