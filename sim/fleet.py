@@ -47,6 +47,7 @@ from sosbeacon.device import config as config_mod
 from sosbeacon.device.daemon import Daemon
 from sosbeacon.device.parts import load_backend
 from sosbeacon.device.uplink import UplinkConfig
+from sosbeacon.relay.notify import message_kind
 from sosbeacon.sim.broker import Mosquitto
 from sosbeacon.sim.contact_page import live_stream
 from sosbeacon.sim.mailsink import Mail, MailSink
@@ -121,6 +122,11 @@ class FleetSpec:
         windows let them have queued for the relays' client (docs/scaling.md), and some
         room for the retained views and the status messages."""
         return self.devices * (self.relay_window + self.relay_window_live + QUEUE_SPARE)
+
+
+def contact_address(device: int) -> str:
+    """The e-mail address of device ``device``'s one contact."""
+    return f"c{device:04d}@fleet.invalid"
 
 
 @dataclass
@@ -199,20 +205,38 @@ class Viewers:
             timeout=httpx.Timeout(10, read=None), limits=httpx.Limits(max_connections=None)
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        #: an alert that came before its session was noted, by address
+        self._early: dict[str, Mail] = {}
 
     async def follow(self, sink: MailSink, by_address: Callable[[str], Session | None]) -> None:
         seen = 0
         while True:
             mails = await sink.wait(seen + 1, within=3600)
             for mail in mails[seen:]:
-                self._open(mail, by_address)
+                self.arrived(mail, by_address)
             seen = len(mails)
 
-    def _open(self, mail: Mail, by_address: Callable[[str], Session | None]) -> None:
-        s = by_address(mail.to[0]) if mail.to else None
+    def arrived(self, mail: Mail, by_address: Callable[[str], Session | None]) -> None:
+        if not mail.to or message_kind(mail.subject) not in ("alert", "acknowledged"):
+            return  # an end notice (it has the link too), a voice note
+        s = by_address(mail.to[0])
+        if s is None:
+            # the alert can arrive before the fleet, busy with a thousand devices, has
+            # noted the session its gesture started: kept for registered()
+            self._early.setdefault(mail.to[0], mail)
+            return
+        self._alerted(s, mail)
+
+    def registered(self, s: Session, address: str) -> None:
+        """The fleet noted ``s``: an alert that came for it before is taken now."""
+        mail = self._early.pop(address, None)
+        if mail is not None and mail.at >= s.gesture_mono:
+            self._alerted(s, mail)
+
+    def _alerted(self, s: Session, mail: Mail) -> None:
         link = LINK.search(mail.body)
-        if s is None or link is None or s.notified is not None:
-            return  # an end notice, or not one of ours
+        if link is None or s.notified is not None:
+            return  # not one of ours, or not its first
         s.notified = mail.at
         task = asyncio.create_task(self._watch(s, link.group(0)))
         self._tasks.add(task)
@@ -344,7 +368,7 @@ def _devices(spec: FleetSpec, workdir: Path, broker_url: str) -> list[Daemon]:
                 "device.id": f"fleet-{i:04d}",
                 "device.data_dir": str(workdir / f"d{i:04d}"),
                 "sos.owner": f"Owner {i}",
-                "sos.contacts": [{"name": "Contact", "reach": f"c{i:04d}@fleet.invalid"}],
+                "sos.contacts": [{"name": "Contact", "reach": contact_address(i)}],
                 "sos.countdown": 0,
                 "sos.min_distance": 0,
                 "mqtt.broker": broker_url,
@@ -414,6 +438,7 @@ async def _drive(
                     assert ctl.session is not None
                     s = Session(dev, ctl.session.id, gesture, gesture_mono, in_pause=paused)
                     sessions[s.sess] = by_device[dev] = s
+                    viewers.registered(s, contact_address(dev))
                     running[dev] = gesture_mono + spec.sos_seconds
                     next_start += every
                     continue

@@ -102,3 +102,34 @@ async def test_a_fleet_rides_out_its_relay_paused_for_a_minute(tmp_path: Path) -
     assert in_pause["n"] >= 10, lines[-1]  # one SOS every 5 s of the minute, each stored
     assert 0 < in_pause["p50"] <= in_pause["p99"] < 75_000, in_pause
     assert "relays paused 60 s" in lines[-1]
+
+
+async def test_the_fleet_counts_an_alert_that_came_before_it_noted_the_session() -> None:
+    """In a fleet busy with a thousand devices the relay's alert can reach the mail sink
+    before the fleet has noted the session the gesture started. It is kept and counted
+    when the session is noted; an end notice, which carries the link too, never counts
+    as the alert (before 2026-12-03 it did, 60 s late: the fleet's 'late first e-mail')."""
+    import time
+
+    from sosbeacon.relay.notify import end_message, start_message
+    from sosbeacon.sim.fleet import Session, Viewers, contact_address
+    from sosbeacon.sim.mailsink import Mail
+
+    link = "http://127.0.0.1:9/s/abcdefgh"  # nothing answers: the page is not watched
+    now = time.monotonic()
+    alert = start_message(who="dev7", drill=False, start={}, link=link, now=0, sent=0)
+    end = end_message(who="dev7", drill=False, link=link, expires=None)
+    to = [contact_address(7)]
+    noted: dict[int, Session] = {}
+    viewers = Viewers()
+    try:
+        viewers.arrived(Mail(to, end.title, end.body, now), lambda a: noted.get(7))
+        viewers.arrived(Mail(to, alert.title, alert.body, now + 0.5), lambda a: noted.get(7))
+        s = Session(7, "s7", time.time(), now)
+        noted[7] = s
+        viewers.registered(s, contact_address(7))
+        assert s.notified == now + 0.5  # the alert, not the end notice before it
+        viewers.arrived(Mail(to, end.title, end.body, now + 60), lambda a: noted.get(7))
+        assert s.notified == now + 0.5
+    finally:
+        await viewers.close()
