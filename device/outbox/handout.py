@@ -50,6 +50,8 @@ class Handout:
         self._registered = 0
         #: the priorities whose pending records beyond the cursor are all in ``_fresh``
         self._known: set[int] = set()
+        #: by priority: the registration count when its kept records were last let go
+        self._dropped: dict[int, int] = {}
 
     def after(self, priority: int) -> int:
         """The seq the next take of ``priority`` starts after (under the lock)."""
@@ -117,6 +119,7 @@ class Handout:
                 if len(items) >= _FRESH_CAP:
                     items.clear()  # nobody takes them (offline): the table has them
                     self._known.discard(s.priority)
+                    self._dropped[s.priority] = self._registered
                 items.append((self._registered, s))
                 self._registered += 1
 
@@ -129,12 +132,15 @@ class Handout:
     def read_all(self, priority: int, before: int) -> None:
         """A take (under the lock) read every pending record of ``priority`` in a
         snapshot that began after ``before`` registrations: those registered earlier
-        were in it, and are behind the cursor now."""
+        were in it, and are behind the cursor now. Unless the writer let records of
+        it go since (:meth:`committed`, past the cap): some of those may have been
+        committed after the snapshot began, and only the table has them."""
         with self._fresh_lock:
             items = self._fresh.get(priority)
             if items is not None:
                 self._fresh[priority] = [x for x in items if x[0] >= before]
-                self._known.add(priority)
+                if self._dropped.get(priority, 0) <= before:
+                    self._known.add(priority)
 
     def unknown(self, *priorities: int) -> None:
         """Records of ``priorities`` were written, or made pending, past this ledger (a
@@ -144,6 +150,7 @@ class Handout:
                 self._known.discard(p)
                 if p in self._fresh:
                     self._fresh[p] = []
+                    self._dropped[p] = self._registered
 
     def take_fresh(self, limit: int, first: int, last: int, run: int) -> list[Stored] | None:
         """The take :func:`device.outbox.reader.hand_out` would make, from the urgent
