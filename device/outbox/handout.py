@@ -15,9 +15,10 @@ reader thread (:meth:`Handout.take_fresh`): one thread hop less on the way of an
 That is allowed only for a priority whose pending records, beyond its cursor, are all
 known to be among them: the last take of it read everything pending (its snapshot
 began after every record registered before it, so what is registered later may or may
-not have been seen, and is skipped by the cursor if it was), and nothing moved its
-cursor back or wrote a record of it elsewhere since (a requeue, a gap record). Anything
-else, and the take reads the table as always.
+not have been seen, and is skipped by the cursor if it was), no kept record of it was
+let go while that take ran (past the cap), and nothing moved its cursor back or took
+records away since (a requeue, a withdrawal: eviction, expiry, wipe). Anything else, and
+the take reads the table as always.
 """
 
 from __future__ import annotations
