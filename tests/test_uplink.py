@@ -8,8 +8,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import paho.mqtt.client as paho
@@ -21,6 +23,7 @@ from sosbeacon.device.commands import CommandDesk, SosCommands
 from sosbeacon.device.gps import Fix, FixMode
 from sosbeacon.device.mqtt import BrokerConfig, Connection
 from sosbeacon.device.outbox import Limits
+from sosbeacon.device.outbox.testing import Probe
 from sosbeacon.device.privacy import PrivacyConfig
 from sosbeacon.device.records import Priority, Record, RecordKind
 from sosbeacon.device.sos import Contact, SosConfig, SosController
@@ -352,3 +355,61 @@ async def test_an_owntracks_consumer_stores_each_fix_once_the_first_at_the_start
         events = [d for d in r.receiver.history if d.topic == f"{ot}/event"]
         end = json.loads(events[0].payload)
         assert len(events) == 1 and end["_type"] == "transition" and end["tst"] >= max(tsts)
+
+
+async def test_while_an_sos_record_is_on_its_way_the_backlog_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The right of way (device/outbox/rightofway.py): from the moment an SOS record is
+    handed to the outbox until it was published, a draining backlog publishes no track
+    message; then it drains on, nothing lost. The SOS record's commit is made slow (a
+    slow card), and the hold long: on a slow machine its 50 ms would end first, which is
+    the design, not what is tested."""
+    published: list[tuple[str, float]] = []
+    draining = asyncio.Event()
+    real_publish = Connection.publish
+
+    def spy(self: Connection, topic: str, *args: Any, **kw: Any) -> Any:
+        published.append((topic, time.perf_counter()))
+        if sum(t.endswith("/track") for t, _ in published) >= 5:
+            draining.set()
+        return real_publish(self, topic, *args, **kw)
+
+    monkeypatch.setattr(Connection, "publish", spy)
+    cfg = UplinkConfig(device_id="dev1", batch_count=1, max_batch=50)
+    n = 20_000
+    async with rig(tmp_path, config=cfg, start=False) as r:
+        await asyncio.gather(
+            *(r.outbox.store(fix_record(i, priority=Priority.ROUTINE)) for i in range(n))
+        )
+        way = r.outbox.right_of_way
+        way.hold = 30.0
+        claims: list[float] = []
+        real_claim = way.claim
+
+        def claim() -> None:
+            claims.append(time.perf_counter())
+            real_claim()
+
+        monkeypatch.setattr(way, "claim", claim)
+        r.start_uplink()
+        track = r.uplink.topics.track
+        await asyncio.wait_for(draining.wait(), 30)
+        sos = Record(RecordKind.SOS_START, T0, {"trigger": "cli"}, Priority.SOS, "s1")
+
+        def slow(real: Callable[[list[Record]], Any]) -> Callable[[list[Record]], Any]:
+            def commit(records: list[Record]) -> Any:
+                time.sleep(0.3)  # a slow card: the backlog would go on meanwhile
+                return real(records)
+
+            return commit
+
+        with Probe(r.outbox).wrap("store", slow):
+            await r.outbox.store(sos)
+        led = await r.receiver.wait_for_seqs(n + 1)
+        assert led.missing() == [] and led.duplicates == 0
+    (claimed,) = claims
+    sos_at = next(at for t, at in published if t == r.uplink.topics.sos)
+    tracks = [at for t, at in published if t == track]
+    assert [at for at in tracks if claimed < at < sos_at] == []
+    assert tracks[-1] > sos_at, "the backlog was still draining when the SOS went"

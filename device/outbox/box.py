@@ -25,6 +25,7 @@ from sosbeacon.device.outbox.handout import FRESH, Handout
 from sosbeacon.device.outbox.holding import Held, Holding
 from sosbeacon.device.outbox.opening import Reserves, open_file
 from sosbeacon.device.outbox.reader import COLUMNS, Reader, Row
+from sosbeacon.device.outbox.rightofway import RightOfWay
 from sosbeacon.device.outbox.schema import (
     DELIVERED,
     PENDING,
@@ -83,6 +84,8 @@ class Outbox:
         self._writer = Writer()
         self._reader = Reader()
         self._handout = Handout()
+        #: while an SOS record is on its way out, routine work waits (at most moments)
+        self.right_of_way = RightOfWay()
         self._capacity = Capacity(path, limits, clock, self._handout, lambda: self._writer.db)
         self._holding = Holding(path, clock, limits.hold_records)
         #: the device's own values beside the records (typed keys: device.outbox.state)
@@ -134,7 +137,9 @@ class Outbox:
         opened = open_file(self.path, lim, self._clock, self._reserves, self._lock_wait)
         self.outbox_id, self._alarm = opened.outbox_id, opened.alarm
         self._capacity.rows = opened.rows
-        checkpoints = Checkpoints(self.path, lim.min_free_bytes, opened.wal_limit)
+        checkpoints = Checkpoints(
+            self.path, lim.min_free_bytes, opened.wal_limit, self.right_of_way.wait_in_thread
+        )
         self._writer.attach(opened.db, checkpoints)
 
     async def __aenter__(self) -> Outbox:
@@ -208,8 +213,15 @@ class Outbox:
                 await self._store_held()
 
     async def store(self, record: Record) -> Stored:
-        """Commit ``record``; returns once it is on disk, with its seq and message id."""
-        return await self._adds.submit(record)
+        """Commit ``record``; returns once it is on disk, with its seq and message id.
+        An SOS record takes the right of way (:mod:`device.outbox.rightofway`)."""
+        if record.priority is not Priority.SOS:
+            return await self._adds.submit(record)
+        self.right_of_way.claim()
+        try:
+            return await self._adds.submit(record)
+        finally:
+            self.right_of_way.stored()
 
     def watch(self) -> asyncio.Event:
         """An event of one's own, set whenever records were added or became pending
@@ -497,7 +509,11 @@ class Outbox:
 
         If the acknowledgement cannot be committed (a full disk), the records stay in
         flight, never handed out again, and the commit is retried once there is room: no
-        record is stuck in flight, and none is sent twice meanwhile."""
+        record is stuck in flight, and none is sent twice meanwhile.
+
+        While an SOS record is on its way out, the commit waits (the writer thread is
+        its next hop): moments at most (:mod:`device.outbox.rightofway`)."""
+        await self.right_of_way.wait()
         try:
             await self._acks.submit(seqs)
         except sqlite3.OperationalError as exc:

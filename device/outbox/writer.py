@@ -167,8 +167,12 @@ class Checkpoints:
     machine), the writer does a whole checkpoint itself: the WAL never takes more than
     half of the free space (:func:`wal_limit`), however the thread is doing."""
 
-    def __init__(self, path: Path, min_free: int, limit: int) -> None:
+    def __init__(
+        self, path: Path, min_free: int, limit: int, give_way: Callable[[], None] = lambda: None
+    ) -> None:
         self._path = path
+        #: before a pass: waits (moments at most) while an SOS record is on its way out
+        self._give_way = give_way
         self._wal = f"{path}-wal"
         self._min_free = min_free
         #: the WAL size that calls for a checkpoint (:func:`wal_limit`), looked at again
@@ -231,6 +235,7 @@ class Checkpoints:
                 self._wake.clear()
                 if self._stop:
                     return
+                self._give_way()
                 try:
                     with self._running:
                         db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()

@@ -4,7 +4,8 @@
   routine records wait until ``batch_count`` of them or the oldest is ``batch_interval``
   old (:func:`routine_due`), then the backlog drains in large ``track`` messages.
   Routine messages in flight are capped in count and bytes (:class:`Window`), so an SOS
-  never queues behind a backlog on a slow link.
+  never queues behind a backlog on a slow link; while an SOS record is on its way out,
+  the routine loop takes and publishes nothing (:mod:`device.outbox.rightofway`).
 * Records leave the outbox only at a PUBACK with a success reason code. A failure code
   (not authorised 0x87, quota 0x97, ...) keeps them, says why and backs off; one too
   large is formed again, smaller, at once.
@@ -175,6 +176,7 @@ class Sender:
         cfg = self.config
         credit = self.credit
         watch = self._outbox.watch()
+        way = self._outbox.right_of_way
         last_sent = -math.inf
         first, last = (
             (Priority.SOS, Priority.LIVE) if urgent else (Priority.VOICE, Priority.ROUTINE)
@@ -216,6 +218,8 @@ class Sender:
             upto = Priority.SOS if held else last
             # with room for one more message, take one message's worth
             n = cfg.max_batch if room == 1 else limit
+            if not urgent:
+                await way.wait()  # an SOS record on its way goes first (moments at most)
             stored = await self._outbox.take(n, first=first, last=upto, run=cfg.max_batch)
             more = len(seqs_of(stored)) >= n  # more when a whole message came along
             if not stored:
@@ -229,6 +233,7 @@ class Sender:
             for msg in await self.pack(stored):
                 if budget is not None:
                     await budget.acquire(len(msg.payload))
+                    await way.wait()
                 if msg.topic != self.packer.topics.sos:  # SOS events are never held back
                     credit.sent(msg.seqs, live=urgent)
                 fut = conn.publish(
@@ -245,6 +250,8 @@ class Sender:
                 task = asyncio.create_task(self._settle(conn, msg, fut, budget))
                 self.settling.add(task)
                 task.add_done_callback(self._answered)
+            if urgent:
+                way.passed()
 
     async def pack(self, stored: list[Item]) -> list[Message]:
         """``stored`` as messages (:class:`Packer`): expired records purged (a gap record
