@@ -35,6 +35,10 @@ from sosbeacon.device.errors import SosbeaconError
 
 log = logging.getLogger(__name__)
 
+#: paho's keepalive check runs this long after it falls due (a clock read a moment early
+#: would find nothing to do yet)
+_MISC_SLACK = 0.01
+
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
@@ -248,10 +252,30 @@ class Connection:
         self._client.loop_write()
 
     async def _run_misc(self) -> None:
-        """paho's housekeeping: keepalive pings, and closing a link that stopped answering."""
+        """paho's housekeeping: keepalive pings, and closing a link that stopped
+        answering. It runs when it can have something to do (:meth:`_misc_due`), not
+        every second: an idle beacon is woken for it once per keepalive."""
         while not self.closed.done():
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self._misc_due())
             self._client.loop_misc()
+
+    def _misc_due(self) -> float:
+        """Seconds until paho's ``loop_misc`` can act: it pings, or gives up on a ping
+        that went unanswered, only once ``keepalive`` seconds have passed since it last
+        sent, last received or pinged (paho 2.x's own marks, on its clock). A paho
+        without those marks gets every second, as before."""
+        c = self._client
+        try:
+            marks = [c._last_msg_out, c._last_bytes_received]
+            if c._ping_t:
+                marks.append(c._ping_t)
+            keepalive = float(c._keepalive)
+        except AttributeError:
+            return 1.0
+        if keepalive <= 0:
+            return 60.0  # no keepalive: nothing for loop_misc to do, looked at again
+        due = min(marks) + keepalive - paho.time_func() + _MISC_SLACK
+        return min(max(due, _MISC_SLACK), keepalive)
 
     # -- paho callbacks (all on the loop thread once attached) ------------------------
 

@@ -413,3 +413,34 @@ async def test_while_an_sos_record_is_on_its_way_the_backlog_publishes_nothing(
     tracks = [at for t, at in published if t == track]
     assert [at for at in tracks if claimed < at < sos_at] == []
     assert tracks[-1] > sos_at, "the backlog was still draining when the SOS went"
+
+
+async def test_an_idle_connection_wakes_for_its_keepalive_not_every_second(
+    tmp_path: Path,
+) -> None:
+    """paho's housekeeping runs when a ping can be due, not once a second (an idle
+    beacon's wake-ups: docs/performance.md, "Power"); the pings still go, so the broker
+    (which drops a client silent for 1.5 keepalives) keeps the connection."""
+    with Mosquitto(tmp_path, binary=need_mosquitto()) as broker:
+        conn = Connection(
+            BrokerConfig(host="127.0.0.1", port=broker.port, client_id="idle", keepalive=2)
+        )
+        await conn.connect(clean_start=True)
+        calls = 0
+        real = conn._client.loop_misc
+
+        def counting() -> Any:
+            nonlocal calls
+            calls += 1
+            return real()
+
+        conn._client.loop_misc = counting  # type: ignore[method-assign]
+        try:
+            await asyncio.sleep(7.2)
+            assert not conn.closed.done(), "the broker dropped an idle connection: no pings"
+            # a ping at about 2, 4 and 6 s (once a second would be 7)
+            assert 2 <= calls <= 4, calls
+            got = conn.publish("t/after", b"still here")
+            assert not (await asyncio.wait_for(got, 5)).is_failure
+        finally:
+            conn.close()
