@@ -836,6 +836,17 @@ def is_sealed(payload: bytes) -> bool:
     return payload.startswith(SEALED_MAGIC)
 
 
+def _key_id_of(payload: bytes) -> bytes:
+    return payload[len(SEALED_MAGIC) : len(SEALED_MAGIC) + KEY_ID_BYTES]
+
+
+def holds_key_of(keys: Iterable[bytes], payload: bytes) -> bool:
+    """Whether one of ``keys`` has the id a sealed payload names (it may still fail to
+    authenticate)."""
+    kid = _key_id_of(payload)
+    return any(key_id(k) == kid for k in keys)
+
+
 def unseal(keys: Iterable[bytes], payload: bytes) -> tuple[bytes, bytes]:
     """The plaintext of a sealed payload and the key that opened it, from ``keys``
     (the current one and any kept from before a rotation). :class:`SealError` when it
@@ -845,7 +856,7 @@ def unseal(keys: Iterable[bytes], payload: bytes) -> tuple[bytes, bytes]:
 
     if not is_sealed(payload) or len(payload) < SEAL_OVERHEAD:
         raise SealError("not a sealed payload")
-    kid = payload[len(SEALED_MAGIC) : len(SEALED_MAGIC) + KEY_ID_BYTES]
+    kid = _key_id_of(payload)
     key = next((k for k in keys if key_id(k) == kid), None)
     if key is None:
         raise SealError(f"sealed under an unknown key (id {kid.hex()})")

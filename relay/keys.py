@@ -4,7 +4,11 @@
 device's ``uplink.key_file``); ``<device id>.<anything>.key`` are keys kept from before
 a rotation, until the device's backlog sealed under them has drained. Every file must be
 readable by its owner only (``chmod 600``). Files are read again when the directory
-changes (a key added or removed takes effect without a restart).
+changes (a key added or removed takes effect without a restart), and when a message
+comes sealed under a key id the relay does not hold (a key file overwritten in place
+leaves the directory's time as it was): at most once every :data:`RELOAD_EVERY`
+seconds, so messages under forged key ids cannot make the relay read its keys over and
+over.
 """
 
 from __future__ import annotations
@@ -12,12 +16,24 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 from sosbeacon.device.tomlconf import LOOSE
-from sosbeacon.device.wire import KeyFileError, SealError, read_key, seal, unseal
+from sosbeacon.device.wire import (
+    KeyFileError,
+    SealError,
+    holds_key_of,
+    is_sealed,
+    read_key,
+    seal,
+    unseal,
+)
 
 log = logging.getLogger(__name__)
+
+#: the keys are read again for a message under an unknown key id at most this often (s)
+RELOAD_EVERY = 2.0
 _DEVICE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
@@ -28,6 +44,8 @@ class DeviceKeys:
         self._keys: dict[str, list[bytes]] = {}
         #: per device, the key its last message opened under (what the relay seals with)
         self._using: dict[str, bytes] = {}
+        #: when the keys were last read again for an unknown key id (time.monotonic)
+        self._reread_at = -RELOAD_EVERY
 
     def _load(self) -> None:
         try:
@@ -59,11 +77,22 @@ class DeviceKeys:
         """The plaintext of a device's message; :class:`SealError` when it is in the
         clear, the device has no key here, or it does not open."""
         keys = self.of(device)
+        if not keys or (is_sealed(payload) and not holds_key_of(keys, payload)):
+            keys = self._read_again(device)
         if not keys:
             raise SealError(f"no key for device {device[:64]!r} in {self.directory}")
         plain, key = unseal(keys, payload)
         self._using[device] = key
         return plain
+
+    def _read_again(self, device: str) -> list[bytes]:
+        """The keys read again whatever the directory's time says (a file overwritten in
+        place), unless that was done less than :data:`RELOAD_EVERY` seconds ago."""
+        now = time.monotonic()
+        if now - self._reread_at >= RELOAD_EVERY:
+            self._reread_at = now
+            self._stamp = None
+        return self.of(device)
 
     def seal(self, device: str, payload: bytes) -> bytes:
         """``payload`` for ``device``: under the key its messages last came with (its

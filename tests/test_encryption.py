@@ -30,6 +30,7 @@ from sosbeacon.device.wire import (
     seal,
     unseal,
 )
+from sosbeacon.relay import keys as relay_keys
 from sosbeacon.relay.keys import DeviceKeys
 from sosbeacon.sim.broker import Mosquitto
 from sosbeacon.sim.mailsink import MailSink
@@ -87,6 +88,42 @@ def test_a_key_file_is_refused_with_the_fix_when_others_may_read_it(tmp_path: Pa
     with pytest.raises(config_mod.ConfigError) as err:
         config_mod.load(text=text)
     assert "uplink.key_file" in str(err.value) and key.hex() not in str(err.value)
+
+
+def test_a_key_overwritten_in_place_is_read_again_and_forged_ids_do_not_make_it_reread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file written over in place leaves the directory's time as it was: the relay
+    reads its keys again when a message names a key id it does not hold, at most every
+    RELOAD_EVERY seconds (messages under forged ids must not make it read them over and
+    over)."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    a = key_file(keys / "dev1.key")
+    held = DeviceKeys(keys)
+    assert held.open("dev1", seal(a, b"one")) == b"one"
+    before = keys.stat()
+    b = key_file(keys / "dev1.key", os.urandom(32))
+    os.utime(keys, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert keys.stat().st_mtime_ns == before.st_mtime_ns
+    assert held.open("dev1", seal(b, b"two")) == b"two"
+    assert unseal([b], held.seal("dev1", b"back"))[0] == b"back"
+    reads: list[object] = []
+    real = relay_keys.read_key
+
+    def counting(path: Path) -> bytes:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(relay_keys, "read_key", counting)
+    for _ in range(20):
+        with pytest.raises(SealError, match="unknown key"):
+            held.open("dev1", seal(os.urandom(32), b"forged"))
+    assert reads == []  # read again for "two" a moment ago: not again so soon
+    monkeypatch.setattr(relay_keys, "RELOAD_EVERY", 0.0)  # as if that long had passed
+    with pytest.raises(SealError, match="unknown key"):
+        held.open("dev1", seal(os.urandom(32), b"forged"))
+    assert len(reads) == 1  # then once
 
 
 async def test_nobody_on_the_broker_reads_the_sos_and_the_relay_does(tmp_path: Path) -> None:
