@@ -584,6 +584,11 @@ class Daemon:
                 ),
                 "held": outbox.held,
                 "held_dropped": outbox.held_dropped,
+                # how often routine work waited for an SOS record on its way, in all
+                "gave_way": {
+                    "times": outbox.right_of_way.waits,
+                    "seconds": round(outbox.right_of_way.waited, 3),
+                },
             },
             "alarm": outbox.alarm,
             "sms": await self.sms.status(ask_modem=ask_modem) if self.sms is not None else None,

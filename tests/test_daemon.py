@@ -98,6 +98,8 @@ async def test_the_daemon_on_simulated_hardware_end_to_end(tmp_path: Path) -> No
             return bool(box["depth"] == 0 and box["in_flight"] == 0)
 
         await eventually(all_delivered)
+        gave = (await request(sock, {"cmd": "status"}))["outbox"]["gave_way"]
+        assert gave["times"] >= 0 and gave["seconds"] >= 0  # the right of way's count
         exported = await request(sock, {"cmd": "export"})
         assert all(r["delivered"] for r in exported["records"])
         kinds = [r["kind"] for r in exported["records"]]
