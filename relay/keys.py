@@ -76,14 +76,24 @@ class DeviceKeys:
     def open(self, device: str, payload: bytes) -> bytes:
         """The plaintext of a device's message; :class:`SealError` when it is in the
         clear, the device has no key here, or it does not open."""
-        keys = self.of(device)
-        if not keys or (is_sealed(payload) and not holds_key_of(keys, payload)):
-            keys = self._read_again(device)
+        keys = self.of(device) or self._read_again(device)
         if not keys:
-            raise SealError(f"no key for device {device[:64]!r} in {self.directory}")
-        plain, key = unseal(keys, payload)
+            raise self._no_key(device)
+        try:
+            plain, key = unseal(keys, payload)
+        except SealError:
+            # under a key id not held: perhaps a key file written over in place
+            if not is_sealed(payload) or holds_key_of(keys, payload):
+                raise
+            keys = self._read_again(device)
+            if not keys:
+                raise self._no_key(device) from None
+            plain, key = unseal(keys, payload)
         self._using[device] = key
         return plain
+
+    def _no_key(self, device: str) -> SealError:
+        return SealError(f"no key for device {device[:64]!r} in {self.directory}")
 
     def _read_again(self, device: str) -> list[bytes]:
         """The keys read again whatever the directory's time says (a file overwritten in
@@ -99,7 +109,7 @@ class DeviceKeys:
         current key until one has)."""
         keys = self.of(device)
         if not keys:
-            raise SealError(f"no key for device {device[:64]!r} in {self.directory}")
+            raise self._no_key(device)
         key = self._using.get(device)
         return seal(key if key in keys else keys[0], payload)
 

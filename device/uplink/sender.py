@@ -233,7 +233,8 @@ class Sender:
             for msg in await self.pack(stored):
                 if budget is not None:
                     await budget.acquire(len(msg.payload))
-                    await way.wait()
+                if not urgent:
+                    await way.wait()  # an SOS record taken meanwhile goes first
                 if msg.topic != self.packer.topics.sos:  # SOS events are never held back
                     credit.sent(msg.seqs, live=urgent)
                 fut = conn.publish(
