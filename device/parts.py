@@ -16,11 +16,9 @@ backend but the default, ``hw``.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sosbeacon.device.actuators import (
@@ -34,6 +32,7 @@ from sosbeacon.device.actuators import (
 from sosbeacon.device.battery import BatterySource
 from sosbeacon.device.button import ButtonSource
 from sosbeacon.device.clock import Clock
+from sosbeacon.device.entrypoints import declared, load
 from sosbeacon.device.gps import GpsSource
 
 if TYPE_CHECKING:
@@ -104,8 +103,7 @@ class BackendInfo:
     controls: tuple[ControlSpec, ...] = ()
 
     def load(self) -> Backend:
-        module, _, attr = self.build.partition(":")
-        built: Backend = getattr(importlib.import_module(module), attr)
+        built: Backend = load(self.build)
         return built
 
 
@@ -114,10 +112,10 @@ def backends() -> dict[str, BackendInfo]:
     """The installed backends' declarations, by name (scanned once: each scan of the
     installed distributions costs milliseconds, and sosd's start asks three times)."""
     out: dict[str, BackendInfo] = {}
-    for ep in entry_points(group=GROUP):
-        info = ep.load()
+    for name, value in declared(GROUP).items():
+        info = load(value)
         if isinstance(info, BackendInfo):
-            out[ep.name] = info
+            out[name] = info
     return out
 
 

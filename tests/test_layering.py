@@ -213,7 +213,8 @@ def test_sosd_run_loads_only_the_drivers_its_configuration_names(tmp_path: Path)
         "print(type(parts.gps).__name__)\n"
         "declared = {'sosbeacon.sim', 'sosbeacon.sim.backend'}\n"
         "print(sorted(m for m in set(sys.modules) - declared if m.startswith(('sosbeacon.sim',"
-        " 'tests', 'gpxpy', 'dbus_fast', 'sosbeacon.hw.modem', 'sosbeacon.hw.gpsd_client'))))\n"
+        " 'tests', 'gpxpy', 'dbus_fast', 'sosbeacon.hw.modem', 'sosbeacon.hw.gpsd_client',"
+        " 'importlib.metadata'))))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, timeout=120
