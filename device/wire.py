@@ -772,6 +772,10 @@ class SealError(ValueError):
     """A payload that does not open: not sealed, another key, or tampered with."""
 
 
+class UnknownKeyError(SealError):
+    """A sealed payload under a key id none of the keys given has."""
+
+
 def key_id(key: bytes) -> bytes:
     """The key's id: 8 bytes of its BLAKE2b under a fixed personalisation (reveals
     nothing of the key)."""
@@ -836,30 +840,20 @@ def is_sealed(payload: bytes) -> bool:
     return payload.startswith(SEALED_MAGIC)
 
 
-def _key_id_of(payload: bytes) -> bytes:
-    return payload[len(SEALED_MAGIC) : len(SEALED_MAGIC) + KEY_ID_BYTES]
-
-
-def holds_key_of(keys: Iterable[bytes], payload: bytes) -> bool:
-    """Whether one of ``keys`` has the id a sealed payload names (it may still fail to
-    authenticate)."""
-    kid = _key_id_of(payload)
-    return any(key_id(k) == kid for k in keys)
-
-
 def unseal(keys: Iterable[bytes], payload: bytes) -> tuple[bytes, bytes]:
     """The plaintext of a sealed payload and the key that opened it, from ``keys``
     (the current one and any kept from before a rotation). :class:`SealError` when it
-    is not sealed, no key has its id, or it fails to authenticate."""
+    is not sealed, no key has its id (:class:`UnknownKeyError`), or it fails to
+    authenticate."""
     from nacl.exceptions import CryptoError
     from nacl.secret import SecretBox
 
     if not is_sealed(payload) or len(payload) < SEAL_OVERHEAD:
         raise SealError("not a sealed payload")
-    kid = _key_id_of(payload)
+    kid = payload[len(SEALED_MAGIC) : len(SEALED_MAGIC) + KEY_ID_BYTES]
     key = next((k for k in keys if key_id(k) == kid), None)
     if key is None:
-        raise SealError(f"sealed under an unknown key (id {kid.hex()})")
+        raise UnknownKeyError(f"sealed under an unknown key (id {kid.hex()})")
     try:
         return SecretBox(key).decrypt(payload[len(SEALED_MAGIC) + KEY_ID_BYTES :]), key
     except CryptoError:

@@ -23,8 +23,7 @@ from sosbeacon.device.tomlconf import LOOSE
 from sosbeacon.device.wire import (
     KeyFileError,
     SealError,
-    holds_key_of,
-    is_sealed,
+    UnknownKeyError,
     read_key,
     seal,
     unseal,
@@ -81,10 +80,8 @@ class DeviceKeys:
             raise self._no_key(device)
         try:
             plain, key = unseal(keys, payload)
-        except SealError:
-            # under a key id not held: perhaps a key file written over in place
-            if not is_sealed(payload) or holds_key_of(keys, payload):
-                raise
+        except UnknownKeyError:
+            # perhaps a key file written over in place
             keys = self._read_again(device)
             if not keys:
                 raise self._no_key(device) from None
